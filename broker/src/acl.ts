@@ -1,0 +1,29 @@
+/**
+ * Topic ACL, derived from the topic map in common/contracts.
+ * - device: publishes only its own device-to-cloud topics, subscribes only under devices/<own id>/.
+ * - service: publishes cloud-to-device topics of any device; subscribes under devices/ and fleet/.
+ * - user: subscribes under devices/ and fleet/; admin and operator may also publish commands.
+ * Nobody publishes presence (the broker does) or touches $-topics [MQTT-4.7.2-1].
+ */
+import { parseDeviceTopic, type FleetwireClaims } from '@fleetwire/common';
+
+export type AclVerdict = { ok: true; topicClass: string; deviceId: string | null; queue: string | undefined } | { ok: false; why: string };
+
+export function authorizePublishTopic(claims: FleetwireClaims, topic: string): AclVerdict {
+  if (topic.startsWith('$')) return { ok: false, why: '$-topics are reserved' };
+  const parsed = parseDeviceTopic(topic);
+  if (!parsed) return { ok: false, why: `${topic} is not a Fleetwire topic` };
+  const { deviceId, entry } = parsed;
+  const allowed =
+    claims.typ === 'device' ? entry.direction === 'device-to-cloud' && deviceId === claims.sub
+      : claims.typ === 'service' ? entry.direction === 'cloud-to-device'
+        : (claims.role === 'admin' || claims.role === 'operator') && entry.class === 'cmd';
+  if (!allowed) return { ok: false, why: `${claims.typ} ${claims.sub} may not publish to ${topic}` };
+  return { ok: true, topicClass: entry.class, deviceId, queue: claims.typ === 'device' ? entry.queue : undefined };
+}
+
+export function authorizeSubscribeFilter(claims: FleetwireClaims, filter: string): boolean {
+  if (filter.startsWith('$') || filter.length === 0) return false;
+  if (claims.typ === 'device') return filter.startsWith(`devices/${claims.sub}/`);
+  return filter.startsWith('devices/') || filter.startsWith('fleet/');
+}

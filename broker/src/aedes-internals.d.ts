@@ -1,0 +1,11 @@
+/** Members present at runtime in aedes 1.x that its typings leave out. */
+export {};
+
+declare module 'aedes' {
+  interface Aedes {
+    mq: {
+      on(topic: string, fn: (packet: { topic: string; payload: Buffer }, done: () => void) => void, cb?: () => void): void;
+    };
+    clients: Record<string, Client>;
+  }
+}

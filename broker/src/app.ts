@@ -1,0 +1,286 @@
+/**
+ * buildBroker(config, deps): constructs the broker (Aedes + ws + HTTP API)
+ * without listening and without reading the environment. main.ts and the
+ * `fleetwire` CLI call listen(), and drain() on SIGTERM.
+ */
+import { Aedes, type Client } from 'aedes';
+import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { hostname } from 'node:os';
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import MQEmitterRedis from 'mqemitter-redis';
+import aedesPersistenceRedis from 'aedes-persistence-redis';
+import {
+  createLogger, createMetricsRegistry, createRedis, parseRevocation, redisKeys, topicFor, topics,
+  type Logger, type Registry, type TokenVerifier,
+} from '@fleetwire/common';
+import type { BrokerConfig } from './config.js';
+import { normalizeIp, trustedProxyList } from './client-ip.js';
+import type { ConnState, DisconnectReason, FwStream } from './conn-state.js';
+import { stateOf } from './conn-state.js';
+import { ConnectGate } from './connect-gate.js';
+import { Connections } from './connections.js';
+import { createUpgradeHandler } from './handshake.js';
+import { installHooks } from './hooks.js';
+import { createHttpApp } from './http.js';
+import { requireRole } from './http-auth.js';
+import { IngressRouter } from './ingress.js';
+import { createBrokerMetrics } from './metrics.js';
+import { ConnectionRegistry } from './registry.js';
+import { connectionRoutes } from './routes/connections.js';
+import { healthRoutes } from './routes/health.js';
+
+export interface BrokerDeps {
+  verifier: TokenVerifier;
+  log?: Logger;
+  metricsRegistry?: Registry;
+  tls?: { key: Buffer; cert: Buffer } | null;
+  version?: string;
+}
+
+export interface ListenInfo {
+  port: number;
+  tcpPort: number | null;
+}
+
+export interface Broker {
+  readonly nodeId: string;
+  readonly aedes: Aedes;
+  readonly http: FastifyInstance;
+  readonly connections: Connections;
+  readonly registry: ConnectionRegistry;
+  readonly ingress: IngressRouter;
+  listen(): Promise<ListenInfo>;
+  /** Publishes a cloud-to-device message; delivered on whichever node holds the device (cluster mode). */
+  sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void>;
+  /** Kicks a connection wherever it is; resolves to the node holding it, or null when it is not connected. */
+  kick(clientId: string, reason: string | undefined, actor: string): Promise<string | null>;
+  /** Graceful stop: refuse new connections, close existing ones with jitter, then shut down. */
+  drain(): Promise<{ leftOpen: number }>;
+  close(): Promise<void>;
+}
+
+interface ControlMessage { op: 'kick'; client_id: string; reason?: string; actor: string }
+
+const cloudToDevice = new Set(topics.filter((t) => t.direction === 'cloud-to-device').map((t) => t.class));
+
+export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promise<Broker> {
+  const nodeId = config.nodeId || `${hostname()}-${randomBytes(3).toString('hex')}`;
+  const log = (deps.log ?? createLogger({ level: config.logLevel, name: 'broker' })).child({ node: nodeId });
+  const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
+  const redis = createRedis(config.redisUrl, { name: `broker:${nodeId}` });
+  const sub = createRedis(config.redisUrl, { name: `broker-sub:${nodeId}` });
+  const queueRedis = createRedis(config.redisUrl, { name: `broker-queues:${nodeId}`, maxRetriesPerRequest: null });
+  for (const r of [redis, sub, queueRedis]) r.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
+
+  const clustered = config.cluster === 'redis';
+  const aedes = new Aedes({
+    id: nodeId,
+    connectTimeout: config.connectTimeoutMs,
+    maxTopicLevels: config.maxTopicLevels,
+    drainTimeout: config.drainTimeoutMs,
+    ...(clustered ? {
+      mq: MQEmitterRedis({ connectionString: config.redisUrl }),
+      persistence: aedesPersistenceRedis({ conn: createRedis(config.redisUrl, { name: `broker-persistence:${nodeId}` }) }),
+    } : {}),
+  });
+
+  let draining = false;
+  const registry = new ConnectionRegistry(redis, nodeId);
+  const metrics = createBrokerMetrics(metricsRegistry, () => connections.countsByKind());
+  const connections: Connections = new Connections(aedes, registry, metrics, log, {
+    tokenNoticeS: config.tokenNoticeS, maxConnectionsPerIp: config.maxConnectionsPerIp,
+  });
+  const gate = new ConnectGate(redis, config);
+  const ingress = new IngressRouter(queueRedis, nodeId);
+  const limits = {
+    perS: config.publishPerS, burst: config.publishBurst, perMin: config.publishPerMin,
+    bytesPerS: config.publishBytesPerS, bytesPerMin: config.publishBytesPerMin,
+  };
+  installHooks({
+    aedes, redis, verifier: deps.verifier, gate, connections, ingress, metrics, log, nodeId,
+    limits: { ...limits, keepaliveMinS: config.keepaliveMinS, keepaliveMaxS: config.keepaliveMaxS, limitServices: config.limitServices },
+  });
+
+  // Registered before aedes.listen() so it runs before Aedes' own handler closes the
+  // local client: a client taken over by a connection on another node learns why.
+  aedes.mq.on('$SYS/+/new/clients', (packet, done) => {
+    const serverId = packet.topic.split('/')[1];
+    const state = serverId !== nodeId ? connections.byClientId.get(packet.payload.toString()) : undefined;
+    if (state) {
+      state.closeReason = 'taken-over';
+      const stream = state.stream as { closeIntent?: unknown };
+      if ('closeIntent' in stream) stream.closeIntent = { code: 4007, reason: 'another connection with the same client id took over' };
+    }
+    done();
+  });
+  aedes.on('clientReady', (client: Client) => void connections.ready(client));
+  aedes.on('clientDisconnect', (client: Client) => void connections.gone(client));
+  aedes.on('clientError', (client: Client, err: Error) => noteClientError(client, err));
+  aedes.on('connectionError', (client: Client, err: Error) => {
+    const reason = noteClientError(client, err);
+    metrics.disconnects.inc({ reason });
+  });
+  (aedes as unknown as NodeJS.EventEmitter).on('error', (err: unknown) => log.error({ err }, 'broker error'));
+  await aedes.listen();
+
+  function noteClientError(client: Client, err: Error): DisconnectReason {
+    const state = stateOf(client);
+    let reason: DisconnectReason;
+    if (err.message === 'keep alive timeout') reason = 'keepalive-timeout';
+    else if (err.message === 'connect did not arrive in time') reason = 'connect-timeout';
+    else if ((err as NodeJS.ErrnoException).code) reason = 'socket-closed';
+    else reason = state?.closeReason ?? 'malformed';
+    if (reason === 'malformed' && !state?.closeReason) {
+      metrics.malformed.inc({ kind: 'parser' });
+      log.warn({ client_id: client.id, ip: state?.ip, err: err.message }, 'closing connection: malformed MQTT input');
+    }
+    if (state && !state.closeReason) state.closeReason = reason;
+    return state?.closeReason ?? reason;
+  }
+
+  // Revocations and kicks reach every node; the node holding the connection acts.
+  await sub.subscribe(redisKeys.revocations, redisKeys.brokerControl);
+  sub.on('message', (channel: string, message: string) => {
+    if (channel === redisKeys.revocations) {
+      const ev = parseRevocation(message);
+      if (ev) connections.revoke(ev);
+      return;
+    }
+    try {
+      const msg = JSON.parse(message) as ControlMessage;
+      if (msg.op === 'kick') connections.kickLocal(msg.client_id, msg.reason, msg.actor);
+    } catch (err) {
+      log.warn({ err }, 'ignoring an unreadable control message');
+    }
+  });
+
+  const proxies = trustedProxyList(config.trustedProxies);
+  const onUpgrade = createUpgradeHandler({
+    aedes, gate, connections, metrics, log, proxies, hasProxies: config.trustedProxies.length > 0,
+    isDraining: () => draining,
+    limits: { ...limits, wsMaxPayloadBytes: config.wsMaxPayloadBytes, maxPacketBytes: config.maxPacketBytes, abuseDropsBeforeKick: config.abuseDropsBeforeKick },
+  });
+
+  const http = await createHttpApp(log, deps.tls ?? null, deps.version ?? '0.0.0');
+  http.server.on('upgrade', onUpgrade);
+  const operator = requireRole(deps.verifier, redis, ['admin', 'operator']);
+  connectionRoutes(http, { registry, operator, kick });
+  healthRoutes(http, {
+    registry: metricsRegistry,
+    readiness: {
+      redis: async () => (await redis.ping()) === 'PONG',
+      accepting: async () => !draining,
+    },
+  });
+
+  let tcpServer: TcpServer | null = null;
+  const timers: NodeJS.Timeout[] = [];
+
+  function startTimers(): void {
+    timers.push(setInterval(() => connections.tick(), 250));
+    timers.push(setInterval(() => {
+      registry.flushActivity(connections.byClientId).catch((err: unknown) => log.warn({ err }, 'registry activity flush failed'));
+    }, config.registryFlushMs));
+    const heartbeat = (): void => {
+      registry.heartbeatNode(config.nodeTtlS).catch((err: unknown) => log.warn({ err }, 'node heartbeat failed'));
+    };
+    heartbeat();
+    timers.push(setInterval(heartbeat, Math.max(1000, (config.nodeTtlS * 1000) / 3)));
+    const sweep = (): void => {
+      registry.sweepDeadNodes().then(
+        (offline) => {
+          for (const o of offline) connections.publishPresence(o.deviceId, { online: false, seq: o.seq, node: o.node, at: Date.now(), reason: 'node-lost' });
+          if (offline.length) log.warn({ count: offline.length }, 'swept connections of a dead node');
+        },
+        (err: unknown) => log.warn({ err }, 'dead-node sweep failed'),
+      );
+    };
+    sweep();
+    timers.push(setInterval(sweep, config.nodeTtlS * 1000));
+    for (const t of timers) t.unref();
+  }
+
+  async function listen(): Promise<ListenInfo> {
+    await http.listen({ port: config.port, host: config.host });
+    const port = (http.server.address() as AddressInfo).port;
+    let tcpPort: number | null = null;
+    if (config.tcpPort > 0) {
+      tcpServer = createTcpServer((socket) => acceptTcp(socket));
+      await new Promise<void>((resolve, reject) => {
+        tcpServer!.once('error', reject);
+        tcpServer!.listen(config.tcpPort, config.tcpHost, () => resolve());
+      });
+      tcpPort = (tcpServer.address() as AddressInfo).port;
+    }
+    startTimers();
+    log.info({ port, tcp_port: tcpPort, cluster: config.cluster }, 'broker listening');
+    return { port, tcpPort };
+  }
+
+  /** Services on the loopback TCP listener authenticate with username "service" and a JWT password. */
+  function acceptTcp(socket: Socket): void {
+    if (draining) return void socket.destroy();
+    const now = Date.now();
+    const state: ConnState = {
+      transport: 'tcp', ip: normalizeIp(socket.remoteAddress), stream: socket, connId: randomUUID(), connectedAt: now,
+      token: null, claims: null, client: null, lastActivity: now, flushedActivity: now,
+      closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
+    };
+    (socket as FwStream).fw = state;
+    connections.opened(state);
+    socket.once('close', () => connections.closed(state));
+    aedes.handle(socket, { headers: {}, socket: { remoteAddress: state.ip } } as unknown as IncomingMessage);
+  }
+
+  async function sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void> {
+    if (!cloudToDevice.has(topicClass)) throw new Error(`${topicClass} is not a cloud-to-device topic class`);
+    const body = Buffer.isBuffer(payload) ? payload : Buffer.from(JSON.stringify(payload));
+    await new Promise<void>((resolve, reject) => {
+      aedes.publish({ cmd: 'publish', topic: topicFor(topicClass, deviceId), payload: body, qos: 1, retain: false, dup: false },
+        (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  async function kick(clientId: string, reason: string | undefined, actor: string): Promise<string | null> {
+    if (connections.kickLocal(clientId, reason, actor)) return nodeId;
+    const rec = await registry.get(clientId);
+    if (!rec) return null;
+    const msg: ControlMessage = { op: 'kick', client_id: clientId, actor, ...(reason ? { reason } : {}) };
+    await redis.publish(redisKeys.brokerControl, JSON.stringify(msg));
+    return rec.node;
+  }
+
+  let closed = false;
+  async function close(): Promise<void> {
+    if (closed) return;
+    closed = true;
+    for (const t of timers) clearInterval(t);
+    http.server.off('upgrade', onUpgrade);
+    await new Promise<void>((resolve) => aedes.close(() => resolve()));
+    for (const s of connections.live) s.stream.destroy();
+    await Promise.all([
+      http.close(),
+      tcpServer ? new Promise<void>((resolve) => tcpServer!.close(() => resolve())) : undefined,
+      ingress.close(),
+    ]);
+    await registry.forgetNode().catch(() => undefined);
+    await Promise.all([redis, sub, queueRedis].map((r) => r.quit().catch(() => r.disconnect())));
+  }
+
+  async function drain(): Promise<{ leftOpen: number }> {
+    draining = true;
+    log.info({ connections: connections.live.size }, 'draining: refusing new connections, closing existing ones');
+    tcpServer?.close();
+    const leftOpen = await connections.drainAll(config.shutdownSpreadMs, Math.max(0, config.shutdownTimeoutMs - 2000));
+    // Let the last registry and presence writes land before the connections go.
+    await new Promise((r) => setTimeout(r, 200));
+    await close();
+    return { leftOpen };
+  }
+
+  return { nodeId, aedes, http, connections, registry, ingress, listen, sendToDevice, kick, drain, close };
+}
+

@@ -1,0 +1,231 @@
+/**
+ * Local bookkeeping for live connections: indexes for kick and revocation,
+ * per-IP counts, the token-expiry wheel, graceful disconnects with a sys
+ * notice and a WebSocket close code, and the registry/presence side effects
+ * of connect and disconnect.
+ */
+import type { Aedes, Client } from 'aedes';
+import {
+  closeCodes, topicFor, type CloseReason, type Logger, type RevocationEvent,
+} from '@fleetwire/common';
+import type { ConnState, DisconnectReason } from './conn-state.js';
+import { stateOf, kindOf } from './conn-state.js';
+import type { ConnectionRegistry, Presence } from './registry.js';
+import type { BrokerMetrics } from './metrics.js';
+import { WebSocketDuplex } from './ws-stream.js';
+
+export interface ConnectionsOptions {
+  tokenNoticeS: number;
+  maxConnectionsPerIp: number;
+}
+
+/** Close-frame reasons are limited to 123 bytes (RFC 6455 §5.5). */
+function closeReasonText(text: string): string {
+  const buf = Buffer.from(text, 'utf8');
+  return buf.length <= 123 ? text : buf.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+}
+
+export class Connections {
+  /** Every open socket, authenticated or not. */
+  readonly live = new Set<ConnState>();
+  /** Registered clients on this node, by MQTT client id. */
+  readonly byClientId = new Map<string, ConnState>();
+  private readonly bySubject = new Map<string, Set<ConnState>>();
+  private readonly byJti = new Map<string, ConnState>();
+  private readonly perIp = new Map<string, number>();
+  private readonly expiry = new Map<number, Set<ConnState>>();
+  private lastTickS = Math.floor(Date.now() / 1000);
+
+  constructor(
+    private readonly aedes: Aedes,
+    private readonly registry: ConnectionRegistry,
+    private readonly metrics: BrokerMetrics,
+    private readonly log: Logger,
+    private readonly opts: ConnectionsOptions,
+  ) {}
+
+  /** False when the IP already holds the maximum number of sockets on this node. */
+  admit(ip: string): boolean {
+    return (this.perIp.get(ip) ?? 0) < this.opts.maxConnectionsPerIp;
+  }
+
+  opened(state: ConnState): void {
+    this.live.add(state);
+    this.perIp.set(state.ip, (this.perIp.get(state.ip) ?? 0) + 1);
+  }
+
+  closed(state: ConnState): void {
+    if (!this.live.delete(state)) return;
+    const n = (this.perIp.get(state.ip) ?? 1) - 1;
+    if (n <= 0) this.perIp.delete(state.ip);
+    else this.perIp.set(state.ip, n);
+    this.unschedule(state);
+  }
+
+  countsByKind(): Map<string, number> {
+    const counts = new Map<string, number>();
+    for (const s of this.live) {
+      const k = kindOf(s);
+      counts.set(k, (counts.get(k) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  /** After a successful authenticate: index the connection and schedule its token's end. */
+  authenticated(state: ConnState): void {
+    const claims = state.claims!;
+    const key = `${claims.typ}:${claims.sub}`;
+    let set = this.bySubject.get(key);
+    if (!set) this.bySubject.set(key, (set = new Set()));
+    set.add(state);
+    this.byJti.set(claims.jti, state);
+    const notice = claims.exp - this.opts.tokenNoticeS;
+    this.schedule(state, this.opts.tokenNoticeS > 0 && notice > Date.now() / 1000 ? notice : claims.exp);
+  }
+
+  async ready(client: Client): Promise<void> {
+    const state = stateOf(client);
+    if (!state?.claims) return;
+    state.client = client;
+    this.byClientId.set(client.id, state);
+    this.metrics.connects.inc({ kind: state.claims.typ });
+    try {
+      const seq = await this.registry.register(client.id, state);
+      state.registered = true;
+      if (seq !== null) this.publishPresence(state.claims.sub, { online: true, seq, node: this.registry.nodeId, at: Date.now() });
+      this.log.info({ client_id: client.id, kind: state.claims.typ, ip: state.ip, transport: state.transport }, 'client connected');
+    } catch (err) {
+      this.log.error({ err, client_id: client.id }, 'connection registry write failed');
+    }
+  }
+
+  async gone(client: Client): Promise<void> {
+    const state = stateOf(client);
+    if (!state?.claims) return;
+    const reason: DisconnectReason = state.closeReason ?? ((client as unknown as { _disconnected: boolean })._disconnected ? 'client-disconnect' : 'socket-closed');
+    this.metrics.disconnects.inc({ reason });
+    if (this.byClientId.get(client.id) === state) this.byClientId.delete(client.id);
+    const key = `${state.claims.typ}:${state.claims.sub}`;
+    const set = this.bySubject.get(key);
+    set?.delete(state);
+    if (set?.size === 0) this.bySubject.delete(key);
+    if (this.byJti.get(state.claims.jti) === state) this.byJti.delete(state.claims.jti);
+    this.unschedule(state);
+    this.log.info({ client_id: client.id, kind: state.claims.typ, reason }, 'client disconnected');
+    try {
+      const seq = await this.registry.unregister(client.id, state);
+      if (seq !== null) this.publishPresence(state.claims.sub, { online: false, seq, node: this.registry.nodeId, at: Date.now(), reason });
+    } catch (err) {
+      this.log.error({ err, client_id: client.id }, 'connection registry cleanup failed');
+    }
+  }
+
+  publishPresence(deviceId: string, presence: Presence): void {
+    this.aedes.publish(
+      { cmd: 'publish', topic: topicFor('presence', deviceId), payload: Buffer.from(JSON.stringify(presence)), qos: 1, retain: true, dup: false },
+      (err) => { if (err) this.log.error({ err, device_id: deviceId }, 'presence publish failed'); },
+    );
+  }
+
+  /**
+   * Ends a connection on purpose: a sys notice to a device first (QoS 0, to
+   * this connection only: a queued copy would be stale on the next session),
+   * then a WebSocket close frame with the reason's application code.
+   */
+  disconnect(state: ConnState, reason: CloseReason & DisconnectReason, detail?: string): void {
+    if (state.closeReason && state.closeReason !== reason) return; // already closing for another reason
+    state.closeReason = reason;
+    this.metrics.kicks.inc({ reason });
+    const { code, reason: defaultText } = closeCodes[reason]!;
+    const text = closeReasonText(detail ?? defaultText);
+    // Set now: whatever ends the socket from here on (even a parser error) sends this close frame.
+    if (state.stream instanceof WebSocketDuplex) state.stream.closeIntent = { code, reason: text };
+    const finish = (): void => {
+      if (state.client) state.client.close();
+      else state.stream.destroy();
+    };
+    const client = state.client;
+    if (client && state.claims?.typ === 'device' && client.connected) {
+      const notice = { type: 'disconnect', reason: text, close_code: code };
+      client.publish({ cmd: 'publish', topic: topicFor('sys', state.claims.sub), payload: Buffer.from(JSON.stringify(notice)), qos: 0, retain: false, dup: false }, finish);
+    } else {
+      finish();
+    }
+  }
+
+  /** Kicks a client held by this node; false when it is not here. */
+  kickLocal(clientId: string, reasonText: string | undefined, actor: string): boolean {
+    const state = this.byClientId.get(clientId);
+    if (!state) return false;
+    this.log.info({ client_id: clientId, actor, reason: reasonText ?? 'kicked' }, 'kicking connection');
+    this.disconnect(state, 'kicked', reasonText);
+    return true;
+  }
+
+  revoke(ev: RevocationEvent): number {
+    const targets: ConnState[] =
+      ev.kind === 'token' ? [this.byJti.get(ev.id)].filter((s): s is ConnState => s !== undefined)
+        : [...(this.bySubject.get(`${ev.kind}:${ev.id}`) ?? [])];
+    for (const s of targets) this.disconnect(s, 'revoked');
+    if (targets.length) this.log.info({ kind: ev.kind, id: ev.id, count: targets.length }, 'revocation applied');
+    return targets.length;
+  }
+
+  private schedule(state: ConnState, atS: number): void {
+    this.unschedule(state);
+    const bucket = Math.ceil(atS);
+    let set = this.expiry.get(bucket);
+    if (!set) this.expiry.set(bucket, (set = new Set()));
+    set.add(state);
+    state.expiryAt = bucket;
+  }
+
+  private unschedule(state: ConnState): void {
+    if (state.expiryAt === null) return;
+    const set = this.expiry.get(state.expiryAt);
+    set?.delete(state);
+    if (set?.size === 0) this.expiry.delete(state.expiryAt);
+    state.expiryAt = null;
+  }
+
+  /** Runs the expiry wheel up to now: sends token-expiring notices, closes expired connections. */
+  tick(nowMs = Date.now()): void {
+    const nowS = Math.floor(nowMs / 1000);
+    for (let s = this.lastTickS; s <= nowS; s++) {
+      const due = this.expiry.get(s);
+      if (!due) continue;
+      this.expiry.delete(s);
+      for (const state of due) {
+        state.expiryAt = null;
+        const claims = state.claims;
+        if (!claims || !this.live.has(state)) continue;
+        if (s < claims.exp && !state.expiryNoticeSent) {
+          state.expiryNoticeSent = true;
+          this.notifyExpiring(state);
+          this.schedule(state, claims.exp);
+        } else {
+          this.disconnect(state, 'token-expired');
+        }
+      }
+    }
+    this.lastTickS = nowS + 1;
+  }
+
+  private notifyExpiring(state: ConnState): void {
+    const client = state.client;
+    if (!client || state.claims?.typ !== 'device' || !client.connected) return;
+    const notice = { type: 'token-expiring', reason: 'token expires soon: reconnect with a fresh token', expires_at: state.claims.exp };
+    client.publish({ cmd: 'publish', topic: topicFor('sys', state.claims.sub), payload: Buffer.from(JSON.stringify(notice)), qos: 0, retain: false, dup: false }, () => {});
+  }
+
+  /** Closes every connection with a server-shutdown notice, spread over spreadMs; resolves when all are gone or timeoutMs passed. */
+  async drainAll(spreadMs: number, timeoutMs: number): Promise<number> {
+    const states = [...this.live];
+    for (const s of states) {
+      setTimeout(() => this.disconnect(s, 'server-shutdown'), Math.random() * spreadMs).unref();
+    }
+    const deadline = Date.now() + timeoutMs;
+    while (this.live.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    return this.live.size;
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * The WebSocket upgrade on /mqtt: gates first (path, subprotocol, draining,
+ * per-IP limits, bans), then ws picks the `mqtt` subprotocol so the token
+ * offered beside it is never echoed. Query strings are ignored: a token in a
+ * URL would end up in proxy logs.
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { randomUUID } from 'node:crypto';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { BlockList } from 'node:net';
+import type { Aedes } from 'aedes';
+import { errorCatalogue, jwtContract, tokenFromSubprotocols, type Logger } from '@fleetwire/common';
+import { clientIp } from './client-ip.js';
+import type { ConnState } from './conn-state.js';
+import type { ConnectGate } from './connect-gate.js';
+import type { Connections } from './connections.js';
+import type { BrokerMetrics } from './metrics.js';
+import { GuardError, MqttIngressGuard } from './mqtt-guard.js';
+import { PublishLimiter, type PublishLimits } from './publish-limiter.js';
+import { WebSocketDuplex } from './ws-stream.js';
+
+export interface HandshakeDeps {
+  aedes: Aedes;
+  gate: ConnectGate;
+  connections: Connections;
+  metrics: BrokerMetrics;
+  log: Logger;
+  proxies: BlockList;
+  hasProxies: boolean;
+  isDraining: () => boolean;
+  limits: PublishLimits & { wsMaxPayloadBytes: number; maxPacketBytes: number; abuseDropsBeforeKick: number };
+}
+
+export const MQTT_PATH = '/mqtt';
+
+function reject(socket: Duplex, status: number, code: string, extraHeaders: Record<string, string> = {}): void {
+  const body = JSON.stringify({ error: { code, message: errorCatalogue[code]?.message ?? code } });
+  const reason = { 400: 'Bad Request', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' }[status] ?? 'Error';
+  const headers = Object.entries({ 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close', ...extraHeaders })
+    .map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  socket.end(`HTTP/1.1 ${status} ${reason}\r\n${headers}\r\n${body}`);
+}
+
+export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: d.limits.wsMaxPayloadBytes,
+    perMessageDeflate: false,
+    clientTracking: false,
+    // Choose `mqtt`, never the `auth.<jwt>` entry: without this ws echoes the first offer.
+    handleProtocols: (offered) => (offered.has(jwtContract.subprotocol) ? jwtContract.subprotocol : false),
+  });
+
+  // Drops per connection within a sliding 10 s window; past the threshold the client is disconnected.
+  const abuseWindowMs = 10_000;
+  const drops = new WeakMap<ConnState, { since: number; n: number }>();
+  return function onUpgrade(req, socket, head) {
+    socket.on('error', () => socket.destroy());
+    const path = (req.url ?? '').split('?', 1)[0];
+    if (path !== MQTT_PATH) return reject(socket, 404, 'NOT_FOUND');
+    if (d.isDraining()) return reject(socket, 503, 'BROKER_DRAINING', { 'Retry-After': '5' });
+    const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
+    if (!offered.includes(jwtContract.subprotocol)) return reject(socket, 400, 'BROKER_SUBPROTOCOL_REQUIRED');
+    const ip = clientIp(req, d.proxies, d.hasProxies);
+    if (!d.connections.admit(ip)) {
+      d.metrics.rateLimitDrops.inc({ limit: 'ip_connections' });
+      return reject(socket, 429, 'BROKER_TOO_MANY_CONNECTIONS', { 'Retry-After': '10' });
+    }
+    d.gate.check(ip).then(
+      (verdict) => {
+        if (!verdict.ok) {
+          d.metrics.rateLimitDrops.inc({ limit: verdict.why === 'banned' ? 'ip_banned' : 'connect_attempts' });
+          const code = verdict.why === 'banned' ? 'BROKER_IP_BANNED' : 'BROKER_RATE_LIMITED';
+          return reject(socket, 429, code, { 'Retry-After': String(verdict.retryAfterS) });
+        }
+        if (socket.destroyed) return;
+        wss.handleUpgrade(req, socket, head, (ws) => accept(ws, req, ip));
+      },
+      (err: unknown) => {
+        d.log.error({ err }, 'connection gate unavailable');
+        reject(socket, 503, 'INTERNAL_ERROR', { 'Retry-After': '5' });
+      },
+    );
+  };
+
+  function accept(ws: WebSocket, req: IncomingMessage, ip: string): void {
+    const limiter = new PublishLimiter(d.limits);
+    let stream: WebSocketDuplex | null = null;
+    const guard = new MqttIngressGuard(limiter, d.limits.maxPacketBytes, {
+      onDrop: (limit) => {
+        d.metrics.rateLimitDrops.inc({ limit });
+        if (stream?.fw) abuse(stream.fw);
+      },
+    });
+    stream = new WebSocketDuplex(ws, guard, (err) => violation(state, err));
+    const now = Date.now();
+    const state: ConnState = {
+      transport: 'ws', ip, stream, connId: randomUUID(), connectedAt: now,
+      token: tokenFromSubprotocols(req.headers['sec-websocket-protocol']),
+      claims: null, client: null, lastActivity: now, flushedActivity: now,
+      closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
+    };
+    stream.fw = state;
+    d.connections.opened(state);
+    ws.once('close', () => d.connections.closed(state));
+    // Aedes gets a slim request: the full IncomingMessage (and its headers with the token) is not kept per connection.
+    d.aedes.handle(stream, { headers: {}, socket: { remoteAddress: ip } } as unknown as IncomingMessage);
+  }
+
+  function abuse(state: ConnState): void {
+    const now = Date.now();
+    let w = drops.get(state);
+    if (!w || now - w.since > abuseWindowMs) drops.set(state, (w = { since: now, n: 0 }));
+    if (++w.n >= d.limits.abuseDropsBeforeKick) {
+      d.log.warn({ client_id: state.client?.id, ip: state.ip, dropped: w.n }, 'sustained publish flood: disconnecting');
+      d.connections.disconnect(state, 'rate-limited');
+    }
+  }
+
+  function violation(state: ConnState, err: GuardError): void {
+    d.metrics.malformed.inc({ kind: err.violation });
+    d.log.warn({ client_id: state.client?.id, ip: state.ip }, `closing connection: ${err.message}`);
+    d.connections.disconnect(state, err.violation, err.message);
+  }
+}

@@ -1,0 +1,197 @@
+/**
+ * Aedes hooks: preConnect (keepalive bounds), authenticate (JWT from the
+ * subprotocol or, on the loopback TCP listener, a service JWT as password),
+ * authorizePublish (ACL + ingress routing), authorizeSubscribe, authorizeForward.
+ */
+import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import {
+  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic,
+  type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
+} from '@fleetwire/common';
+import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
+import { stateOf, type ConnState } from './conn-state.js';
+import type { ConnectGate } from './connect-gate.js';
+import type { Connections } from './connections.js';
+import { decodeDevicePayload, IngressRejected, type IngressRouter } from './ingress.js';
+import type { BrokerMetrics } from './metrics.js';
+import type { PublishLimits } from './publish-limiter.js';
+import { WebSocketDuplex } from './ws-stream.js';
+
+export interface HookDeps {
+  aedes: Aedes;
+  redis: Redis;
+  verifier: TokenVerifier;
+  gate: ConnectGate;
+  connections: Connections;
+  ingress: IngressRouter;
+  metrics: BrokerMetrics;
+  log: Logger;
+  nodeId: string;
+  limits: PublishLimits & { keepaliveMinS: number; keepaliveMaxS: number; limitServices: boolean };
+}
+
+/** Where refused-but-acknowledged messages go: no client may subscribe to $-topics, so nobody receives them. */
+const sinkTopic = (nodeId: string): string => `$SYS/${nodeId}/fleetwire/dropped`;
+
+export function installHooks(d: HookDeps): void {
+  const { aedes, log, metrics } = d;
+
+  aedes.preConnect = (client, packet, done) => {
+    const state = stateOf(client);
+    const ka = packet.keepalive ?? 0;
+    if (state && (ka < d.limits.keepaliveMinS || ka > d.limits.keepaliveMaxS)) {
+      const why = `keepalive must be between ${d.limits.keepaliveMinS} and ${d.limits.keepaliveMaxS} s, got ${ka}`;
+      log.info({ ip: state.ip, client_id: packet.clientId }, why);
+      state.closeReason = 'keepalive-out-of-bounds';
+      metrics.malformed.inc({ kind: 'keepalive' });
+      if (state.stream instanceof WebSocketDuplex) state.stream.closeIntent = { code: 4006, reason: why };
+      return done(new Error(why), false);
+    }
+    done(null, true);
+  };
+
+  aedes.authenticate = (client, username, password, done) => {
+    const state = stateOf(client);
+    if (!state) return done(authError(new FleetwireError('AUTH_TOKEN_MISSING')), false);
+    const token = state.transport === 'ws' ? state.token : username === 'service' && password ? password.toString('utf8') : null;
+    state.token = null; // the token is not kept past this point
+    authenticate(client, state, token).then(
+      (claims) => {
+        state.claims = claims;
+        if (claims.typ === 'service' && !d.limits.limitServices && state.stream instanceof WebSocketDuplex) {
+          state.stream.guard.limiter = null;
+        }
+        markTakeover(client, state);
+        d.connections.authenticated(state);
+        done(null, true);
+      },
+      (err: unknown) => {
+        const fe = err instanceof FleetwireError ? err : new FleetwireError('AUTH_TOKEN_INVALID', undefined, { cause: err });
+        metrics.authFailures.inc({ reason: fe.code });
+        state.closeReason = 'auth-failed';
+        log.warn({ ip: state.ip, client_id: client.id, code: fe.code }, `authentication refused: ${fe.message}`);
+        d.gate.authFailed(state.ip).then(
+          (banned) => { if (banned) log.warn({ ip: state.ip }, 'address banned after repeated authentication failures'); },
+          (e: unknown) => log.error({ err: e }, 'recording an authentication failure failed'),
+        );
+        done(authError(fe), false);
+      },
+    );
+  };
+
+  async function authenticate(client: Client, state: ConnState, token: string | null): Promise<FleetwireClaims> {
+    if (!token) throw new FleetwireError('AUTH_TOKEN_MISSING');
+    const claims = await d.verifier.verify(token);
+    if (state.transport === 'tcp' && claims.typ !== 'service') {
+      throw new FleetwireError('AUTH_FORBIDDEN', 'the TCP listener accepts service tokens only');
+    }
+    const deviceCheck = claims.typ === 'device' ? getDeviceStatus(d.redis, claims.sub) : Promise.resolve(null);
+    const [revoked, deviceStatus] = await Promise.all([isTokenRevoked(d.redis, claims.jti), deviceCheck]);
+    if (revoked) throw new FleetwireError('AUTH_TOKEN_REVOKED');
+    if (claims.typ === 'device') {
+      if (!isDeviceId(claims.sub) || client.id !== claims.sub) throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH');
+      if (deviceStatus === null) throw new FleetwireError('AUTH_DEVICE_UNKNOWN');
+      if (deviceStatus !== 'active') throw new FleetwireError('AUTH_DEVICE_REVOKED');
+    } else if (!client.id.startsWith(`${claims.typ}:${claims.sub}`)) {
+      // Only devices may use bare ids, so a user or service can never take over a device's session.
+      throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH', `a ${claims.typ}'s client id must start with "${claims.typ}:${claims.sub}"`);
+    }
+    const will = (client as unknown as { _will?: { topic: string } })._will;
+    if (will && !authorizePublishTopic(claims, will.topic).ok) {
+      throw new FleetwireError('AUTH_FORBIDDEN', `the will topic ${will.topic} is not one this client may publish`);
+    }
+    return claims;
+  }
+
+  /** A second connection with the same client id takes over [MQTT-3.1.4-2]; the old one learns why. */
+  function markTakeover(client: Client, state: ConnState): void {
+    const existing = aedes.clients[client.id];
+    const old = existing && existing !== client ? stateOf(existing) : undefined;
+    if (old && old !== state) {
+      old.closeReason = 'taken-over';
+      if (old.stream instanceof WebSocketDuplex) old.stream.closeIntent = { code: 4007, reason: 'another connection with the same client id took over' };
+    }
+  }
+
+  aedes.authorizePublish = (client, packet, done) => {
+    if (!client) return done(null); // a will from a dead node: checked at that client's CONNECT
+    const state = stateOf(client);
+    const claims = state?.claims;
+    if (!state || !claims) return done(new Error('not authenticated'));
+    const verdict = authorizePublishTopic(claims, packet.topic);
+    if (!verdict.ok) {
+      metrics.aclDenied.inc({ action: 'publish' });
+      log.warn({ client_id: client.id, topic: packet.topic }, `publish refused: ${verdict.why}`);
+      state.closeReason = 'acl-denied';
+      return done(new Error(verdict.why));
+    }
+    metrics.in(verdict.topicClass, packet.payload.length);
+    if (!verdict.queue || !verdict.deviceId) return done(null);
+
+    let payload: Record<string, unknown>;
+    try {
+      payload = decodeDevicePayload(verdict.topicClass, packet.payload as Buffer);
+    } catch (err) {
+      if (!(err instanceof IngressRejected)) throw err;
+      refuse(client, packet, verdict.topicClass, err);
+      return done(null);
+    }
+    const routed = d.ingress.route(verdict.queue, verdict.deviceId, verdict.topicClass, payload);
+    if (packet.qos === 0) {
+      routed.catch((err: unknown) => routingFailed(err, verdict.queue!, client.id));
+      return done(null);
+    }
+    // QoS 1: PUBACK only once the queue has the job, so the device retransmits if Redis lost it.
+    routed.then(
+      () => done(null),
+      (err: unknown) => {
+        routingFailed(err, verdict.queue!, client.id);
+        state.closeReason = 'queue-unavailable';
+        done(new Error('queue unavailable'));
+      },
+    );
+  };
+
+  function routingFailed(err: unknown, queue: string, clientId: string): void {
+    metrics.queueRoutingErrors.inc({ queue });
+    log.error({ err, queue, client_id: clientId }, 'routing a device message to its queue failed');
+  }
+
+  /**
+   * A schema-invalid device message is acknowledged (so the device does not
+   * retransmit it forever) but goes nowhere. An ML request gets an error result
+   * it can correlate by cid.
+   */
+  function refuse(client: Client, packet: PublishPacket, topicClass: string, err: IngressRejected): void {
+    metrics.ingressRejected.inc({ topic_class: topicClass });
+    log.warn({ client_id: client.id, cid: err.cid, topic: packet.topic }, err.message);
+    packet.topic = sinkTopic(d.nodeId);
+    packet.retain = false;
+    if (topicClass === 'ml-infer' && err.cid) {
+      const result = { cid: err.cid, ok: false, error: { code: err.code, message: err.message }, model_version: '' };
+      client.publish({ cmd: 'publish', topic: `devices/${client.id}/ml/result`, payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
+    }
+  }
+
+  aedes.authorizeSubscribe = (client, sub: Subscription, done) => {
+    const claims = stateOf(client)?.claims;
+    if (claims && authorizeSubscribeFilter(claims, sub.topic)) return done(null, sub);
+    metrics.aclDenied.inc({ action: 'subscribe' });
+    log.info({ client_id: client.id, filter: sub.topic }, 'subscription refused');
+    done(null, null); // SUBACK 0x80 for this filter [MQTT-3.9.3]
+  };
+
+  aedes.authorizeForward = (_client, packet) => {
+    const p = packet as PublishPacket & { fwClass?: string };
+    // The same packet object is forwarded to every subscriber: classify it once.
+    p.fwClass ??= parseDeviceTopic(p.topic)?.entry.class ?? 'other';
+    metrics.out(p.fwClass, p.payload.length);
+    return packet;
+  };
+}
+
+function authError(fe: FleetwireError): AuthenticateError {
+  const e = new Error(fe.message) as AuthenticateError;
+  e.returnCode = (fe.connack ?? 5) as AuthenticateError['returnCode'];
+  return e;
+}

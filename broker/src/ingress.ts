@@ -1,0 +1,85 @@
+/**
+ * Routes device-originated messages into BullMQ queues (contracts/queues.json)
+ * as ingress envelopes. The payload is decoded and schema-checked first: a bad
+ * message is refused with a metric and a log line and never reaches a queue.
+ * For QoS 1 the broker waits for the enqueue before PUBACK (at-least-once);
+ * a retransmission with the same cid maps to the same job id and is not
+ * queued twice.
+ */
+import { Queue } from 'bullmq';
+import { unpack } from 'msgpackr';
+import { randomUUID } from 'node:crypto';
+import {
+  FleetwireError, queues as queueContract, payloadValidator, describeValidationError, topics, type Redis,
+} from '@fleetwire/common';
+
+export interface IngressEnvelope {
+  cid: string;
+  device_id: string;
+  topic_class: string;
+  payload: unknown;
+  received_at: number;
+  node: string;
+}
+
+export class IngressRejected extends FleetwireError {
+  constructor(message: string, readonly cid: string | undefined) {
+    super('BROKER_INGRESS_REJECTED', message);
+  }
+}
+
+const encodings = new Map(topics.map((t) => [t.class, t.encodings ?? ['json']]));
+
+/** Decodes and validates one payload; throws IngressRejected with a readable reason. */
+export function decodeDevicePayload(topicClass: string, payload: Buffer): Record<string, unknown> {
+  let value: unknown;
+  const allowMsgpack = encodings.get(topicClass)?.includes('msgpack') ?? false;
+  const looksJson = payload.length > 0 && (payload[0] === 0x7b /* { */ || payload[0] === 0x20 || payload[0] === 0x0a);
+  try {
+    value = allowMsgpack && !looksJson ? unpack(payload) : JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new IngressRejected(`${topicClass} payload is not valid ${allowMsgpack ? 'JSON or msgpack' : 'JSON'}`, undefined);
+  }
+  const validate = payloadValidator(topicClass);
+  if (!validate(value)) {
+    const cid = typeof (value as { cid?: unknown })?.cid === 'string' ? (value as { cid: string }).cid : undefined;
+    throw new IngressRejected(`${topicClass} payload rejected: ${describeValidationError(validate)}`, cid);
+  }
+  return value as Record<string, unknown>;
+}
+
+export class IngressRouter {
+  private readonly queues = new Map<string, Queue>();
+
+  constructor(connection: Redis, private readonly nodeId: string) {
+    for (const name of Object.keys(queueContract.queues)) {
+      this.queues.set(name, new Queue(name, { connection, prefix: queueContract.prefix }));
+    }
+  }
+
+  queue(name: string): Queue {
+    const q = this.queues.get(name);
+    if (!q) throw new Error(`unknown queue ${name}: add it to common/contracts/queues.json`);
+    return q;
+  }
+
+  /** Enqueues a decoded device message; resolves when Redis has it. */
+  async route(queueName: string, deviceId: string, topicClass: string, payload: Record<string, unknown>): Promise<string> {
+    const spec = queueContract.queues[queueName]!;
+    const cid = typeof payload.cid === 'string' ? payload.cid : randomUUID();
+    const envelope: IngressEnvelope = { cid, device_id: deviceId, topic_class: topicClass, payload, received_at: Date.now(), node: this.nodeId };
+    await this.queue(queueName).add(topicClass, envelope, {
+      // Stable id for messages with a device-chosen cid, so a QoS 1 retransmission is not queued twice.
+      ...(typeof payload.cid === 'string' ? { jobId: `${deviceId}.${cid.replaceAll(':', '_')}` } : {}),
+      attempts: spec.attempts,
+      backoff: { type: 'exponential', delay: 1000 },
+      removeOnComplete: spec.remove_on_complete,
+      removeOnFail: spec.remove_on_fail,
+    });
+    return cid;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.queues.values()].map((q) => q.close()));
+  }
+}

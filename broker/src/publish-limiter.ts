@@ -1,0 +1,49 @@
+/**
+ * Per-client publish limits over two windows (1 s and 60 s), for messages and
+ * for bytes, as token buckets: four numbers to refill per check, no timers.
+ */
+export interface PublishLimits {
+  perS: number;
+  burst: number;
+  perMin: number;
+  bytesPerS: number;
+  bytesPerMin: number;
+}
+
+export type LimitHit = 'publish_messages' | 'publish_bytes';
+
+export class PublishLimiter {
+  private msgShort: number;
+  private msgLong: number;
+  private byteShort: number;
+  private byteLong: number;
+  private last: number;
+
+  constructor(private readonly limits: PublishLimits, now = Date.now()) {
+    this.msgShort = limits.burst;
+    this.msgLong = limits.perMin;
+    this.byteShort = limits.bytesPerS;
+    this.byteLong = limits.bytesPerMin;
+    this.last = now;
+  }
+
+  /** Takes one publish of `bytes` from every bucket, or returns which limit refused it (nothing is taken then). */
+  take(bytes: number, now = Date.now()): LimitHit | null {
+    const l = this.limits;
+    const dt = (now - this.last) / 1000;
+    if (dt > 0) {
+      this.last = now;
+      this.msgShort = Math.min(l.burst, this.msgShort + dt * l.perS);
+      this.msgLong = Math.min(l.perMin, this.msgLong + (dt * l.perMin) / 60);
+      this.byteShort = Math.min(l.bytesPerS, this.byteShort + dt * l.bytesPerS);
+      this.byteLong = Math.min(l.bytesPerMin, this.byteLong + (dt * l.bytesPerMin) / 60);
+    }
+    if (this.msgShort < 1 || this.msgLong < 1) return 'publish_messages';
+    if (this.byteShort < bytes || this.byteLong < bytes) return 'publish_bytes';
+    this.msgShort -= 1;
+    this.msgLong -= 1;
+    this.byteShort -= bytes;
+    this.byteLong -= bytes;
+    return null;
+  }
+}

@@ -1,0 +1,4 @@
+/** Types for aedes-persistence-redis, which ships none. */
+declare module 'aedes-persistence-redis' {
+  export default function aedesPersistenceRedis(opts: { conn?: import('ioredis').Redis; maxSessionDelivery?: number }): NonNullable<import('aedes').AedesOptions['persistence']>;
+}

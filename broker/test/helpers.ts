@@ -1,0 +1,140 @@
+/** Test harness: a real broker on a real port, real Redis, real keys, real WebSocket clients. */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import mqtt, { type MqttClient, type IClientOptions } from 'mqtt';
+import WebSocket from 'ws';
+import {
+  createLogger, createRedis, createTokenVerifier, generateSigningKey, loadOrCreateKeySet, saveDevice, signToken,
+  type Redis, type SigningKey, type TokenRequest,
+} from '@fleetwire/common';
+import { buildBroker, brokerDefaults, type Broker, type BrokerConfig } from '@fleetwire/broker';
+
+export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+export interface TestBroker {
+  broker: Broker;
+  port: number;
+  url: string;
+  httpUrl: string;
+  signer: SigningKey;
+  redis: Redis;
+  logs: string[];
+  mint(req: Partial<TokenRequest> & { sub: string }): Promise<string>;
+  registerDevice(id: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+export async function flushRedis(): Promise<void> {
+  const r = createRedis(REDIS_URL, { name: 'test-flush' });
+  await r.flushdb();
+  r.disconnect();
+}
+
+export async function startBroker(overrides: Partial<BrokerConfig> = {}): Promise<TestBroker> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'fw-test-'));
+  const { signer, publicJwks } = await loadOrCreateKeySet(join(dataDir, 'keys'));
+  const logs: string[] = [];
+  const destination = new Writable({ write(chunk, _e, cb) { logs.push(String(chunk)); cb(); } });
+  const log = createLogger({ level: 'debug', name: 'broker-test', destination });
+  const config = brokerDefaults({ redisUrl: REDIS_URL, port: 0, host: '127.0.0.1', dataDir, ...overrides });
+  const broker = await buildBroker(config, { verifier: createTokenVerifier({ keys: publicJwks }), log });
+  const { port } = await broker.listen();
+  const redis = createRedis(REDIS_URL, { name: 'test' });
+  const mint = (req: Partial<TokenRequest> & { sub: string }): Promise<string> =>
+    signToken(signer, { typ: 'device', ttlSeconds: 600, ...req });
+  return {
+    broker, port, signer, redis, logs, mint,
+    url: `ws://127.0.0.1:${port}/mqtt`,
+    httpUrl: `http://127.0.0.1:${port}`,
+    async registerDevice(id) {
+      await saveDevice(redis, id);
+      return mint({ sub: id });
+    },
+    async close() {
+      await broker.close();
+      redis.disconnect();
+    },
+  };
+}
+
+export { generateSigningKey };
+
+/** mqtt.js over ws with the token in the subprotocol list, as a device would connect. */
+export function connectOptions(token: string | null, clientId: string, extra: Partial<IClientOptions> = {}): IClientOptions {
+  return {
+    clientId, protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000, keepalive: 30,
+    createWebsocket: (url: string) => new WebSocket(url, token === null ? ['mqtt'] : ['mqtt', `auth.${token}`]),
+    ...extra,
+  };
+}
+
+const sockets = new WeakMap<MqttClient, WebSocket>();
+
+export async function connect(url: string, token: string | null, clientId: string, extra: Partial<IClientOptions> = {}): Promise<MqttClient> {
+  let socket: WebSocket | undefined;
+  const opts = connectOptions(token, clientId, extra);
+  const create = opts.createWebsocket!;
+  opts.createWebsocket = (u, p, o) => (socket = create(u, p, o) as WebSocket);
+  const client = await mqtt.connectAsync(url, opts);
+  sockets.set(client, socket!);
+  return client;
+}
+
+/** Resolves with the CONNACK return code of a refused connection (or 0 if it was accepted). */
+export async function connackCode(url: string, token: string | null, clientId: string): Promise<number> {
+  try {
+    const c = await connect(url, token, clientId);
+    await c.endAsync();
+    return 0;
+  } catch (err) {
+    return (err as { code?: number }).code ?? -1;
+  }
+}
+
+/** Waits for the underlying WebSocket close and returns its code and reason. */
+export function closeOf(client: MqttClient): Promise<{ code: number; reason: string }> {
+  const ws = sockets.get(client)!;
+  return new Promise((resolve) => {
+    if (ws.readyState === ws.CLOSED) resolve({ code: -1, reason: 'already closed' });
+    ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() }));
+  });
+}
+
+export function nextMessage(client: MqttClient, topic: string, timeoutMs = 5000): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { client.off('message', on); reject(new Error(`no message on ${topic} in ${timeoutMs} ms`)); }, timeoutMs);
+    const on = (t: string, payload: Buffer): void => {
+      if (t !== topic) return;
+      clearTimeout(timer);
+      client.off('message', on);
+      resolve(payload);
+    };
+    client.on('message', on);
+  });
+}
+
+/** The SUBACK return codes for `filters` (128 = refused), in order. */
+export async function subackCodes(client: MqttClient, filters: string[], qos: 0 | 1 = 0): Promise<number[]> {
+  try {
+    const granted = await client.subscribeAsync(filters, { qos });
+    return granted.map((g) => g.qos);
+  } catch (err) {
+    const packet = (err as { packet?: { granted?: number[] } }).packet;
+    if (!packet?.granted) throw err;
+    return packet.granted;
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function waitFor<T>(fn: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (ok(v)) return v;
+    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(v)}`);
+    await sleep(50);
+  }
+}

@@ -1,0 +1,92 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Queue } from 'bullmq';
+import { pack } from 'msgpackr';
+import { createRedis, queues } from '@fleetwire/common';
+import { connect, flushRedis, nextMessage, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+
+let t: TestBroker;
+const conn = createRedis(REDIS_URL, { name: 'test-queues', maxRetriesPerRequest: null });
+const queue = (name: string) => new Queue(name, { connection: conn, prefix: queues.prefix });
+beforeAll(async () => {
+  await flushRedis();
+  t = await startBroker();
+});
+afterAll(async () => {
+  await t.close();
+  conn.disconnect();
+});
+
+const heartbeat = { seq: 1, uptime_s: 60, rssi: -55, heap_free: 120_000, fw: '1.0.0' };
+
+describe('ingress routing to BullMQ', () => {
+  it('routes a heartbeat to the heartbeats queue as an envelope with device id, class and cid', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-hb'), 'dev-hb');
+    dev.publish('devices/dev-hb/heartbeat', JSON.stringify(heartbeat), { qos: 0 });
+    const q = queue('heartbeats');
+    const [job] = await waitFor(() => q.getJobs(['waiting']), (jobs) => jobs.length === 1);
+    expect(job!.name).toBe('heartbeat');
+    expect(job!.data).toMatchObject({ device_id: 'dev-hb', topic_class: 'heartbeat', payload: heartbeat, node: t.broker.nodeId });
+    expect(typeof job!.data.cid).toBe('string');
+    expect(job!.opts.attempts).toBe(queues.queues.heartbeats!.attempts);
+    await dev.endAsync();
+  });
+
+  it('acknowledges a QoS 1 command result only after it is queued, and queues a retransmission once', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-res'), 'dev-res');
+    const result = { cid: 'cmd-42', ok: true, result: { pong: true } };
+    await dev.publishAsync('devices/dev-res/cmd/result', JSON.stringify(result), { qos: 1 });
+    const q = queue('cmd-results');
+    expect(await q.getJob('dev-res.cmd-42')).toBeTruthy();
+    await dev.publishAsync('devices/dev-res/cmd/result', JSON.stringify(result), { qos: 1, dup: true });
+    expect(await q.getJobCounts('waiting')).toEqual({ waiting: 1 });
+    await dev.endAsync();
+  });
+
+  it('routes OTA status and msgpack-encoded ML requests', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-ml'), 'dev-ml');
+    await dev.publishAsync('devices/dev-ml/ota/status', JSON.stringify({ rollout: 'r-1', state: 'downloading', progress: 10 }), { qos: 1 });
+    await dev.publishAsync('devices/dev-ml/ml/infer', pack({ cid: 'm-1', model: 'anomaly', input: [1, 2, 3] }), { qos: 1 });
+    expect((await queue('ota-events').getJobs(['waiting']))[0]!.data.payload.state).toBe('downloading');
+    const ml = await queue('ml-infer').getJob('dev-ml.m-1');
+    expect(ml!.data.payload).toEqual({ cid: 'm-1', model: 'anomaly', input: [1, 2, 3] });
+    await dev.endAsync();
+  });
+
+  it('refuses a heartbeat that breaks its schema: nothing queued, nothing forwarded, a metric counts it, the device stays connected', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-bad'), 'dev-bad');
+    const svc = await connect(t.url, await t.mint({ sub: 'watch', typ: 'service' }), 'service:watch:1');
+    await svc.subscribeAsync('devices/dev-bad/#');
+    const seen: string[] = [];
+    svc.on('message', (topic) => seen.push(topic));
+    dev.publish('devices/dev-bad/heartbeat', JSON.stringify({ seq: -1, fw: '' }), { qos: 0 });
+    dev.publish('devices/dev-bad/heartbeat', 'not json at all', { qos: 0 });
+    await sleep(300);
+    const waiting = await queue('heartbeats').getJobs(['waiting']);
+    expect(waiting.filter((j) => j.data.device_id === 'dev-bad')).toEqual([]);
+    expect(seen).toEqual([]);
+    expect(dev.connected).toBe(true);
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/fleetwire_broker_ingress_rejected_total\{topic_class="heartbeat"\} 2/);
+    expect(t.logs.join('')).toMatch(/heartbeat payload rejected: .*must/);
+    expect(t.logs.join('')).toContain('heartbeat payload is not valid JSON');
+    await Promise.all([dev.endAsync(), svc.endAsync()]);
+  });
+
+  it('answers an invalid ML request with an error result the device can correlate', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-mlbad'), 'dev-mlbad');
+    await dev.subscribeAsync('devices/dev-mlbad/ml/result', { qos: 1 });
+    const answer = nextMessage(dev, 'devices/dev-mlbad/ml/result');
+    await dev.publishAsync('devices/dev-mlbad/ml/infer', JSON.stringify({ cid: 'm-bad', input: [1] }), { qos: 1 });
+    const body = JSON.parse((await answer).toString());
+    expect(body).toMatchObject({ cid: 'm-bad', ok: false, error: { code: 'BROKER_INGRESS_REJECTED' } });
+    expect(body.error.message).toMatch(/must have required property 'model'/);
+    await dev.endAsync();
+  });
+
+  it('counts messages and bytes in and out by topic class', async () => {
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/fleetwire_broker_messages_in_total\{topic_class="heartbeat"\} \d+/);
+    expect(metrics).toMatch(/fleetwire_broker_bytes_in_total\{topic_class="cmd-result"\} \d+/);
+    expect(metrics).toMatch(/fleetwire_broker_messages_out_total\{topic_class="ml-result"\} \d+/);
+  });
+});

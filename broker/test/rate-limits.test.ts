@@ -1,0 +1,137 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import mqttPacket from 'mqtt-packet';
+import { closeOf, connackCode, connect, flushRedis, sleep, startBroker, type TestBroker } from './helpers.js';
+
+let t: TestBroker;
+beforeEach(async () => flushRedis());
+afterEach(async () => t?.close());
+
+/** Opens a raw WebSocket; resolves with the HTTP status of a refused upgrade or 101. */
+function upgradeStatus(url: string, token = 'x'): Promise<{ status: number; retryAfter?: string; code?: string }> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(url, ['mqtt', `auth.${token}`]);
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, retryAfter: res.headers['retry-after'] as string, code: JSON.parse(body).error.code }));
+    });
+    ws.on('open', () => { ws.close(); resolve({ status: 101 }); });
+    ws.on('error', () => undefined);
+  });
+}
+
+describe('connection limits', () => {
+  it('answers 429 with Retry-After once an address exceeds its connection attempts per window', async () => {
+    t = await startBroker({ connectAttemptsPerIp: 3, connectWindowS: 30 });
+    for (let i = 0; i < 3; i++) expect((await upgradeStatus(t.url)).status).toBe(101);
+    const refused = await upgradeStatus(t.url);
+    expect(refused.status).toBe(429);
+    expect(refused.code).toBe('BROKER_RATE_LIMITED');
+    expect(Number(refused.retryAfter)).toBeGreaterThan(0);
+  });
+
+  it('limits concurrent connections per address', async () => {
+    t = await startBroker({ maxConnectionsPerIp: 2 });
+    const a = new WebSocket(t.url, ['mqtt']);
+    const b = new WebSocket(t.url, ['mqtt']);
+    await Promise.all([a, b].map((w) => new Promise((r) => w.once('open', r))));
+    const refused = await upgradeStatus(t.url);
+    expect(refused).toMatchObject({ status: 429, code: 'BROKER_TOO_MANY_CONNECTIONS' });
+    a.close();
+    await sleep(100);
+    expect((await upgradeStatus(t.url)).status).toBe(101);
+    b.close();
+  });
+
+  it('bans an address after repeated failed authentications, and the ban answers 429', async () => {
+    t = await startBroker({ authFailuresBeforeBan: 3, banS: 60 });
+    for (let i = 0; i < 3; i++) expect(await connackCode(t.url, 'garbage', 'dev-x')).toBe(4);
+    const banned = await upgradeStatus(t.url);
+    expect(banned).toMatchObject({ status: 429, code: 'BROKER_IP_BANNED' });
+    expect(Number(banned.retryAfter)).toBeGreaterThan(50);
+  });
+
+  it('a second connection for the same device replaces the first instead of being refused', async () => {
+    t = await startBroker();
+    const token = await t.registerDevice('dev-dup');
+    const first = await connect(t.url, token, 'dev-dup');
+    const closed = closeOf(first);
+    const second = await connect(t.url, token, 'dev-dup');
+    expect((await closed).code).toBe(4007);
+    expect(second.connected).toBe(true);
+    await second.endAsync();
+  });
+});
+
+describe('publish limits', () => {
+  it('drops publishes beyond the burst, counts them, and keeps the client connected', async () => {
+    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 1000 });
+    const dev = await connect(t.url, await t.registerDevice('dev-burst'), 'dev-burst');
+    const svc = await connect(t.url, await t.mint({ sub: 'obs', typ: 'service' }), 'service:obs:1');
+    await svc.subscribeAsync('devices/dev-burst/telemetry');
+    let received = 0;
+    svc.on('message', () => received++);
+    for (let i = 0; i < 20; i++) dev.publish('devices/dev-burst/telemetry', JSON.stringify({ i }), { qos: 0 });
+    await sleep(500);
+    expect(received).toBeGreaterThanOrEqual(5);
+    expect(received).toBeLessThan(10);
+    expect(dev.connected).toBe(true);
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/fleetwire_broker_rate_limit_drops_total\{limit="publish_messages"\} 1[0-9]/);
+    await Promise.all([dev.endAsync(), svc.endAsync()]);
+  });
+
+  it('limits bytes as well as messages', async () => {
+    t = await startBroker({ publishBytesPerS: 2048, publishBytesPerMin: 1_000_000 });
+    const dev = await connect(t.url, await t.registerDevice('dev-bytes'), 'dev-bytes');
+    const svc = await connect(t.url, await t.mint({ sub: 'obs', typ: 'service' }), 'service:obs:2');
+    await svc.subscribeAsync('devices/dev-bytes/telemetry');
+    let received = 0;
+    svc.on('message', () => received++);
+    const big = JSON.stringify({ blob: 'x'.repeat(900) });
+    for (let i = 0; i < 5; i++) dev.publish('devices/dev-bytes/telemetry', big, { qos: 0 });
+    await sleep(400);
+    expect(received).toBe(2);
+    await Promise.all([dev.endAsync(), svc.endAsync()]);
+  });
+
+  it('disconnects a client that keeps flooding, with close code 4004', async () => {
+    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 50 });
+    const dev = await connect(t.url, await t.registerDevice('dev-flood'), 'dev-flood');
+    const closed = closeOf(dev);
+    for (let i = 0; i < 200; i++) dev.publish('devices/dev-flood/telemetry', '{"f":1}', { qos: 0 });
+    expect((await closed).code).toBe(4004);
+  });
+});
+
+describe('input limits', () => {
+  it('closes a connection that sends an MQTT packet over the size limit, with code 4005', async () => {
+    t = await startBroker({ maxPacketBytes: 4096 });
+    const dev = await connect(t.url, await t.registerDevice('dev-big'), 'dev-big');
+    const closed = closeOf(dev);
+    dev.publish('devices/dev-big/telemetry', JSON.stringify({ blob: 'x'.repeat(8000) }), { qos: 0 });
+    const { code, reason } = await closed;
+    expect(code).toBe(4005);
+    expect(reason).toMatch(/exceeds the 4096-byte limit/);
+  });
+
+  it('refuses keepalive outside the configured bounds with a readable close reason', async () => {
+    t = await startBroker({ keepaliveMaxS: 600 });
+    const token = await t.registerDevice('dev-ka');
+    const ws = new WebSocket(t.url, ['mqtt', `auth.${token}`]);
+    await new Promise((r) => ws.once('open', r));
+    const closed = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+    ws.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-ka', keepalive: 0 }));
+    expect(await closed).toEqual({ code: 4006, reason: 'keepalive must be between 5 and 600 s, got 0' });
+  });
+
+  it('closes a socket that never sends CONNECT', async () => {
+    t = await startBroker({ connectTimeoutMs: 300 });
+    const ws = new WebSocket(t.url, ['mqtt']);
+    await new Promise((r) => ws.once('open', r));
+    const start = Date.now();
+    await new Promise((r) => ws.once('close', r));
+    expect(Date.now() - start).toBeLessThan(2000);
+  });
+});

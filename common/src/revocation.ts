@@ -1,0 +1,55 @@
+/**
+ * Device identity status and revocation. The auth service writes, brokers
+ * read at CONNECT and listen on the revocation channel so that a revoked
+ * device or token is disconnected within a second on whichever node holds it.
+ */
+import type { Redis } from 'ioredis';
+import { redisKeys } from './redis-keys.js';
+
+export type DeviceStatus = 'active' | 'revoked';
+
+export interface RevocationEvent {
+  readonly kind: 'device' | 'user' | 'token';
+  /** device id, user id or jti */
+  readonly id: string;
+}
+
+export async function getDeviceStatus(redis: Redis, deviceId: string): Promise<DeviceStatus | null> {
+  const status = await redis.hget(redisKeys.device(deviceId), 'status');
+  return status === 'active' || status === 'revoked' ? status : null;
+}
+
+/** Creates or updates the identity record the broker checks at CONNECT. */
+export async function saveDevice(redis: Redis, deviceId: string, fields: Record<string, string> = {}): Promise<void> {
+  await redis.hset(redisKeys.device(deviceId), { status: 'active', created_at: String(Date.now()), ...fields });
+}
+
+export async function revokeDevice(redis: Redis, deviceId: string): Promise<void> {
+  await redis.hset(redisKeys.device(deviceId), { status: 'revoked', revoked_at: String(Date.now()) });
+  await publishRevocation(redis, { kind: 'device', id: deviceId });
+}
+
+/** Revokes one token until it would have expired anyway. */
+export async function revokeToken(redis: Redis, jti: string, expUnixSeconds: number): Promise<void> {
+  const ttl = Math.max(1, expUnixSeconds - Math.floor(Date.now() / 1000));
+  await redis.set(redisKeys.revokedJti(jti), '1', 'EX', ttl);
+  await publishRevocation(redis, { kind: 'token', id: jti });
+}
+
+export async function isTokenRevoked(redis: Redis, jti: string): Promise<boolean> {
+  return (await redis.exists(redisKeys.revokedJti(jti))) === 1;
+}
+
+export async function publishRevocation(redis: Redis, event: RevocationEvent): Promise<void> {
+  await redis.publish(redisKeys.revocations, JSON.stringify(event));
+}
+
+export function parseRevocation(message: string): RevocationEvent | null {
+  try {
+    const v = JSON.parse(message) as Partial<RevocationEvent>;
+    if ((v.kind === 'device' || v.kind === 'user' || v.kind === 'token') && typeof v.id === 'string') {
+      return { kind: v.kind, id: v.id };
+    }
+  } catch { /* not ours */ }
+  return null;
+}

@@ -1,0 +1,59 @@
+import { describe, expect, it } from 'vitest';
+import { mkdtemp, readdir, stat, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { createLogger, createTokenVerifier, generateSigningKey, loadOrCreateKeySet, signToken, tokenFromSubprotocols } from '../src/index.js';
+
+describe('logger redaction', () => {
+  it('never writes tokens, passwords or API keys', () => {
+    const lines: string[] = [];
+    const log = createLogger({ destination: new Writable({ write(c, _e, cb) { lines.push(String(c)); cb(); } }) });
+    log.info({ token: 'tok-SECRET', password: 'pw-SECRET', user: { api_key: 'fwk_SECRET' }, req: { headers: { 'sec-websocket-protocol': 'mqtt, auth.SECRET' } } }, 'hello');
+    expect(lines.join('')).not.toContain('SECRET');
+    expect(lines.join('')).toContain('[redacted]');
+  });
+});
+
+describe('local signing keys', () => {
+  it('creates one Ed25519 key with mode 0600 and reuses it', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    const first = await loadOrCreateKeySet(dir);
+    const second = await loadOrCreateKeySet(dir);
+    expect(second.signer.kid).toBe(first.signer.kid);
+    const [file] = await readdir(dir);
+    expect((await stat(join(dir, file!))).mode & 0o777).toBe(0o600);
+    expect(first.publicJwks[0]).not.toHaveProperty('d');
+  });
+
+  it('refuses a key file that others can read, saying how to fix it', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    await loadOrCreateKeySet(dir);
+    const [file] = await readdir(dir);
+    await chmod(join(dir, file!), 0o644);
+    await expect(loadOrCreateKeySet(dir)).rejects.toThrow(/chmod 600/);
+  });
+
+  it('after a rotation the newest key signs and tokens from the previous key still verify', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    const old = await loadOrCreateKeySet(dir);
+    const oldToken = await signToken(old.signer, { sub: 'dev-1', typ: 'device', ttlSeconds: 60 });
+    await new Promise((r) => setTimeout(r, 5));
+    await generateSigningKey(dir);
+    const rotated = await loadOrCreateKeySet(dir);
+    expect(rotated.signer.kid).not.toBe(old.signer.kid);
+    const verifier = createTokenVerifier({ keys: rotated.publicJwks });
+    expect((await verifier.verify(oldToken)).sub).toBe('dev-1');
+    const newToken = await signToken(rotated.signer, { sub: 'dev-2', typ: 'device', ttlSeconds: 60 });
+    expect((await verifier.verify(newToken)).sub).toBe('dev-2');
+  });
+});
+
+describe('subprotocol token extraction', () => {
+  it('finds auth.<jwt> wherever it is offered, and nothing else', () => {
+    expect(tokenFromSubprotocols('mqtt, auth.a.b.c')).toBe('a.b.c');
+    expect(tokenFromSubprotocols('auth.x.y.z,mqtt')).toBe('x.y.z');
+    expect(tokenFromSubprotocols('mqtt')).toBeNull();
+    expect(tokenFromSubprotocols(undefined)).toBeNull();
+  });
+});
