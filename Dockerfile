@@ -1,0 +1,21 @@
+# One image for every Fleetwire Node service; the command picks the service.
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
+COPY common/package.json common/
+COPY broker/package.json broker/
+COPY cli/package.json cli/
+RUN npm ci --no-audit --no-fund
+COPY common common
+COPY broker broker
+COPY cli cli
+RUN npx tsc -b && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app /app
+USER node
+EXPOSE 8080
+ENTRYPOINT ["node", "cli/dist/main.js"]
+CMD ["up"]
