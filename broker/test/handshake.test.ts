@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { request } from 'node:http';
-import { connackCode, flushRedis, startBroker, type TestBroker } from './helpers.js';
+import { connackCode, flushRedis, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -69,6 +69,43 @@ describe('WebSocket handshake', () => {
     await new Promise((r) => ws.once('open', r));
     expect(ws.protocol).toBe('mqtt');
     ws.close();
+  });
+
+  it('records the client address from X-Forwarded-For only when the peer is a trusted proxy', async () => {
+    const trusted = await startBroker({ trustedProxies: ['127.0.0.1'] });
+    const op = await trusted.mint({ sub: 'op', typ: 'user', role: 'operator' });
+    const viaProxy = async (b: TestBroker, id: string) => {
+      const token = await b.registerDevice(id);
+      const ws = new WebSocket(b.url, ['mqtt', `auth.${token}`], { headers: { 'X-Forwarded-For': '203.0.113.9, 127.0.0.1' } });
+      await new Promise((r) => ws.once('open', r));
+      const mqttPacket = (await import('mqtt-packet')).default;
+      ws.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: id, keepalive: 30 }));
+      const rec = await waitFor(() => fetch(`${b.httpUrl}/v1/connections/${id}`, { headers: { authorization: `Bearer ${op}` } }), (r) => r.status === 200);
+      ws.close();
+      return (await rec.json()).ip as string;
+    };
+    expect(await viaProxy(trusted, 'dev-proxied')).toBe('203.0.113.9');
+    await trusted.close();
+    // The default broker trusts no proxy: the header is ignored.
+    const opDefault = await t.mint({ sub: 'op', typ: 'user', role: 'operator' });
+    const token = await t.registerDevice('dev-spoof');
+    const ws = new WebSocket(t.url, ['mqtt', `auth.${token}`], { headers: { 'X-Forwarded-For': '203.0.113.9' } });
+    await new Promise((r) => ws.once('open', r));
+    const mqttPacket = (await import('mqtt-packet')).default;
+    ws.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-spoof', keepalive: 30 }));
+    const rec = await waitFor(() => fetch(`${t.httpUrl}/v1/connections/dev-spoof`, { headers: { authorization: `Bearer ${opDefault}` } }), (r) => r.status === 200);
+    expect((await rec.json()).ip).toBe('127.0.0.1');
+    ws.close();
+  });
+
+  it('closes a WebSocket message larger than the payload limit with 1009', async () => {
+    const small = await startBroker({ wsMaxPayloadBytes: 2048, maxPacketBytes: 1_000_000 });
+    const ws = new WebSocket(small.url, ['mqtt']);
+    await new Promise((r) => ws.once('open', r));
+    const closed = new Promise<number>((r) => ws.once('close', (code) => r(code)));
+    ws.send(Buffer.alloc(4096));
+    expect(await closed).toBe(1009);
+    await small.close();
   });
 
   it('serves health, readiness and OpenAPI on the same port', async () => {

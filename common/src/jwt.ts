@@ -41,6 +41,8 @@ export interface VerifierOptions {
   jwksUrl?: string;
   /** How long a fetched JWKS stays fresh. @defaultValue 600000 */
   jwksCacheMs?: number;
+  /** Minimum time between two fetches, even for an unknown kid. @defaultValue 30000 */
+  jwksCooldownMs?: number;
 }
 
 export interface TokenVerifier {
@@ -55,7 +57,7 @@ export function createTokenVerifier(opts: VerifierOptions): TokenVerifier {
   let keySet: JWTVerifyGetKey;
   const setKeys = (keys: readonly JWK[]): void => { keySet = createLocalJWKSet({ keys: [...keys] }); };
   if (opts.jwksUrl) {
-    keySet = createRemoteJWKSet(new URL(opts.jwksUrl), { cacheMaxAge: opts.jwksCacheMs ?? 600_000, cooldownDuration: 30_000 });
+    keySet = createRemoteJWKSet(new URL(opts.jwksUrl), { cacheMaxAge: opts.jwksCacheMs ?? 600_000, cooldownDuration: opts.jwksCooldownMs ?? 30_000 });
   } else if (opts.keys) {
     setKeys(opts.keys);
   } else {
