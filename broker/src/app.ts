@@ -8,7 +8,7 @@ import { createServer as createTcpServer, type Server as TcpServer, type Socket 
 import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import MQEmitterRedis from 'mqemitter-redis';
 import aedesPersistenceRedis from 'aedes-persistence-redis';
@@ -18,8 +18,7 @@ import {
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
 import { normalizeIp, trustedProxyList } from './client-ip.js';
-import type { ConnState, DisconnectReason, FwStream } from './conn-state.js';
-import { stateOf } from './conn-state.js';
+import { newConnState, stateOf, type DisconnectReason } from './conn-state.js';
 import { ConnectGate } from './connect-gate.js';
 import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
@@ -223,13 +222,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   /** Services on the loopback TCP listener authenticate with username "service" and a JWT password. */
   function acceptTcp(socket: Socket): void {
     if (draining) return void socket.destroy();
-    const now = Date.now();
-    const state: ConnState = {
-      transport: 'tcp', ip: normalizeIp(socket.remoteAddress), stream: socket, connId: randomUUID(), connectedAt: now,
-      token: null, claims: null, client: null, lastActivity: now, flushedActivity: now,
-      closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
-    };
-    (socket as FwStream).fw = state;
+    const state = newConnState('tcp', normalizeIp(socket.remoteAddress), socket, null);
     connections.opened(state);
     socket.once('close', () => connections.closed(state));
     aedes.handle(socket, { headers: {}, socket: { remoteAddress: state.ip } } as unknown as IncomingMessage);

@@ -1,4 +1,5 @@
 /** What the broker knows about one connection, attached to its stream as `fw`. */
+import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { FleetwireClaims } from '@fleetwire/common';
 import type { Client } from 'aedes';
@@ -38,4 +39,15 @@ export function stateOf(client: Client): ConnState | undefined {
 /** `device`, `user` or `service` once authenticated. */
 export function kindOf(state: ConnState): string {
   return state.claims?.typ ?? 'unauthenticated';
+}
+
+export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSocketDuplex | Socket, token: string | null): ConnState {
+  const now = Date.now();
+  const state: ConnState = {
+    transport, ip, stream, token, connId: randomUUID(), connectedAt: now,
+    claims: null, client: null, lastActivity: now, flushedActivity: now,
+    closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
+  };
+  (stream as FwStream).fw = state;
+  return state;
 }

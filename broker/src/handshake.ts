@@ -6,13 +6,12 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { randomUUID } from 'node:crypto';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
 import { errorCatalogue, jwtContract, tokenFromSubprotocols, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
-import type { ConnState } from './conn-state.js';
+import { newConnState, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import type { BrokerMetrics } from './metrics.js';
@@ -94,14 +93,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
       },
     });
     stream = new WebSocketDuplex(ws, guard, (err) => violation(state, err));
-    const now = Date.now();
-    const state: ConnState = {
-      transport: 'ws', ip, stream, connId: randomUUID(), connectedAt: now,
-      token: tokenFromSubprotocols(req.headers['sec-websocket-protocol']),
-      claims: null, client: null, lastActivity: now, flushedActivity: now,
-      closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
-    };
-    stream.fw = state;
+    const state = newConnState('ws', ip, stream, tokenFromSubprotocols(req.headers['sec-websocket-protocol']));
     d.connections.opened(state);
     ws.once('close', () => d.connections.closed(state));
     // Aedes gets a slim request: the full IncomingMessage (and its headers with the token) is not kept per connection.
