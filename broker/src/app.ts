@@ -18,7 +18,7 @@ import {
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
 import { normalizeIp, trustedProxyList } from './client-ip.js';
-import { newConnState, stateOf, type DisconnectReason } from './conn-state.js';
+import { newConnState, setCloseIntent, stateOf, type DisconnectReason } from './conn-state.js';
 import { ConnectGate } from './connect-gate.js';
 import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
@@ -110,8 +110,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const state = serverId !== nodeId ? connections.byClientId.get(packet.payload.toString()) : undefined;
     if (state) {
       state.closeReason = 'taken-over';
-      const stream = state.stream as { closeIntent?: unknown };
-      if ('closeIntent' in stream) stream.closeIntent = { code: 4007, reason: 'another connection with the same client id took over' };
+      setCloseIntent(state, 'taken-over');
     }
     done();
   });

@@ -1,9 +1,9 @@
 /** What the broker knows about one connection, attached to its stream as `fw`. */
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
-import type { FleetwireClaims } from '@fleetwire/common';
+import { closeCodes, type CloseReason, type FleetwireClaims } from '@fleetwire/common';
 import type { Client } from 'aedes';
-import type { WebSocketDuplex } from './ws-stream.js';
+import { WebSocketDuplex } from './ws-stream.js';
 
 export type DisconnectReason =
   | 'client-disconnect' | 'socket-closed' | 'keepalive-timeout' | 'connect-timeout' | 'auth-failed'
@@ -50,4 +50,13 @@ export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSoc
   };
   (stream as FwStream).fw = state;
   return state;
+}
+
+/** Chooses the WebSocket close frame whatever ends the socket from now on. */
+export function setCloseIntent(state: ConnState, reason: CloseReason, text?: string): void {
+  if (!(state.stream instanceof WebSocketDuplex)) return;
+  const buf = Buffer.from(text ?? closeCodes[reason]!.reason, 'utf8');
+  // Close-frame reasons are limited to 123 bytes (RFC 6455 §5.5).
+  const reasonText = buf.length <= 123 ? buf.toString('utf8') : `${buf.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '')}...`;
+  state.stream.closeIntent = { code: closeCodes[reason]!.code, reason: reasonText };
 }

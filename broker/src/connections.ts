@@ -9,20 +9,13 @@ import {
   closeCodes, topicFor, type CloseReason, type Logger, type RevocationEvent,
 } from '@fleetwire/common';
 import type { ConnState, DisconnectReason } from './conn-state.js';
-import { stateOf, kindOf } from './conn-state.js';
+import { setCloseIntent, stateOf, kindOf } from './conn-state.js';
 import type { ConnectionRegistry, Presence } from './registry.js';
 import type { BrokerMetrics } from './metrics.js';
-import { WebSocketDuplex } from './ws-stream.js';
 
 export interface ConnectionsOptions {
   tokenNoticeS: number;
   maxConnectionsPerIp: number;
-}
-
-/** Close-frame reasons are limited to 123 bytes (RFC 6455 §5.5). */
-function closeReasonText(text: string): string {
-  const buf = Buffer.from(text, 'utf8');
-  return buf.length <= 123 ? text : buf.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '') + '...';
 }
 
 export class Connections {
@@ -136,10 +129,10 @@ export class Connections {
     if (state.closeReason && state.closeReason !== reason) return; // already closing for another reason
     state.closeReason = reason;
     this.metrics.kicks.inc({ reason });
-    const { code, reason: defaultText } = closeCodes[reason]!;
-    const text = closeReasonText(detail ?? defaultText);
     // Set now: whatever ends the socket from here on (even a parser error) sends this close frame.
-    if (state.stream instanceof WebSocketDuplex) state.stream.closeIntent = { code, reason: text };
+    setCloseIntent(state, reason, detail);
+    const { code } = closeCodes[reason]!;
+    const text = detail ?? closeCodes[reason]!.reason;
     const finish = (): void => {
       if (state.client) state.client.close();
       else state.stream.destroy();

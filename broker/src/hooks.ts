@@ -9,7 +9,7 @@ import {
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
-import { stateOf, type ConnState } from './conn-state.js';
+import { setCloseIntent, stateOf, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import { decodeDevicePayload, IngressRejected, type IngressRouter } from './ingress.js';
@@ -44,7 +44,7 @@ export function installHooks(d: HookDeps): void {
       log.info({ ip: state.ip, client_id: packet.clientId }, why);
       state.closeReason = 'keepalive-out-of-bounds';
       metrics.malformed.inc({ kind: 'keepalive' });
-      if (state.stream instanceof WebSocketDuplex) state.stream.closeIntent = { code: 4006, reason: why };
+      setCloseIntent(state, 'malformed', why);
       return done(new Error(why), false);
     }
     done(null, true);
@@ -66,7 +66,15 @@ export function installHooks(d: HookDeps): void {
         done(null, true);
       },
       (err: unknown) => {
-        const fe = err instanceof FleetwireError ? err : new FleetwireError('AUTH_TOKEN_INVALID', undefined, { cause: err });
+        if (!(err instanceof FleetwireError)) {
+          // Redis unreachable or similar: not the client's fault, so no ban accounting. CONNACK 3 = server unavailable.
+          log.error({ err, client_id: client.id }, 'authentication could not complete');
+          state.closeReason = 'auth-failed';
+          const unavailable = new Error('server unavailable') as AuthenticateError;
+          unavailable.returnCode = 3 as AuthenticateError['returnCode'];
+          return done(unavailable, false);
+        }
+        const fe = err;
         metrics.authFailures.inc({ reason: fe.code });
         state.closeReason = 'auth-failed';
         log.warn({ ip: state.ip, client_id: client.id, code: fe.code }, `authentication refused: ${fe.message}`);
@@ -109,7 +117,7 @@ export function installHooks(d: HookDeps): void {
     const old = existing && existing !== client ? stateOf(existing) : undefined;
     if (old && old !== state) {
       old.closeReason = 'taken-over';
-      if (old.stream instanceof WebSocketDuplex) old.stream.closeIntent = { code: 4007, reason: 'another connection with the same client id took over' };
+      setCloseIntent(old, 'taken-over');
     }
   }
 
@@ -123,6 +131,7 @@ export function installHooks(d: HookDeps): void {
       metrics.aclDenied.inc({ action: 'publish' });
       log.warn({ client_id: client.id, topic: packet.topic }, `publish refused: ${verdict.why}`);
       state.closeReason = 'acl-denied';
+      setCloseIntent(state, 'acl-denied', verdict.why);
       return done(new Error(verdict.why));
     }
     metrics.in(verdict.topicClass, packet.payload.length);
@@ -147,6 +156,7 @@ export function installHooks(d: HookDeps): void {
       (err: unknown) => {
         routingFailed(err, verdict.queue!, client.id);
         state.closeReason = 'queue-unavailable';
+        setCloseIntent(state, 'queue-unavailable');
         done(new Error('queue unavailable'));
       },
     );

@@ -8,11 +8,12 @@ import { redisKeys, type Redis } from '@fleetwire/common';
 import type { ConnState } from './conn-state.js';
 
 const UNREGISTER = `
--- KEYS: conn hash, index zset, node set, presence seq; ARGV: client id, conn id, is device
+-- KEYS: conn hash, index zset, node set, presence seq, per-kind index zset; ARGV: client id, conn id, is device
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('HGET', KEYS[1], 'conn_id') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 if ARGV[3] == '1' then return redis.call('INCR', KEYS[4]) end
 return -1`;
 
@@ -39,14 +40,14 @@ export interface Presence {
 }
 
 type RegistryRedis = Redis & {
-  fwUnregister(conn: string, index: string, nodeSet: string, seq: string, clientId: string, connId: string, isDevice: string): Promise<number>;
+  fwUnregister(conn: string, index: string, nodeSet: string, seq: string, kindIndex: string, clientId: string, connId: string, isDevice: string): Promise<number>;
 };
 
 export class ConnectionRegistry {
   private readonly redis: RegistryRedis;
 
   constructor(redis: Redis, readonly nodeId: string) {
-    redis.defineCommand('fwUnregister', { numberOfKeys: 4, lua: UNREGISTER });
+    redis.defineCommand('fwUnregister', { numberOfKeys: 5, lua: UNREGISTER });
     this.redis = redis as RegistryRedis;
   }
 
@@ -70,12 +71,13 @@ export class ConnectionRegistry {
     const tx = this.redis.multi()
       .hset(redisKeys.connection(clientId), record)
       .zadd(redisKeys.connectionIndex, state.connectedAt, clientId)
+      .zadd(redisKeys.connectionIndexByKind(claims.typ), state.connectedAt, clientId)
       .sadd(redisKeys.nodeConnections(this.nodeId), clientId)
       .sadd(redisKeys.nodes, this.nodeId);
     if (claims.typ === 'device') tx.incr(redisKeys.presenceSeq(claims.sub));
     const results = await tx.exec();
     if (claims.typ !== 'device') return null;
-    return Number(results?.[4]?.[1]);
+    return Number(results?.[5]?.[1]);
   }
 
   /** Removes the entry if it is still this connection's; for a device returns the offline presence seq, else null. */
@@ -83,7 +85,8 @@ export class ConnectionRegistry {
     const isDevice = state.claims?.typ === 'device';
     const seq = await this.redis.fwUnregister(
       redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.nodeConnections(this.nodeId),
-      redisKeys.presenceSeq(state.claims?.sub ?? clientId), clientId, state.connId, isDevice ? '1' : '0',
+      redisKeys.presenceSeq(state.claims?.sub ?? clientId), redisKeys.connectionIndexByKind(state.claims?.typ ?? 'none'),
+      clientId, state.connId, isDevice ? '1' : '0',
     );
     return seq > 0 ? seq : null;
   }
@@ -111,15 +114,16 @@ export class ConnectionRegistry {
   }
 
   async list(opts: { offset: number; limit: number; kind?: string }): Promise<{ total: number; items: ConnectionRecord[] }> {
-    const total = await this.redis.zcard(redisKeys.connectionIndex);
-    const ids = await this.redis.zrevrange(redisKeys.connectionIndex, opts.offset, opts.offset + opts.limit - 1);
+    const index = opts.kind ? redisKeys.connectionIndexByKind(opts.kind) : redisKeys.connectionIndex;
+    const total = await this.redis.zcard(index);
+    const ids = await this.redis.zrevrange(index, opts.offset, opts.offset + opts.limit - 1);
     const pipe = this.redis.pipeline();
     for (const id of ids) pipe.hgetall(redisKeys.connection(id));
     const rows = (await pipe.exec()) ?? [];
     const items: ConnectionRecord[] = [];
     for (const [, h] of rows) {
       const rec = h as Record<string, string>;
-      if (!rec.client_id || (opts.kind && rec.kind !== opts.kind)) continue;
+      if (!rec.client_id) continue;
       delete rec.conn_id;
       items.push(rec as unknown as ConnectionRecord);
     }
@@ -143,7 +147,8 @@ export class ConnectionRegistry {
         if (h.node !== node || !h.conn_id) continue;
         const seq = await this.redis.fwUnregister(
           redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.nodeConnections(node),
-          redisKeys.presenceSeq(h.subject ?? clientId), clientId, h.conn_id, h.kind === 'device' ? '1' : '0',
+          redisKeys.presenceSeq(h.subject ?? clientId), redisKeys.connectionIndexByKind(h.kind ?? 'none'),
+          clientId, h.conn_id, h.kind === 'device' ? '1' : '0',
         );
         if (seq > 0 && h.device_id) offline.push({ deviceId: h.device_id, seq, node });
       }

@@ -24,7 +24,7 @@ describe('topic ACL', () => {
     const attacker = await connect(t.url, await t.registerDevice('dev-attacker'), 'dev-attacker');
     const closed = closeOf(attacker);
     attacker.publish('devices/dev-victim/cmd', JSON.stringify({ cid: 'x', name: 'reboot', args: {}, expires_at: Date.now() + 1000 }), { qos: 0 });
-    await closed;
+    expect(await closed).toEqual({ code: 4008, reason: 'device dev-attacker may not publish to devices/dev-victim/cmd' });
     await sleep(200);
     expect(received).toEqual([]);
     await victim.endAsync();

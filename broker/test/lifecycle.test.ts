@@ -21,8 +21,13 @@ describe('connection registry', () => {
     const rec = await one.json();
     expect(rec).toMatchObject({ client_id: 'dev-reg', kind: 'device', device_id: 'dev-reg', node: t.broker.nodeId, ip: '127.0.0.1', transport: 'ws' });
     expect(rec.connected_at).toBeGreaterThan(Date.now() - 10_000);
+    const svc = await connect(t.url, await t.mint({ sub: 'lister', typ: 'service' }), 'service:lister:1');
     const list = await (await api('/v1/connections?kind=device', { token: operator })).json();
     expect(list.items.map((i: { client_id: string }) => i.client_id)).toContain('dev-reg');
+    expect(list.items.every((i: { kind: string }) => i.kind === 'device')).toBe(true);
+    const services = await (await waitFor(() => api('/v1/connections?kind=service', { token: operator }).then((r) => r.json()), (b: { total: number }) => b.total === 1));
+    expect(services.items.map((i: { client_id: string }) => i.client_id)).toEqual(['service:lister:1']);
+    await svc.endAsync();
     await c.endAsync();
     await waitFor(() => api('/v1/connections/dev-reg', { token: operator }).then((r) => r.status), (s) => s === 404);
   });

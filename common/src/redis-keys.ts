@@ -11,6 +11,7 @@ export const redisKeys = {
   brokerControl: 'fleetwire:broker-control',
   connection: (clientId: string) => `fleetwire:conn:${clientId}`,
   connectionIndex: 'fleetwire:conns',
+  connectionIndexByKind: (kind: string) => `fleetwire:conns:${kind}`,
   nodeConnections: (nodeId: string) => `fleetwire:node-conns:${nodeId}`,
   nodeAlive: (nodeId: string) => `fleetwire:node-alive:${nodeId}`,
   /** Set of node ids that have registered connections, for sweeping dead nodes. */
