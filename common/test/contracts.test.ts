@@ -46,6 +46,10 @@ describe('error catalogue', () => {
     }
   });
 
+  it('documents every WebSocket close code', () => {
+    for (const [name, c] of Object.entries(closeCodes)) expect(docs, name).toContain(`| ${c.code} | \`${name}\``);
+  });
+
   it('refuses an unknown code so a typo cannot ship', () => {
     expect(() => new FleetwireError('NO_SUCH_CODE')).toThrow(/unknown error code/);
     expect(new FleetwireError('AUTH_TOKEN_MISSING').toJSON()).toEqual({ error: { code: 'AUTH_TOKEN_MISSING', message: 'No token was offered.' } });
