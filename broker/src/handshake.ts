@@ -87,9 +87,11 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
     const limiter = new PublishLimiter(d.limits);
     let stream: WebSocketDuplex | null = null;
     const guard = new MqttIngressGuard(limiter, d.limits.maxPacketBytes, {
-      onDrop: (limit) => {
+      onDrop: (limit, bytes) => {
         d.metrics.rateLimitDrops.inc({ limit });
-        if (stream?.fw) abuse(stream.fw);
+        if (!stream?.fw) return;
+        stream.throttle(limiter.msUntilAllowed(bytes));
+        abuse(stream.fw);
       },
     });
     stream = new WebSocketDuplex(ws, guard, (err) => violation(state, err));

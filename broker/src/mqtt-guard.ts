@@ -16,8 +16,8 @@ export class GuardError extends Error {
 }
 
 export interface GuardEvents {
-  /** Called for every dropped publish. */
-  onDrop(limit: LimitHit): void;
+  /** Called for every dropped publish, with its size. */
+  onDrop(limit: LimitHit, bytes: number): void;
 }
 
 const PUBLISH = 3;
@@ -105,7 +105,7 @@ export class MqttIngressGuard {
       }
       const hit = type === PUBLISH && this.limiter ? this.limiter.take(total) : null;
       if (hit) {
-        this.events.onDrop(hit);
+        this.events.onDrop(hit, total);
         flush(headerStart);
         runStart = i;
         this.dropLeft = remaining;

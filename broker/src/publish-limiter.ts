@@ -46,4 +46,17 @@ export class PublishLimiter {
     this.byteLong -= bytes;
     return null;
   }
+
+  /** How long until a publish of `bytes` would pass again, in ms (0 when it would pass now). */
+  msUntilAllowed(bytes: number): number {
+    const l = this.limits;
+    const waitS = Math.max(
+      (1 - this.msgShort) / l.perS,
+      ((1 - this.msgLong) * 60) / l.perMin,
+      (bytes - this.byteShort) / l.bytesPerS,
+      ((bytes - this.byteLong) * 60) / l.bytesPerMin,
+      0,
+    );
+    return Math.ceil(waitS * 1000);
+  }
 }

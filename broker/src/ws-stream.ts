@@ -3,7 +3,11 @@
  * it implements writev: mqtt-packet corks the stream and writes a PUBLISH as
  * 4-5 chunks, and writev turns each corked batch into ONE WebSocket frame and
  * one syscall (about 4x the fan-out per broker CPU-second on this machine).
- * Incoming frames pass the MQTT ingress guard before the parser sees them.
+ * Writes made in the same event-loop turn leave in one syscall (the socket is
+ * corked until the turn ends), which is what fan-out to a busy subscriber needs.
+ * Incoming frames pass the MQTT ingress guard before the parser sees them, and
+ * a client over its publish limit is not read at all for a while: backpressure
+ * through TCP costs no CPU, where reading and dropping a flood does.
  */
 import { Duplex } from 'node:stream';
 import type { WebSocket, RawData } from 'ws';
@@ -20,6 +24,9 @@ export class WebSocketDuplex extends Duplex {
   closeIntent: CloseIntent | null = null;
   /** The connection's state; Aedes reaches it as client.conn.fw. */
   fw: ConnState | undefined;
+  private readBlocked = false; // the parser has not taken what we pushed
+  private throttledUntil = 0;
+  private corked = false;
 
   constructor(
     readonly ws: WebSocket,
@@ -49,20 +56,53 @@ export class WebSocketDuplex extends Duplex {
       if (err instanceof GuardError) return this.onViolation(err);
       throw err;
     }
-    if (pass !== null && !this.push(pass)) this.ws.pause();
+    if (pass !== null && !this.push(pass)) {
+      this.readBlocked = true;
+      this.ws.pause();
+    }
+  }
+
+  /** Stops reading this client for `ms` (capped so keepalive still works). */
+  throttle(ms: number): void {
+    const until = Date.now() + Math.min(Math.max(ms, 50), 2000);
+    if (until <= this.throttledUntil) return;
+    this.throttledUntil = until;
+    this.ws.pause();
+    setTimeout(() => {
+      if (Date.now() >= this.throttledUntil) this.maybeResume();
+    }, until - Date.now()).unref();
+  }
+
+  private maybeResume(): void {
+    if (!this.readBlocked && Date.now() >= this.throttledUntil && this.ws.isPaused) this.ws.resume();
   }
 
   override _read(): void {
-    if (this.ws.isPaused) this.ws.resume();
+    this.readBlocked = false;
+    this.maybeResume();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.corkUntilTurnEnds();
     this.ws.send(chunk, { binary: true }, cb);
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    this.corkUntilTurnEnds();
     const frame = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
     this.ws.send(frame, { binary: true }, cb);
+  }
+
+  private corkUntilTurnEnds(): void {
+    if (this.corked) return;
+    const socket = (this.ws as unknown as { _socket?: import('node:net').Socket })._socket;
+    if (!socket) return;
+    this.corked = true;
+    socket.cork();
+    setImmediate(() => {
+      this.corked = false;
+      socket.uncork();
+    });
   }
 
   override _final(cb: (err?: Error | null) => void): void {

@@ -43,6 +43,15 @@ export interface VerifierOptions {
   jwksCacheMs?: number;
   /** Minimum time between two fetches, even for an unknown kid. @defaultValue 30000 */
   jwksCooldownMs?: number;
+  /**
+   * How many verified tokens to remember, so a reconnect storm of devices
+   * presenting the same token does not pay an Ed25519 verification each time.
+   * Entries live at most `verifiedCacheMs` and never past the token's exp.
+   * @defaultValue 10000
+   */
+  verifiedCacheSize?: number;
+  /** @defaultValue 300000 */
+  verifiedCacheMs?: number;
 }
 
 export interface TokenVerifier {
@@ -55,7 +64,11 @@ const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 export function createTokenVerifier(opts: VerifierOptions): TokenVerifier {
   let keySet: JWTVerifyGetKey;
-  const setKeys = (keys: readonly JWK[]): void => { keySet = createLocalJWKSet({ keys: [...keys] }); };
+  const cache = new VerifiedTokenCache(opts.verifiedCacheSize ?? 10_000, opts.verifiedCacheMs ?? 300_000);
+  const setKeys = (keys: readonly JWK[]): void => {
+    keySet = createLocalJWKSet({ keys: [...keys] });
+    cache.clear(); // a removed key must stop verifying at once
+  };
   if (opts.jwksUrl) {
     keySet = createRemoteJWKSet(new URL(opts.jwksUrl), { cacheMaxAge: opts.jwksCacheMs ?? 600_000, cooldownDuration: opts.jwksCooldownMs ?? 30_000 });
   } else if (opts.keys) {
@@ -67,6 +80,8 @@ export function createTokenVerifier(opts: VerifierOptions): TokenVerifier {
   async function verify(token: string): Promise<FleetwireClaims> {
     if (!token) throw new FleetwireError('AUTH_TOKEN_MISSING');
     if (token.length > 8192 || !COMPACT_JWS.test(token)) throw new FleetwireError('AUTH_TOKEN_MALFORMED');
+    const cached = cache.get(token);
+    if (cached) return cached;
     let payload: Record<string, unknown>;
     try {
       ({ payload } = await jwtVerify(token, keySet, {
@@ -89,10 +104,43 @@ export function createTokenVerifier(opts: VerifierOptions): TokenVerifier {
     if (typeof payload.sub !== 'string' || payload.sub.length === 0 || typeof payload.jti !== 'string') {
       throw new FleetwireError('AUTH_TOKEN_INVALID', 'token sub and jti must be strings');
     }
-    return payload as unknown as FleetwireClaims;
+    const claims = payload as unknown as FleetwireClaims;
+    cache.set(token, claims);
+    return claims;
   }
 
   return { verify, setKeys };
+}
+
+/**
+ * Tokens already verified, keyed by the whole compact token (so a token that
+ * differs in any byte is verified afresh), in insertion order for eviction.
+ */
+class VerifiedTokenCache {
+  private readonly entries = new Map<string, { claims: FleetwireClaims; until: number }>();
+
+  constructor(private readonly size: number, private readonly maxAgeMs: number) {}
+
+  get(token: string): FleetwireClaims | null {
+    const e = this.entries.get(token);
+    if (!e) return null;
+    const nowS = Date.now() / 1000;
+    if (Date.now() > e.until || nowS >= e.claims.exp + jwtContract.clock_tolerance_s || (e.claims.nbf ?? 0) > nowS + jwtContract.clock_tolerance_s) {
+      this.entries.delete(token);
+      return null;
+    }
+    return e.claims;
+  }
+
+  set(token: string, claims: FleetwireClaims): void {
+    if (this.size <= 0) return;
+    if (this.entries.size >= this.size) this.entries.delete(this.entries.keys().next().value!);
+    this.entries.set(token, { claims, until: Date.now() + this.maxAgeMs });
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
 }
 
 function mapJoseError(err: unknown): FleetwireError {

@@ -57,3 +57,39 @@ describe('subprotocol token extraction', () => {
     expect(tokenFromSubprotocols(undefined)).toBeNull();
   });
 });
+
+describe('verified-token cache', () => {
+  it('answers a repeated token from the cache but still refuses it once it has expired', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
+    const verifier = createTokenVerifier({ keys: publicJwks });
+    const token = await signToken(signer, { sub: 'dev-c', typ: 'device', ttlSeconds: 1 });
+    expect((await verifier.verify(token)).sub).toBe('dev-c');
+    expect((await verifier.verify(token)).sub).toBe('dev-c');
+    // exp is 1 s away; the 5 s clock tolerance applies as for a fresh verification.
+    await new Promise((r) => setTimeout(r, 6200));
+    await expect(verifier.verify(token)).rejects.toMatchObject({ code: 'AUTH_TOKEN_EXPIRED' });
+  }, 10_000);
+
+  it('forgets everything when the trusted keys change, so a removed key stops verifying at once', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
+    const verifier = createTokenVerifier({ keys: publicJwks });
+    const token = await signToken(signer, { sub: 'dev-k', typ: 'device', ttlSeconds: 60 });
+    await verifier.verify(token);
+    const other = await loadOrCreateKeySet(join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys'));
+    verifier.setKeys(other.publicJwks);
+    await expect(verifier.verify(token)).rejects.toMatchObject({ code: 'AUTH_TOKEN_INVALID' });
+  });
+
+  it('does not accept a token that differs from a cached one by a byte', async () => {
+    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
+    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
+    const verifier = createTokenVerifier({ keys: publicJwks });
+    const token = await signToken(signer, { sub: 'dev-t', typ: 'device', ttlSeconds: 60 });
+    await verifier.verify(token);
+    const [h, p, s] = token.split('.');
+    const tampered = `${h}.${p}.${s!.slice(0, -2)}${s!.endsWith('AA') ? 'BB' : 'AA'}`;
+    await expect(verifier.verify(tampered)).rejects.toMatchObject({ code: 'AUTH_TOKEN_INVALID' });
+  });
+});
