@@ -5,7 +5,6 @@
  */
 import { Aedes, type Client } from 'aedes';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
-import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +22,7 @@ import { ConnectGate } from './connect-gate.js';
 import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
 import { installHooks } from './hooks.js';
+import { lightenParser } from './aedes-tuning.js';
 import { createHttpApp } from './http.js';
 import { requireRole } from './http-auth.js';
 import { IngressRouter } from './ingress.js';
@@ -221,10 +221,10 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   /** Services on the loopback TCP listener authenticate with username "service" and a JWT password. */
   function acceptTcp(socket: Socket): void {
     if (draining) return void socket.destroy();
-    const state = newConnState('tcp', normalizeIp(socket.remoteAddress), socket, null);
+    const state = newConnState('tcp', normalizeIp(socket.remoteAddress), socket);
     connections.opened(state);
     socket.once('close', () => connections.closed(state));
-    aedes.handle(socket, { headers: {}, socket: { remoteAddress: state.ip } } as unknown as IncomingMessage);
+    lightenParser(aedes.handle(socket));
   }
 
   async function sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void> {

@@ -17,8 +17,6 @@ export interface ConnState {
   /** Unique per connection, so a late disconnect never removes a newer connection's registry entry. */
   readonly connId: string;
   readonly connectedAt: number;
-  /** The offered token; dropped as soon as it is verified. */
-  token: string | null;
   claims: FleetwireClaims | null;
   client: Client | null;
   lastActivity: number;
@@ -41,10 +39,10 @@ export function kindOf(state: ConnState): string {
   return state.claims?.typ ?? 'unauthenticated';
 }
 
-export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSocketDuplex | Socket, token: string | null): ConnState {
+export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSocketDuplex | Socket): ConnState {
   const now = Date.now();
   const state: ConnState = {
-    transport, ip, stream, token, connId: randomUUID(), connectedAt: now,
+    transport, ip, stream, connId: randomUUID(), connectedAt: now,
     claims: null, client: null, lastActivity: now, flushedActivity: now,
     closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
   };

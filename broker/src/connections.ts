@@ -23,7 +23,8 @@ export class Connections {
   readonly live = new Set<ConnState>();
   /** Registered clients on this node, by MQTT client id. */
   readonly byClientId = new Map<string, ConnState>();
-  private readonly bySubject = new Map<string, Set<ConnState>>();
+  /** `${typ}:${sub}` → its connection, or a Set in the rare case of several (users, services): no Set per device. */
+  private readonly bySubject = new Map<string, ConnState | Set<ConnState>>();
   private readonly byJti = new Map<string, ConnState>();
   private readonly perIp = new Map<string, number>();
   private readonly expiry = new Map<number, Set<ConnState>>();
@@ -68,9 +69,10 @@ export class Connections {
   authenticated(state: ConnState): void {
     const claims = state.claims!;
     const key = `${claims.typ}:${claims.sub}`;
-    let set = this.bySubject.get(key);
-    if (!set) this.bySubject.set(key, (set = new Set()));
-    set.add(state);
+    const held = this.bySubject.get(key);
+    if (held === undefined) this.bySubject.set(key, state);
+    else if (held instanceof Set) held.add(state);
+    else if (held !== state) this.bySubject.set(key, new Set([held, state]));
     this.byJti.set(claims.jti, state);
     const notice = claims.exp - this.opts.tokenNoticeS;
     this.schedule(state, this.opts.tokenNoticeS > 0 && notice > Date.now() / 1000 ? notice : claims.exp);
@@ -99,9 +101,12 @@ export class Connections {
     this.metrics.disconnects.inc({ reason });
     if (this.byClientId.get(client.id) === state) this.byClientId.delete(client.id);
     const key = `${state.claims.typ}:${state.claims.sub}`;
-    const set = this.bySubject.get(key);
-    set?.delete(state);
-    if (set?.size === 0) this.bySubject.delete(key);
+    const held = this.bySubject.get(key);
+    if (held === state) this.bySubject.delete(key);
+    else if (held instanceof Set) {
+      held.delete(state);
+      if (held.size === 1) this.bySubject.set(key, held.values().next().value!);
+    }
     if (this.byJti.get(state.claims.jti) === state) this.byJti.delete(state.claims.jti);
     this.unschedule(state);
     this.log.info({ client_id: client.id, kind: state.claims.typ, reason }, 'client disconnected');
@@ -156,9 +161,8 @@ export class Connections {
   }
 
   revoke(ev: RevocationEvent): number {
-    const targets: ConnState[] =
-      ev.kind === 'token' ? [this.byJti.get(ev.id)].filter((s): s is ConnState => s !== undefined)
-        : [...(this.bySubject.get(`${ev.kind}:${ev.id}`) ?? [])];
+    const held = ev.kind === 'token' ? this.byJti.get(ev.id) : this.bySubject.get(`${ev.kind}:${ev.id}`);
+    const targets: ConnState[] = held === undefined ? [] : held instanceof Set ? [...held] : [held];
     for (const s of targets) this.disconnect(s, 'revoked');
     if (targets.length) this.log.info({ kind: ev.kind, id: ev.id, count: targets.length }, 'revocation applied');
     return targets.length;

@@ -9,15 +9,16 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
-import { errorCatalogue, jwtContract, tokenFromSubprotocols, type Logger } from '@fleetwire/common';
+import { errorCatalogue, jwtContract, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
 import { newConnState, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import type { BrokerMetrics } from './metrics.js';
-import { GuardError, MqttIngressGuard } from './mqtt-guard.js';
+import { GuardError, MqttIngressGuard, type GuardEvents } from './mqtt-guard.js';
 import { PublishLimiter, type PublishLimits } from './publish-limiter.js';
-import { WebSocketDuplex } from './ws-stream.js';
+import { WebSocketDuplex, type DuplexHooks } from './ws-stream.js';
+import { lightenParser } from './aedes-tuning.js';
 
 export interface HandshakeDeps {
   aedes: Aedes;
@@ -32,6 +33,11 @@ export interface HandshakeDeps {
 }
 
 export const MQTT_PATH = '/mqtt';
+
+/** A module-level listener holds no closure context, so it cannot keep an upgrade request alive. */
+function destroySelf(this: Duplex): void {
+  this.destroy();
+}
 
 function reject(socket: Duplex, status: number, code: string, extraHeaders: Record<string, string> = {}): void {
   const body = JSON.stringify({ error: { code, message: errorCatalogue[code]?.message ?? code } });
@@ -54,8 +60,22 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
   // Drops per connection within a sliding 10 s window; past the threshold the client is disconnected.
   const abuseWindowMs = 10_000;
   const drops = new WeakMap<ConnState, { since: number; n: number }>();
+  // One object for every connection: per-connection closures would cost memory at 100k idle sockets.
+  const guardEvents: GuardEvents<WebSocketDuplex> = {
+    onDrop(stream, limit, bytes) {
+      d.metrics.rateLimitDrops.inc({ limit });
+      if (!stream.fw) return;
+      stream.throttle(stream.guard.limiter?.msUntilAllowed(bytes) ?? 0);
+      abuse(stream.fw);
+    },
+  };
+  const duplexHooks: DuplexHooks = {
+    violation: (stream, err) => violation(stream.fw!, err),
+    closed: (stream) => d.connections.closed(stream.fw!),
+  };
+
   return function onUpgrade(req, socket, head) {
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroySelf);
     const path = (req.url ?? '').split('?', 1)[0];
     if (path !== MQTT_PATH) return reject(socket, 404, 'NOT_FOUND');
     if (d.isDraining()) return reject(socket, 503, 'BROKER_DRAINING', { 'Retry-After': '5' });
@@ -74,7 +94,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
           return reject(socket, 429, code, { 'Retry-After': String(verdict.retryAfterS) });
         }
         if (socket.destroyed) return;
-        wss.handleUpgrade(req, socket, head, (ws) => accept(ws, req, ip));
+        wss.handleUpgrade(req, socket, head, (ws) => accept(ws, req.headers['sec-websocket-protocol'], ip));
       },
       (err: unknown) => {
         d.log.error({ err }, 'connection gate unavailable');
@@ -83,23 +103,18 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
     );
   };
 
-  function accept(ws: WebSocket, req: IncomingMessage, ip: string): void {
-    const limiter = new PublishLimiter(d.limits);
-    let stream: WebSocketDuplex | null = null;
-    const guard = new MqttIngressGuard(limiter, d.limits.maxPacketBytes, {
-      onDrop: (limit, bytes) => {
-        d.metrics.rateLimitDrops.inc({ limit });
-        if (!stream?.fw) return;
-        stream.throttle(limiter.msUntilAllowed(bytes));
-        abuse(stream.fw);
-      },
-    });
-    stream = new WebSocketDuplex(ws, guard, (err) => violation(state, err));
-    const state = newConnState('ws', ip, stream, tokenFromSubprotocols(req.headers['sec-websocket-protocol']));
+  /**
+   * Takes the offered subprotocols, not the request: nothing of the upgrade
+   * request (headers, the token, the read buffer) stays reachable afterwards,
+   * except the header Aedes' authenticate hook reads from client.req once.
+   */
+  function accept(ws: WebSocket, offeredProtocols: string | undefined, ip: string): void {
+    const guard = new MqttIngressGuard<WebSocketDuplex>(new PublishLimiter(d.limits), d.limits.maxPacketBytes, guardEvents);
+    const stream = new WebSocketDuplex(ws, guard, duplexHooks);
+    const state = newConnState('ws', ip, stream);
     d.connections.opened(state);
-    ws.once('close', () => d.connections.closed(state));
-    // Aedes gets a slim request: the full IncomingMessage (and its headers with the token) is not kept per connection.
-    d.aedes.handle(stream, { headers: {}, socket: { remoteAddress: ip } } as unknown as IncomingMessage);
+    const slimRequest = { headers: { 'sec-websocket-protocol': offeredProtocols } } as unknown as IncomingMessage;
+    lightenParser(d.aedes.handle(stream, slimRequest));
   }
 
   function abuse(state: ConnState): void {

@@ -5,7 +5,7 @@
  */
 import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import {
-  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic,
+  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic, tokenFromSubprotocols,
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
@@ -53,8 +53,10 @@ export function installHooks(d: HookDeps): void {
   aedes.authenticate = (client, username, password, done) => {
     const state = stateOf(client);
     if (!state) return done(authError(new FleetwireError('AUTH_TOKEN_MISSING')), false);
-    const token = state.transport === 'ws' ? state.token : username === 'service' && password ? password.toString('utf8') : null;
-    state.token = null; // the token is not kept past this point
+    const token = state.transport === 'ws'
+      ? tokenFromSubprotocols(client.req?.headers['sec-websocket-protocol'])
+      : username === 'service' && password ? password.toString('utf8') : null;
+    client.req = undefined; // neither the token nor the request is kept past this point
     authenticate(client, state, token).then(
       (claims) => {
         state.claims = claims;

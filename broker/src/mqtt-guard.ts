@@ -15,17 +15,19 @@ export class GuardError extends Error {
   }
 }
 
-export interface GuardEvents {
-  /** Called for every dropped publish, with its size. */
-  onDrop(limit: LimitHit, bytes: number): void;
+export interface GuardEvents<Owner> {
+  /** Called for every dropped publish, with its size. One object serves every connection. */
+  onDrop(owner: Owner, limit: LimitHit, bytes: number): void;
 }
 
 const PUBLISH = 3;
 const CONNECT = 1;
 
-export class MqttIngressGuard {
+export class MqttIngressGuard<Owner = unknown> {
   /** Null = unlimited (trusted services). */
   limiter: PublishLimiter | null;
+  /** Whoever onDrop should hear about, e.g. the connection. */
+  owner: Owner | null = null;
   private passLeft = 0;
   private dropLeft = 0;
   private header: number[] = [];
@@ -33,7 +35,7 @@ export class MqttIngressGuard {
   /** After a violation nothing more passes: the connection is being closed. */
   private failed = false;
 
-  constructor(limiter: PublishLimiter | null, private readonly maxPacketBytes: number, private readonly events: GuardEvents) {
+  constructor(limiter: PublishLimiter | null, private readonly maxPacketBytes: number, private readonly events: GuardEvents<Owner>) {
     this.limiter = limiter;
   }
 
@@ -105,7 +107,7 @@ export class MqttIngressGuard {
       }
       const hit = type === PUBLISH && this.limiter ? this.limiter.take(total) : null;
       if (hit) {
-        this.events.onDrop(hit, total);
+        this.events.onDrop(this.owner!, hit, total);
         flush(headerStart);
         runStart = i;
         this.dropLeft = remaining;

@@ -19,6 +19,12 @@ export interface CloseIntent {
   reason: string;
 }
 
+/** Shared by every connection, so a connection carries no closures of its own for these. */
+export interface DuplexHooks {
+  violation(stream: WebSocketDuplex, err: GuardError): void;
+  closed(stream: WebSocketDuplex): void;
+}
+
 export class WebSocketDuplex extends Duplex {
   /** Set before ending the stream to choose the close frame the peer sees. */
   closeIntent: CloseIntent | null = null;
@@ -30,12 +36,14 @@ export class WebSocketDuplex extends Duplex {
 
   constructor(
     readonly ws: WebSocket,
-    readonly guard: MqttIngressGuard,
-    private readonly onViolation: (err: GuardError) => void,
+    readonly guard: MqttIngressGuard<WebSocketDuplex>,
+    private readonly hooks: DuplexHooks,
   ) {
     super({ allowHalfOpen: false, writableHighWaterMark: 64 * 1024 });
+    guard.owner = this;
     ws.on('message', (data: RawData, isBinary: boolean) => this.onMessage(data as Buffer, isBinary));
     ws.once('close', () => {
+      hooks.closed(this);
       this.push(null);
       this.destroy();
     });
@@ -45,7 +53,7 @@ export class WebSocketDuplex extends Duplex {
   private onMessage(data: Buffer, isBinary: boolean): void {
     if (!isBinary) {
       // [MQTT-6.0.0-1] MQTT control packets must be sent in binary frames.
-      this.onViolation(new GuardError('malformed', 'MQTT over WebSocket needs binary frames'));
+      this.hooks.violation(this, new GuardError('malformed', 'MQTT over WebSocket needs binary frames'));
       return;
     }
     if (this.fw) this.fw.lastActivity = Date.now();
@@ -53,7 +61,7 @@ export class WebSocketDuplex extends Duplex {
     try {
       pass = this.guard.filter(data);
     } catch (err) {
-      if (err instanceof GuardError) return this.onViolation(err);
+      if (err instanceof GuardError) return this.hooks.violation(this, err);
       throw err;
     }
     if (pass !== null && !this.push(pass)) {

@@ -43,7 +43,7 @@ describe('MQTT ingress guard', () => {
     const expected = Buffer.concat([connect, publish(1), ping]); // big and publish(2) are over the burst of 1
     for (let cut = 1; cut < stream.length; cut += 3) {
       const drops: string[] = [];
-      const g = new MqttIngressGuard(new PublishLimiter(limits, 0), 1 << 20, { onDrop: (l) => drops.push(l) });
+      const g = new MqttIngressGuard(new PublishLimiter(limits, 0), 1 << 20, { onDrop: (_o, l) => drops.push(l) });
       expect(feed(g, stream, [cut]).equals(expected)).toBe(true);
       expect(drops).toEqual(['publish_messages', 'publish_messages']);
     }
