@@ -159,6 +159,11 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const onUpgrade = createUpgradeHandler({
     aedes, gate, connections, metrics, log, proxies, hasProxies: config.trustedProxies.length > 0,
     isDraining: () => draining,
+    onFloodKick: (state) => {
+      if (config.floodPenaltyS === 0 || !state.client?.id) return;
+      redis.set(redisKeys.floodPenalty(state.client.id), '1', 'EX', config.floodPenaltyS)
+        .catch((err: unknown) => log.warn({ err }, 'recording a flood penalty failed'));
+    },
     limits: { ...limits, wsMaxPayloadBytes: config.wsMaxPayloadBytes, maxPacketBytes: config.maxPacketBytes, abuseDropsBeforeKick: config.abuseDropsBeforeKick },
   });
 

@@ -34,6 +34,7 @@ export const brokerSpec = {
   publishBytesPerS: int('BROKER_PUBLISH_BYTES_PER_S', 131_072, 'sustained publish bytes per client per second', { min: 1024 }),
   publishBytesPerMin: int('BROKER_PUBLISH_BYTES_PER_MIN', 4_194_304, 'publish bytes per client per minute', { min: 1024 }),
   abuseDropsBeforeKick: int('BROKER_ABUSE_DROPS_BEFORE_KICK', 500, 'dropped publishes within 10 s after which the client is disconnected', { min: 1 }),
+  floodPenaltyS: int('BROKER_FLOOD_PENALTY_S', 30, 'a client disconnected for flooding is refused (CONNACK 3) this long; 0 = off', { min: 0 }),
   limitServices: bool('BROKER_LIMIT_SERVICES', false, 'apply the per-client publish limits to service tokens too'),
   // lifetimes
   tokenNoticeS: int('BROKER_TOKEN_NOTICE_S', 60, 'send a token-expiring notice this long before exp', { min: 0 }),

@@ -22,6 +22,8 @@ export interface ConnState {
   lastActivity: number;
   flushedActivity: number;
   closeReason: DisconnectReason | null;
+  /** Set by the first deliberate disconnect; later ones are no-ops. */
+  closing: boolean;
   /** Second-resolution bucket in the expiry wheel, or null. */
   expiryAt: number | null;
   expiryNoticeSent: boolean;
@@ -44,7 +46,7 @@ export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSoc
   const state: ConnState = {
     transport, ip, stream, connId: randomUUID(), connectedAt: now,
     claims: null, client: null, lastActivity: now, flushedActivity: now,
-    closeReason: null, expiryAt: null, expiryNoticeSent: false, registered: false,
+    closeReason: null, closing: false, expiryAt: null, expiryNoticeSent: false, registered: false,
   };
   (stream as FwStream).fw = state;
   return state;

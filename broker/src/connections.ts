@@ -131,7 +131,8 @@ export class Connections {
    * then a WebSocket close frame with the reason's application code.
    */
   disconnect(state: ConnState, reason: CloseReason & DisconnectReason, detail?: string): void {
-    if (state.closeReason && state.closeReason !== reason) return; // already closing for another reason
+    if (state.closing) return; // one notice, one close frame, one metric, however often asked
+    state.closing = true;
     state.closeReason = reason;
     this.metrics.kicks.inc({ reason });
     // Set now: whatever ends the socket from here on (even a parser error) sends this close frame.

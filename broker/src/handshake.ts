@@ -29,6 +29,8 @@ export interface HandshakeDeps {
   proxies: BlockList;
   hasProxies: boolean;
   isDraining: () => boolean;
+  /** After a flood disconnect: e.g. keep the client out for a while. */
+  onFloodKick: (state: ConnState) => void;
   limits: PublishLimits & { wsMaxPayloadBytes: number; maxPacketBytes: number; abuseDropsBeforeKick: number };
 }
 
@@ -118,12 +120,14 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
   }
 
   function abuse(state: ConnState): void {
+    if (state.closing) return;
     const now = Date.now();
     let w = drops.get(state);
     if (!w || now - w.since > abuseWindowMs) drops.set(state, (w = { since: now, n: 0 }));
     if (++w.n >= d.limits.abuseDropsBeforeKick) {
       d.log.warn({ client_id: state.client?.id, ip: state.ip, dropped: w.n }, 'sustained publish flood: disconnecting');
       d.connections.disconnect(state, 'rate-limited');
+      d.onFloodKick(state);
     }
   }
 

@@ -5,7 +5,7 @@
  */
 import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import {
-  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic, tokenFromSubprotocols,
+  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic, redisKeys, tokenFromSubprotocols,
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
@@ -96,8 +96,11 @@ export function installHooks(d: HookDeps): void {
       throw new FleetwireError('AUTH_FORBIDDEN', 'the TCP listener accepts service tokens only');
     }
     const deviceCheck = claims.typ === 'device' ? getDeviceStatus(d.redis, claims.sub) : Promise.resolve(null);
-    const [revoked, deviceStatus] = await Promise.all([isTokenRevoked(d.redis, claims.jti), deviceCheck]);
+    const [revoked, deviceStatus, penalized] = await Promise.all([
+      isTokenRevoked(d.redis, claims.jti), deviceCheck, d.redis.exists(redisKeys.floodPenalty(client.id)),
+    ]);
     if (revoked) throw new FleetwireError('AUTH_TOKEN_REVOKED');
+    if (penalized) throw new FleetwireError('BROKER_FLOOD_PENALTY');
     if (claims.typ === 'device') {
       if (!isDeviceId(claims.sub) || client.id !== claims.sub) throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH');
       if (deviceStatus === null) throw new FleetwireError('AUTH_DEVICE_UNKNOWN');

@@ -100,12 +100,24 @@ describe('publish limits', () => {
     await Promise.all([dev.endAsync(), svc.endAsync()]);
   });
 
-  it('disconnects a client that keeps flooding, with close code 4004', async () => {
-    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 50 });
-    const dev = await connect(t.url, await t.registerDevice('dev-flood'), 'dev-flood');
+  it('disconnects a client that keeps flooding once, with close code 4004, and keeps it out for the penalty time', async () => {
+    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 50, floodPenaltyS: 30 });
+    const token = await t.registerDevice('dev-flood');
+    const dev = await connect(t.url, token, 'dev-flood');
+    await dev.subscribeAsync('devices/dev-flood/sys');
+    const notices: string[] = [];
+    dev.on('message', (_topic, payload) => notices.push(payload.toString()));
     const closed = closeOf(dev);
-    for (let i = 0; i < 200; i++) dev.publish('devices/dev-flood/telemetry', '{"f":1}', { qos: 0 });
+    for (let i = 0; i < 2000; i++) dev.publish('devices/dev-flood/telemetry', '{"f":1}', { qos: 0 });
     expect((await closed).code).toBe(4004);
+    await sleep(200);
+    // One notice and one kick, however many publishes were dropped after the threshold.
+    expect(notices).toHaveLength(1);
+    expect(JSON.parse(notices[0]!)).toMatchObject({ type: 'disconnect', close_code: 4004 });
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/fleetwire_broker_kicks_total\{reason="rate-limited"\} 1\n/);
+    expect(t.logs.join('').match(/sustained publish flood/g)).toHaveLength(1);
+    expect(await connackCode(t.url, token, 'dev-flood')).toBe(3);
   });
 });
 

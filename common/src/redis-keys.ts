@@ -20,4 +20,5 @@ export const redisKeys = {
   connectAttempts: (ip: string) => `fleetwire:rl:connect:${ip}`,
   authFailures: (ip: string) => `fleetwire:rl:authfail:${ip}`,
   ipBan: (ip: string) => `fleetwire:rl:ban:${ip}`,
+  floodPenalty: (clientId: string) => `fleetwire:rl:penalty:${clientId}`,
 } as const;
