@@ -48,6 +48,7 @@ run() {
   run bench/connects.mjs
   run bench/idle-rss.mjs --n "$IDLE_N"
   run bench/flood.mjs
+  run bench/flood-isolated.mjs
 } 2>&1 | tee "$out"
 
 echo

@@ -80,6 +80,8 @@ export function installHooks(d: HookDeps): void {
         metrics.authFailures.inc({ reason: fe.code });
         state.closeReason = 'auth-failed';
         log.warn({ ip: state.ip, client_id: client.id, code: fe.code }, `authentication refused: ${fe.message}`);
+        // A client serving its flood penalty is not guessing credentials: it must not get its whole address banned.
+        if (fe.code === 'BROKER_FLOOD_PENALTY') return done(authError(fe), false);
         d.gate.authFailed(state.ip).then(
           (banned) => { if (banned) log.warn({ ip: state.ip }, 'address banned after repeated authentication failures'); },
           (e: unknown) => log.error({ err: e }, 'recording an authentication failure failed'),

@@ -101,7 +101,7 @@ describe('publish limits', () => {
   });
 
   it('disconnects a client that keeps flooding once, with close code 4004, and keeps it out for the penalty time', async () => {
-    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 50, floodPenaltyS: 30 });
+    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 50, floodPenaltyS: 30, authFailuresBeforeBan: 3 });
     const token = await t.registerDevice('dev-flood');
     const dev = await connect(t.url, token, 'dev-flood');
     await dev.subscribeAsync('devices/dev-flood/sys');
@@ -117,7 +117,10 @@ describe('publish limits', () => {
     const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
     expect(metrics).toMatch(/fleetwire_broker_kicks_total\{reason="rate-limited"\} 1\n/);
     expect(t.logs.join('').match(/sustained publish flood/g)).toHaveLength(1);
-    expect(await connackCode(t.url, token, 'dev-flood')).toBe(3);
+    for (let i = 0; i < 5; i++) expect(await connackCode(t.url, token, 'dev-flood')).toBe(3);
+    // Penalty refusals are not failed authentications: the address is not banned for the others behind it.
+    const neighbour = await connect(t.url, await t.registerDevice('dev-neighbour'), 'dev-neighbour');
+    await neighbour.endAsync();
   });
 });
 
