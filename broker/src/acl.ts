@@ -7,9 +7,11 @@
  */
 import { parseDeviceTopic, type FleetwireClaims } from '@fleetwire/common';
 
+type AclClaims = Pick<FleetwireClaims, 'sub' | 'typ' | 'role'>;
+
 export type AclVerdict = { ok: true; topicClass: string; deviceId: string | null; queue: string | undefined } | { ok: false; why: string };
 
-export function authorizePublishTopic(claims: FleetwireClaims, topic: string): AclVerdict {
+export function authorizePublishTopic(claims: AclClaims, topic: string): AclVerdict {
   if (topic.startsWith('$')) return { ok: false, why: '$-topics are reserved' };
   const parsed = parseDeviceTopic(topic);
   if (!parsed) return { ok: false, why: `${topic} is not a Fleetwire topic` };
@@ -22,7 +24,7 @@ export function authorizePublishTopic(claims: FleetwireClaims, topic: string): A
   return { ok: true, topicClass: entry.class, deviceId, queue: claims.typ === 'device' ? entry.queue : undefined };
 }
 
-export function authorizeSubscribeFilter(claims: FleetwireClaims, filter: string): boolean {
+export function authorizeSubscribeFilter(claims: AclClaims, filter: string): boolean {
   if (filter.startsWith('$') || filter.length === 0) return false;
   if (claims.typ === 'device') return filter.startsWith(`devices/${claims.sub}/`);
   return filter.startsWith('devices/') || filter.startsWith('fleet/');

@@ -1,7 +1,18 @@
 /** What the broker knows about one connection, attached to its stream as `fw`. */
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { closeCodes, type CloseReason, type FleetwireClaims } from '@fleetwire/common';
+
+/** The claims a connection keeps: only what the ACL, registry, expiry and revocation need. */
+export type ConnClaims = Pick<FleetwireClaims, 'sub' | 'typ' | 'exp' | 'jti' | 'role'>;
+
+export function connClaims(c: FleetwireClaims): ConnClaims {
+  return c.role === undefined ? { sub: c.sub, typ: c.typ, exp: c.exp, jti: c.jti } : { sub: c.sub, typ: c.typ, exp: c.exp, jti: c.jti, role: c.role };
+}
+
+/** Connection ids: unique per process start plus a counter; short, since one is kept per connection. */
+const processTag = randomBytes(4).toString('base64url');
+let connCounter = 0;
 import type { Client } from 'aedes';
 import { WebSocketDuplex } from './ws-stream.js';
 
@@ -17,7 +28,7 @@ export interface ConnState {
   /** Unique per connection, so a late disconnect never removes a newer connection's registry entry. */
   readonly connId: string;
   readonly connectedAt: number;
-  claims: FleetwireClaims | null;
+  claims: ConnClaims | null;
   client: Client | null;
   lastActivity: number;
   flushedActivity: number;
@@ -44,7 +55,7 @@ export function kindOf(state: ConnState): string {
 export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSocketDuplex | Socket): ConnState {
   const now = Date.now();
   const state: ConnState = {
-    transport, ip, stream, connId: randomUUID(), connectedAt: now,
+    transport, ip, stream, connId: `${processTag}${(connCounter++).toString(36)}`, connectedAt: now,
     claims: null, client: null, lastActivity: now, flushedActivity: now,
     closeReason: null, closing: false, expiryAt: null, expiryNoticeSent: false, registered: false,
   };

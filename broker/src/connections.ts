@@ -23,9 +23,11 @@ export class Connections {
   readonly live = new Set<ConnState>();
   /** Registered clients on this node, by MQTT client id. */
   readonly byClientId = new Map<string, ConnState>();
-  /** `${typ}:${sub}` → its connection, or a Set in the rare case of several (users, services): no Set per device. */
+  /**
+   * Users and services by `${typ}:${sub}` → a connection, or a Set when there are several.
+   * Devices need no entry: their client id is their sub, so byClientId finds them.
+   */
   private readonly bySubject = new Map<string, ConnState | Set<ConnState>>();
-  private readonly byJti = new Map<string, ConnState>();
   private readonly perIp = new Map<string, number>();
   private readonly expiry = new Map<number, Set<ConnState>>();
   private lastTickS = Math.floor(Date.now() / 1000);
@@ -48,12 +50,28 @@ export class Connections {
     this.perIp.set(state.ip, (this.perIp.get(state.ip) ?? 0) + 1);
   }
 
+  /** The socket is gone (always called, whether or not Aedes registered the client): drop every local index entry. */
   closed(state: ConnState): void {
     if (!this.live.delete(state)) return;
     const n = (this.perIp.get(state.ip) ?? 1) - 1;
     if (n <= 0) this.perIp.delete(state.ip);
     else this.perIp.set(state.ip, n);
     this.unschedule(state);
+    this.unindex(state);
+  }
+
+  private unindex(state: ConnState): void {
+    const claims = state.claims;
+    if (!claims || !state.client) return;
+    if (this.byClientId.get(state.client.id) === state) this.byClientId.delete(state.client.id);
+    if (claims.typ === 'device') return;
+    const key = `${claims.typ}:${claims.sub}`;
+    const held = this.bySubject.get(key);
+    if (held === state) this.bySubject.delete(key);
+    else if (held instanceof Set) {
+      held.delete(state);
+      if (held.size === 1) this.bySubject.set(key, held.values().next().value!);
+    }
   }
 
   countsByKind(): Map<string, number> {
@@ -65,15 +83,21 @@ export class Connections {
     return counts;
   }
 
-  /** After a successful authenticate: index the connection and schedule its token's end. */
-  authenticated(state: ConnState): void {
+  /**
+   * After a successful authenticate: index the connection at once (a revocation
+   * or kick arriving before CONNACK must find it) and schedule its token's end.
+   */
+  authenticated(client: Client, state: ConnState): void {
     const claims = state.claims!;
-    const key = `${claims.typ}:${claims.sub}`;
-    const held = this.bySubject.get(key);
-    if (held === undefined) this.bySubject.set(key, state);
-    else if (held instanceof Set) held.add(state);
-    else if (held !== state) this.bySubject.set(key, new Set([held, state]));
-    this.byJti.set(claims.jti, state);
+    state.client = client;
+    this.byClientId.set(client.id, state);
+    if (claims.typ !== 'device') {
+      const key = `${claims.typ}:${claims.sub}`;
+      const held = this.bySubject.get(key);
+      if (held === undefined) this.bySubject.set(key, state);
+      else if (held instanceof Set) held.add(state);
+      else if (held !== state) this.bySubject.set(key, new Set([held, state]));
+    }
     const notice = claims.exp - this.opts.tokenNoticeS;
     this.schedule(state, this.opts.tokenNoticeS > 0 && notice > Date.now() / 1000 ? notice : claims.exp);
   }
@@ -81,8 +105,6 @@ export class Connections {
   async ready(client: Client): Promise<void> {
     const state = stateOf(client);
     if (!state?.claims) return;
-    state.client = client;
-    this.byClientId.set(client.id, state);
     this.metrics.connects.inc({ kind: state.claims.typ });
     try {
       const seq = await this.registry.register(client.id, state);
@@ -99,16 +121,8 @@ export class Connections {
     if (!state?.claims) return;
     const reason: DisconnectReason = state.closeReason ?? ((client as unknown as { _disconnected: boolean })._disconnected ? 'client-disconnect' : 'socket-closed');
     this.metrics.disconnects.inc({ reason });
-    if (this.byClientId.get(client.id) === state) this.byClientId.delete(client.id);
-    const key = `${state.claims.typ}:${state.claims.sub}`;
-    const held = this.bySubject.get(key);
-    if (held === state) this.bySubject.delete(key);
-    else if (held instanceof Set) {
-      held.delete(state);
-      if (held.size === 1) this.bySubject.set(key, held.values().next().value!);
-    }
-    if (this.byJti.get(state.claims.jti) === state) this.byJti.delete(state.claims.jti);
     this.unschedule(state);
+    this.unindex(state);
     this.log.info({ client_id: client.id, kind: state.claims.typ, reason }, 'client disconnected');
     try {
       const seq = await this.registry.unregister(client.id, state);
@@ -162,8 +176,17 @@ export class Connections {
   }
 
   revoke(ev: RevocationEvent): number {
-    const held = ev.kind === 'token' ? this.byJti.get(ev.id) : this.bySubject.get(`${ev.kind}:${ev.id}`);
-    const targets: ConnState[] = held === undefined ? [] : held instanceof Set ? [...held] : [held];
+    let targets: ConnState[];
+    if (ev.kind === 'token') {
+      // Token revocations are rare: a scan beats an index kept for every connection.
+      targets = [...this.live].filter((s) => s.claims?.jti === ev.id);
+    } else if (ev.kind === 'device') {
+      const s = this.byClientId.get(ev.id);
+      targets = s?.claims?.typ === 'device' ? [s] : [];
+    } else {
+      const held = this.bySubject.get(`${ev.kind}:${ev.id}`);
+      targets = held === undefined ? [] : held instanceof Set ? [...held] : [held];
+    }
     for (const s of targets) this.disconnect(s, 'revoked');
     if (targets.length) this.log.info({ kind: ev.kind, id: ev.id, count: targets.length }, 'revocation applied');
     return targets.length;

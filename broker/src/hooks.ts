@@ -9,7 +9,7 @@ import {
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
-import { setCloseIntent, stateOf, type ConnState } from './conn-state.js';
+import { connClaims, setCloseIntent, stateOf, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import { decodeDevicePayload, IngressRejected, type IngressRouter } from './ingress.js';
@@ -59,12 +59,12 @@ export function installHooks(d: HookDeps): void {
     client.req = undefined; // neither the token nor the request is kept past this point
     authenticate(client, state, token).then(
       (claims) => {
-        state.claims = claims;
+        state.claims = connClaims(claims);
         if (claims.typ === 'service' && !d.limits.limitServices && state.stream instanceof WebSocketDuplex) {
           state.stream.guard.limiter = null;
         }
         markTakeover(client, state);
-        d.connections.authenticated(state);
+        d.connections.authenticated(client, state);
         done(null, true);
       },
       (err: unknown) => {
