@@ -30,7 +30,8 @@ export class MqttIngressGuard<Owner = unknown> {
   owner: Owner | null = null;
   private passLeft = 0;
   private dropLeft = 0;
-  private header: number[] = [];
+  /** Bytes of a fixed header that began in an earlier frame, or null (the usual case). */
+  private heldHeader: Buffer | null = null;
   private sawConnect = false;
   /** After a violation nothing more passes: the connection is being closed. */
   private failed = false;
@@ -77,26 +78,43 @@ export class MqttIngressGuard<Owner = unknown> {
         continue;
       }
       // A packet boundary: the fixed header is 1 type byte + 1..4 remaining-length bytes.
-      const continuing = this.header.length > 0; // it began in an earlier frame and was held back
+      // Parsed in place; only a header split across frames is copied (into `held`).
+      const held = this.heldHeader;
       const headerStart = i;
+      let headerLen = 0;
+      let first = 0;
+      let remaining = 0;
+      let mul = 1;
       let complete = false;
-      while (i < len) {
-        const b = buf[i++]!;
-        this.header.push(b);
-        if (this.header.length >= 2 && (b & 0x80) === 0) { complete = true; break; }
-        if (this.header.length === 5) throw new GuardError('malformed', 'MQTT remaining length longer than 4 bytes');
+      const heldLen = held ? held.length : 0;
+      for (let k = 0; ;) {
+        let b: number;
+        if (k < heldLen) b = held![k++]!;
+        else if (i < len) b = buf[i++]!;
+        else break;
+        if (++headerLen === 1) {
+          first = b;
+          continue;
+        }
+        remaining += (b & 0x7f) * mul;
+        mul *= 128;
+        if ((b & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+        if (headerLen === 5) throw new GuardError('malformed', 'MQTT remaining length longer than 4 bytes');
       }
       if (!complete) {
-        flush(headerStart); // hold the partial header back until its packet's verdict
+        // Hold the partial header back until its packet's verdict.
+        this.heldHeader = held ? Buffer.concat([held, buf.subarray(headerStart, len)]) : Buffer.from(buf.subarray(headerStart, len));
+        flush(headerStart);
         runStart = len;
         break;
       }
-      const header = this.header;
-      this.header = [];
-      let remaining = 0;
-      for (let k = 1, mul = 1; k < header.length; k++, mul *= 128) remaining += (header[k]! & 0x7f) * mul;
-      const total = header.length + remaining;
-      const type = header[0]! >> 4;
+      this.heldHeader = null;
+      const continuing = held !== null;
+      const total = headerLen + remaining;
+      const type = first >> 4;
       if (type === 0 || type === 15) throw new GuardError('malformed', `reserved MQTT packet type ${type}`);
       if (!this.sawConnect) {
         if (type !== CONNECT) throw new GuardError('malformed', 'the first packet must be CONNECT [MQTT-3.1.0-1]');
@@ -114,7 +132,7 @@ export class MqttIngressGuard<Owner = unknown> {
       } else {
         if (continuing) {
           flush(headerStart);
-          out!.push(Buffer.from(header));
+          out!.push(held, buf.subarray(headerStart, i));
           runStart = i;
         }
         this.passLeft = remaining;
