@@ -10,6 +10,7 @@ describe('logger redaction', () => {
     const lines: string[] = [];
     const log = createLogger({ destination: new Writable({ write(c, _e, cb) { lines.push(String(c)); cb(); } }) });
     log.info({ token: 'tok-SECRET', password: 'pw-SECRET', user: { api_key: 'fwk_SECRET' }, req: { headers: { 'sec-websocket-protocol': 'mqtt, auth.SECRET' } } }, 'hello');
+    log.info({ body: { password: 'SECRET', new_password: 'SECRET' }, credentials: { refresh_token: 'SECRET' }, headers: { authorization: 'Bearer SECRET' } }, 'again');
     expect(lines.join('')).not.toContain('SECRET');
     expect(lines.join('')).toContain('[redacted]');
   });
