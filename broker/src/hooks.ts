@@ -5,10 +5,11 @@
  */
 import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import {
-  FleetwireError, getDeviceStatus, isDeviceId, isTokenRevoked, parseDeviceTopic, redisKeys, tokenFromSubprotocols,
+  FleetwireError, isDeviceId, parseDeviceTopic, tokenFromSubprotocols,
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
+import { createConnectChecks } from './connect-checks.js';
 import { connClaims, setCloseIntent, stateOf, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
@@ -35,6 +36,7 @@ const sinkTopic = (nodeId: string): string => `$SYS/${nodeId}/fleetwire/dropped`
 
 export function installHooks(d: HookDeps): void {
   const { aedes, log, metrics } = d;
+  const connectChecks = createConnectChecks(d.redis);
 
   aedes.preConnect = (client, packet, done) => {
     const state = stateOf(client);
@@ -97,10 +99,7 @@ export function installHooks(d: HookDeps): void {
     if (state.transport === 'tcp' && claims.typ !== 'service') {
       throw new FleetwireError('AUTH_FORBIDDEN', 'the TCP listener accepts service tokens only');
     }
-    const deviceCheck = claims.typ === 'device' ? getDeviceStatus(d.redis, claims.sub) : Promise.resolve(null);
-    const [revoked, deviceStatus, penalized] = await Promise.all([
-      isTokenRevoked(d.redis, claims.jti), deviceCheck, d.redis.exists(redisKeys.floodPenalty(client.id)),
-    ]);
+    const { revoked, deviceStatus, penalized } = await connectChecks(claims.jti, claims.typ === 'device' ? claims.sub : null, client.id);
     if (revoked) throw new FleetwireError('AUTH_TOKEN_REVOKED');
     if (penalized) throw new FleetwireError('BROKER_FLOOD_PENALTY');
     if (claims.typ === 'device') {

@@ -7,6 +7,17 @@
 import { redisKeys, type Redis } from '@fleetwire/common';
 import type { ConnState } from './conn-state.js';
 
+const REGISTER = `
+-- KEYS: conn hash, index zset, per-kind index zset, node set, nodes set, presence seq
+-- ARGV: client id, connected at, node id, is device, then the hash's field/value pairs
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[3])
+if ARGV[4] == '1' then return redis.call('INCR', KEYS[6]) end
+return -1`;
+
 const UNREGISTER = `
 -- KEYS: conn hash, index zset, node set, presence seq, per-kind index zset; ARGV: client id, conn id, is device
 redis.call('SREM', KEYS[3], ARGV[1])
@@ -40,6 +51,7 @@ export interface Presence {
 }
 
 type RegistryRedis = Redis & {
+  fwRegister(...args: string[]): Promise<number>;
   fwUnregister(conn: string, index: string, nodeSet: string, seq: string, kindIndex: string, clientId: string, connId: string, isDevice: string): Promise<number>;
 };
 
@@ -47,6 +59,7 @@ export class ConnectionRegistry {
   private readonly redis: RegistryRedis;
 
   constructor(redis: Redis, readonly nodeId: string) {
+    redis.defineCommand('fwRegister', { numberOfKeys: 6, lua: REGISTER });
     redis.defineCommand('fwUnregister', { numberOfKeys: 5, lua: UNREGISTER });
     this.redis = redis as RegistryRedis;
   }
@@ -68,16 +81,14 @@ export class ConnectionRegistry {
       last_activity: String(now),
       conn_id: state.connId,
     };
-    const tx = this.redis.multi()
-      .hset(redisKeys.connection(clientId), record)
-      .zadd(redisKeys.connectionIndex, state.connectedAt, clientId)
-      .zadd(redisKeys.connectionIndexByKind(claims.typ), state.connectedAt, clientId)
-      .sadd(redisKeys.nodeConnections(this.nodeId), clientId)
-      .sadd(redisKeys.nodes, this.nodeId);
-    if (claims.typ === 'device') tx.incr(redisKeys.presenceSeq(claims.sub));
-    const results = await tx.exec();
-    if (claims.typ !== 'device') return null;
-    return Number(results?.[5]?.[1]);
+    const isDevice = claims.typ === 'device';
+    const seq = await this.redis.fwRegister(
+      redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.connectionIndexByKind(claims.typ),
+      redisKeys.nodeConnections(this.nodeId), redisKeys.nodes, redisKeys.presenceSeq(claims.sub),
+      clientId, String(state.connectedAt), this.nodeId, isDevice ? '1' : '0',
+      ...Object.entries(record).flat(),
+    );
+    return isDevice ? seq : null;
   }
 
   /** Removes the entry if it is still this connection's; for a device returns the offline presence seq, else null. */
