@@ -100,7 +100,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   };
   installHooks({
     aedes, redis, verifier: deps.verifier, gate, connections, ingress, metrics, log, nodeId,
-    limits: { ...limits, keepaliveMinS: config.keepaliveMinS, keepaliveMaxS: config.keepaliveMaxS, limitServices: config.limitServices },
+    limits: { keepaliveMinS: config.keepaliveMinS, keepaliveMaxS: config.keepaliveMaxS, limitServices: config.limitServices },
   });
 
   // Registered before aedes.listen() so it runs before Aedes' own handler closes the

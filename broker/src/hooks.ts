@@ -15,7 +15,6 @@ import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import { decodeDevicePayload, IngressRejected, type IngressRouter } from './ingress.js';
 import type { BrokerMetrics } from './metrics.js';
-import type { PublishLimits } from './publish-limiter.js';
 import { WebSocketDuplex } from './ws-stream.js';
 
 export interface HookDeps {
@@ -28,7 +27,7 @@ export interface HookDeps {
   metrics: BrokerMetrics;
   log: Logger;
   nodeId: string;
-  limits: PublishLimits & { keepaliveMinS: number; keepaliveMaxS: number; limitServices: boolean };
+  limits: { keepaliveMinS: number; keepaliveMaxS: number; limitServices: boolean };
 }
 
 /** Where refused-but-acknowledged messages go: no client may subscribe to $-topics, so nobody receives them. */

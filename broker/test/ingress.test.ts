@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { pack } from 'msgpackr';
-import { createRedis, queues } from '@fleetwire/common';
+import { createRedis, queues, schemaValidator } from '@fleetwire/common';
 import { connect, flushRedis, nextMessage, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
@@ -27,6 +27,7 @@ describe('ingress routing to BullMQ', () => {
     expect(job!.name).toBe('heartbeat');
     expect(job!.data).toMatchObject({ device_id: 'dev-hb', topic_class: 'heartbeat', payload: heartbeat, node: t.broker.nodeId });
     expect(typeof job!.data.cid).toBe('string');
+    expect(schemaValidator('ingress-envelope.schema.json')(job!.data)).toBe(true); // the contract consumers read
     expect(job!.opts.attempts).toBe(queues.queues.heartbeats!.attempts);
     await dev.endAsync();
   });

@@ -19,6 +19,13 @@ export function payloadValidator(topicClass: string): ValidateFunction {
   return v;
 }
 
+/** The validator for any schema file in contracts/schemas, e.g. 'ingress-envelope.schema.json'. */
+export function schemaValidator(file: string): ValidateFunction {
+  const v = ajv.getSchema(file);
+  if (!v) throw new Error(`no schema ${file} in common/contracts/schemas`);
+  return v;
+}
+
 /** One readable line for the first validation error. */
 export function describeValidationError(v: ValidateFunction): string {
   const e = v.errors?.[0];
