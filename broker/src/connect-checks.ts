@@ -4,15 +4,15 @@
  * serving a flood penalty. Three separate commands cost measurably more per
  * connect (encoding, parsing, promises) at thousands of connects a second.
  */
-import { redisKeys, type Redis } from '@fleetwire/common';
+import { redisKeys, type DeviceStatus, type Redis } from '@fleetwire/common';
 
 const CHECKS = `
 return { redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or '', redis.call('EXISTS', KEYS[3]) }`;
 
 export interface ConnectChecks {
   revoked: boolean;
-  /** The device record's status; null for a missing record or a non-device. */
-  deviceStatus: string | null;
+  /** The device record's status; null for a missing record, an unreadable one, or a non-device. */
+  deviceStatus: DeviceStatus | null;
   penalized: boolean;
 }
 
@@ -26,6 +26,7 @@ export function createConnectChecks(redis: Redis): (jti: string, deviceId: strin
     const [revoked, status, penalized] = await r.fwConnectChecks(
       redisKeys.revokedJti(jti), deviceId ? redisKeys.device(deviceId) : redisKeys.device('-'), redisKeys.floodPenalty(clientId),
     );
-    return { revoked: revoked === 1, deviceStatus: deviceId && status ? status : null, penalized: penalized === 1 };
+    const deviceStatus = deviceId && (status === 'active' || status === 'revoked') ? status : null;
+    return { revoked: revoked === 1, deviceStatus, penalized: penalized === 1 };
   };
 }

@@ -14,11 +14,6 @@ export interface RevocationEvent {
   readonly id: string;
 }
 
-export async function getDeviceStatus(redis: Redis, deviceId: string): Promise<DeviceStatus | null> {
-  const status = await redis.hget(redisKeys.device(deviceId), 'status');
-  return status === 'active' || status === 'revoked' ? status : null;
-}
-
 /** Creates or updates the identity record the broker checks at CONNECT. */
 export async function saveDevice(redis: Redis, deviceId: string, fields: Record<string, string> = {}): Promise<void> {
   await redis.hset(redisKeys.device(deviceId), { status: 'active', created_at: String(Date.now()), ...fields });
