@@ -21,7 +21,7 @@ export interface ConnectionsOptions {
 export class Connections {
   /** Every open socket, authenticated or not. */
   readonly live = new Set<ConnState>();
-  /** Registered clients on this node, by MQTT client id. */
+  /** Authenticated clients on this node, by MQTT client id (set at authenticate, before CONNACK). */
   readonly byClientId = new Map<string, ConnState>();
   /**
    * Users and services by `${typ}:${sub}` → a connection, or a Set when there are several.
