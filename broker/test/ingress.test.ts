@@ -43,6 +43,18 @@ describe('ingress routing to BullMQ', () => {
     await dev.endAsync();
   });
 
+  it('withholds the PUBACK of a QoS 1 message while Redis cannot take the job, and acknowledges once it is queued', async () => {
+    const dev = await connect(t.url, await t.registerDevice('dev-pause'), 'dev-pause');
+    const admin = createRedis(REDIS_URL, { name: 'test-pause' });
+    await admin.call('CLIENT', 'PAUSE', '1200', 'WRITE');
+    const started = Date.now();
+    await dev.publishAsync('devices/dev-pause/cmd/result', JSON.stringify({ cid: 'p-1', ok: true, result: 1 }), { qos: 1 });
+    expect(Date.now() - started).toBeGreaterThan(900);
+    expect(await queue('cmd-results').getJob('dev-pause.p-1')).toBeTruthy();
+    admin.disconnect();
+    await dev.endAsync();
+  });
+
   it('routes OTA status and msgpack-encoded ML requests', async () => {
     const dev = await connect(t.url, await t.registerDevice('dev-ml'), 'dev-ml');
     await dev.publishAsync('devices/dev-ml/ota/status', JSON.stringify({ rollout: 'r-1', state: 'downloading', progress: 10 }), { qos: 1 });
