@@ -14,9 +14,17 @@ export async function createVerifierFromConfig(config: BrokerConfig, log: Logger
   const keysDir = join(resolve(config.dataDir), 'keys');
   const { publicJwks } = await loadOrCreateKeySet(keysDir);
   const verifier = createTokenVerifier({ keys: publicJwks });
+  let kids = publicJwks.map((k) => k.kid).join(',');
   setInterval(() => {
     loadOrCreateKeySet(keysDir).then(
-      (set) => verifier.setKeys(set.publicJwks),
+      (set) => {
+        // setKeys also empties the verified-token cache, so only when the set really changed.
+        const now = set.publicJwks.map((k) => k.kid).join(',');
+        if (now === kids) return;
+        kids = now;
+        verifier.setKeys(set.publicJwks);
+        log.info({ kids: now }, 'signing keys changed on disk; trusting the new set');
+      },
       (err: unknown) => log.error({ err }, 'reloading signing keys failed; keeping the previous set'),
     );
   }, 30_000).unref();
