@@ -41,6 +41,7 @@ test: install
 	echo "test Redis: $$TEST_REDIS_URL"; \
 	REDIS_URL=$$TEST_REDIS_URL $(NODE_BIN)/vitest run; \
 	if [[ -n "$${STARTED_REDIS:-}" ]]; then redis-cli -u "$$TEST_REDIS_URL" shutdown nosave >/dev/null 2>&1 || true; fi; \
+	scripts/run-cargo-tests.sh .test-results/cargo.counts; \
 	node scripts/test-summary.mjs .test-results
 
 lint: node_modules/.package-lock.json
