@@ -140,9 +140,8 @@ export class Connections {
   }
 
   /**
-   * Ends a connection on purpose: a sys notice to a device first (QoS 0, to
-   * this connection only: a queued copy would be stale on the next session),
-   * then a WebSocket close frame with the reason's application code.
+   * Ends a connection on purpose: a sys notice to a device first, then a
+   * WebSocket close frame with the reason's application code.
    */
   disconnect(state: ConnState, reason: CloseReason & DisconnectReason, detail?: string): void {
     if (state.closing) return; // one notice, one close frame, one metric, however often asked
@@ -157,13 +156,7 @@ export class Connections {
       if (state.client) state.client.close();
       else state.stream.destroy();
     };
-    const client = state.client;
-    if (client && state.claims?.typ === 'device' && client.connected) {
-      const notice = { type: 'disconnect', reason: text, close_code: code };
-      client.publish({ cmd: 'publish', topic: topicFor('sys', state.claims.sub), payload: Buffer.from(JSON.stringify(notice)), qos: 0, retain: false, dup: false }, finish);
-    } else {
-      finish();
-    }
+    if (!this.sendSys(state, { type: 'disconnect', reason: text, close_code: code }, finish)) finish();
   }
 
   /** Kicks a client held by this node; false when it is not here. */
@@ -233,10 +226,20 @@ export class Connections {
   }
 
   private notifyExpiring(state: ConnState): void {
+    const notice = { type: 'token-expiring', reason: 'token expires soon: reconnect with a fresh token', expires_at: state.claims!.exp };
+    this.sendSys(state, notice, () => {});
+  }
+
+  /**
+   * A sys notice to a connected device, at QoS 0 and to this connection only
+   * (a queued copy would be stale on the next session). False when there is no
+   * device to tell; `done` then is not called.
+   */
+  private sendSys(state: ConnState, notice: Record<string, unknown>, done: () => void): boolean {
     const client = state.client;
-    if (!client || state.claims?.typ !== 'device' || !client.connected) return;
-    const notice = { type: 'token-expiring', reason: 'token expires soon: reconnect with a fresh token', expires_at: state.claims.exp };
-    client.publish({ cmd: 'publish', topic: topicFor('sys', state.claims.sub), payload: Buffer.from(JSON.stringify(notice)), qos: 0, retain: false, dup: false }, () => {});
+    if (!client || state.claims?.typ !== 'device' || !client.connected) return false;
+    client.publish({ cmd: 'publish', topic: topicFor('sys', state.claims.sub), payload: Buffer.from(JSON.stringify(notice)), qos: 0, retain: false, dup: false }, done);
+    return true;
   }
 
   /** Closes every connection with a server-shutdown notice, spread over spreadMs; resolves when all are gone or timeoutMs passed. */
