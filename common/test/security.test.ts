@@ -60,10 +60,14 @@ describe('subprotocol token extraction', () => {
 });
 
 describe('verified-token cache', () => {
+  /** A new key in its own folder and a verifier that trusts it. */
+  async function freshVerifier() {
+    const { signer, publicJwks } = await loadOrCreateKeySet(join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys'));
+    return { signer, verifier: createTokenVerifier({ keys: publicJwks }) };
+  }
+
   it('answers a repeated token from the cache but still refuses it once it has expired', async () => {
-    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
-    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
-    const verifier = createTokenVerifier({ keys: publicJwks });
+    const { signer, verifier } = await freshVerifier();
     const token = await signToken(signer, { sub: 'dev-c', typ: 'device', ttlSeconds: 1 });
     expect((await verifier.verify(token)).sub).toBe('dev-c');
     expect((await verifier.verify(token)).sub).toBe('dev-c');
@@ -73,20 +77,16 @@ describe('verified-token cache', () => {
   }, 10_000);
 
   it('forgets everything when the trusted keys change, so a removed key stops verifying at once', async () => {
-    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
-    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
-    const verifier = createTokenVerifier({ keys: publicJwks });
+    const { signer, verifier } = await freshVerifier();
     const token = await signToken(signer, { sub: 'dev-k', typ: 'device', ttlSeconds: 60 });
     await verifier.verify(token);
     const other = await loadOrCreateKeySet(join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys'));
-    verifier.setKeys(other.publicJwks);
+    verifier.setKeys(other.publicJwks); // a different key set altogether
     await expect(verifier.verify(token)).rejects.toMatchObject({ code: 'AUTH_TOKEN_INVALID' });
   });
 
   it('does not accept a token that differs from a cached one by a byte', async () => {
-    const dir = join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys');
-    const { signer, publicJwks } = await loadOrCreateKeySet(dir);
-    const verifier = createTokenVerifier({ keys: publicJwks });
+    const { signer, verifier } = await freshVerifier();
     const token = await signToken(signer, { sub: 'dev-t', typ: 'device', ttlSeconds: 60 });
     await verifier.verify(token);
     const [h, p, s] = token.split('.');
