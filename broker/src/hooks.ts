@@ -5,7 +5,7 @@
  */
 import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import {
-  FleetwireError, isDeviceId, parseDeviceTopic, tokenFromSubprotocols,
+  FleetwireError, isDeviceId, parseDeviceTopic, tokenFromSubprotocols, topicFor,
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
@@ -184,7 +184,7 @@ export function installHooks(d: HookDeps): void {
     packet.retain = false;
     if (topicClass === 'ml-infer' && err.cid) {
       const result = { cid: err.cid, ok: false, error: { code: err.code, message: err.message }, model_version: '' };
-      client.publish({ cmd: 'publish', topic: `devices/${client.id}/ml/result`, payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
+      client.publish({ cmd: 'publish', topic: topicFor('ml-result', client.id), payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
     }
   }
 
