@@ -13,7 +13,7 @@ help:
 	@echo "make bench  run the broker benchmarks (see bench/README.md)"
 	@echo "make lint   eslint + type check"
 
-node_modules/.package-lock.json: package.json package-lock.json common/package.json broker/package.json cli/package.json
+node_modules/.package-lock.json: package.json package-lock.json common/package.json broker/package.json auth-service/package.json cli/package.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
@@ -52,4 +52,4 @@ bench: install
 	bash bench/run-all.sh
 
 clean:
-	rm -rf common/dist broker/dist cli/dist */tsconfig.tsbuildinfo .test-results .test-data
+	rm -rf common/dist broker/dist auth-service/dist cli/dist */tsconfig.tsbuildinfo .test-results .test-data

@@ -8,10 +8,11 @@ export default defineConfig({
     alias: {
       '@fleetwire/common': src('./common/src/index.ts'),
       '@fleetwire/broker': src('./broker/src/index.ts'),
+      '@fleetwire/auth-service': src('./auth-service/src/index.ts'),
     },
   },
   test: {
-    include: ['common/test/**/*.test.ts', 'broker/test/**/*.test.ts'],
+    include: ['common/test/**/*.test.ts', 'broker/test/**/*.test.ts', 'auth-service/test/**/*.test.ts', 'cli/test/**/*.test.ts'],
     // Test files share one Redis and the cluster-wide registry keys, so files run one at a time.
     fileParallelism: false,
     testTimeout: 20_000,

@@ -12,7 +12,7 @@ import type { FastifyInstance } from 'fastify';
 import MQEmitterRedis from 'mqemitter-redis';
 import aedesPersistenceRedis from 'aedes-persistence-redis';
 import {
-  createLogger, createMetricsRegistry, createRedis, parseRevocation, redisKeys, topicFor, topics,
+  createHttpApp, createLogger, createMetricsRegistry, createRedis, healthRoutes, parseRevocation, redisKeys, requireRole, topicFor, topics,
   type Logger, type Registry, type TokenVerifier,
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
@@ -23,13 +23,10 @@ import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
 import { installHooks } from './hooks.js';
 import { lightenParser } from './aedes-tuning.js';
-import { createHttpApp } from './http.js';
-import { requireRole } from './http-auth.js';
 import { IngressRouter } from './ingress.js';
 import { createBrokerMetrics } from './metrics.js';
 import { ConnectionRegistry } from './registry.js';
 import { connectionRoutes } from './routes/connections.js';
-import { healthRoutes } from './routes/health.js';
 
 export interface BrokerDeps {
   verifier: TokenVerifier;
@@ -167,7 +164,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     limits: { ...limits, wsMaxPayloadBytes: config.wsMaxPayloadBytes, maxPacketBytes: config.maxPacketBytes, abuseDropsBeforeKick: config.abuseDropsBeforeKick },
   });
 
-  const http = await createHttpApp(log, deps.tls ?? null, deps.version ?? '0.0.0');
+  const http = await createHttpApp({ log, tls: deps.tls ?? null, version: deps.version ?? '0.0.0', trustedProxies: config.trustedProxies });
   http.server.on('upgrade', onUpgrade);
   const operator = requireRole(deps.verifier, redis, ['admin', 'operator']);
   connectionRoutes(http, { registry, operator, kick });

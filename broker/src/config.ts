@@ -1,17 +1,13 @@
 /** Broker settings: one spec, units in the names, validated and frozen at start-up. */
-import { baseSpec, bool, int, list, oneOf, str, url, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
+import { baseSpec, serverSpec, bool, int, oneOf, str, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
 
 export const brokerSpec = {
   ...baseSpec,
-  host: str('HOST', '0.0.0.0', 'address the HTTP/WebSocket server binds'),
-  port: int('PORT', 8080, 'HTTP + WebSocket port', { min: 0, max: 65535 }),
+  ...serverSpec,
   nodeId: str('BROKER_NODE_ID', '', 'this node\'s id in the cluster; empty = random'),
   cluster: oneOf('BROKER_CLUSTER', 'none', ['none', 'redis'] as const, 'redis shares sessions, retained and fan-out between nodes'),
-  tlsCertFile: str('TLS_CERT_FILE', '', 'PEM certificate; with TLS_KEY_FILE serves WSS/HTTPS'),
-  tlsKeyFile: str('TLS_KEY_FILE', '', 'PEM private key for TLS_CERT_FILE'),
   jwksUrl: str('JWKS_URL', '', 'verify tokens against this JWKS instead of the local key folder'),
   jwksCacheMs: int('JWKS_CACHE_MS', 600_000, 'how long a fetched JWKS stays fresh', { min: 1000 }),
-  trustedProxies: list('TRUSTED_PROXIES', [], 'comma-separated IPs or CIDRs whose X-Forwarded-For is believed'),
   tcpPort: int('BROKER_TCP_PORT', 0, 'loopback MQTT/TCP listener for services (username "service", JWT as password); 0 = off', { min: 0, max: 65535 }),
   tcpHost: str('BROKER_TCP_HOST', '127.0.0.1', 'address of the service TCP listener'),
   // input limits
@@ -42,7 +38,6 @@ export const brokerSpec = {
   shutdownTimeoutMs: int('BROKER_SHUTDOWN_TIMEOUT_MS', 15_000, 'on SIGTERM the process exits after at most this long', { min: 1000 }),
   registryFlushMs: int('BROKER_REGISTRY_FLUSH_MS', 5000, 'how often last-activity times are written to the registry', { min: 100 }),
   nodeTtlS: int('BROKER_NODE_TTL_S', 15, 'a node whose liveness key is older is considered dead and its registry entries are swept', { min: 3 }),
-  publicUrl: url('FLEETWIRE_PUBLIC_URL', 'http://localhost:8080', 'URL printed for humans', ['http:', 'https:']),
 };
 
 export type BrokerConfig = ConfigOf<typeof brokerSpec>;

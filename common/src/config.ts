@@ -3,6 +3,7 @@
  * units in the names, validated at start-up and frozen. A bad value fails
  * start-up with every offending variable named together with the fix.
  */
+import { readFile } from 'node:fs/promises';
 import { FleetwireError } from './errors.js';
 
 export interface Field<T> {
@@ -122,4 +123,24 @@ export const baseSpec = {
   logLevel: oneOf('LOG_LEVEL', 'info', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const, 'pino log level'),
   redisUrl: url('REDIS_URL', 'redis://127.0.0.1:6379', 'Redis 7 connection URL', ['redis:', 'rediss:']),
   dataDir: str('FLEETWIRE_DATA_DIR', '.data', 'folder for local keys and the private Redis'),
+  keyRetireAfterS: int('KEY_RETIRE_AFTER_S', 90_000, 'seconds a replaced signing key stays trusted after its successor starts signing; at least the longest token lifetime', { min: 60 }),
 } satisfies Spec;
+
+/** Settings of every process that serves HTTP. */
+export const serverSpec = {
+  host: str('HOST', '0.0.0.0', 'address the HTTP/WebSocket server binds'),
+  port: int('PORT', 8080, 'HTTP + WebSocket port', { min: 0, max: 65535 }),
+  tlsCertFile: str('TLS_CERT_FILE', '', 'PEM certificate; with TLS_KEY_FILE serves WSS/HTTPS'),
+  tlsKeyFile: str('TLS_KEY_FILE', '', 'PEM private key for TLS_CERT_FILE'),
+  trustedProxies: list('TRUSTED_PROXIES', [], 'comma-separated IPs or CIDRs whose X-Forwarded-For is believed'),
+  publicUrl: url('FLEETWIRE_PUBLIC_URL', 'http://localhost:8080', 'URL users reach this deployment at (printed, and used in password-reset links)', ['http:', 'https:']),
+} satisfies Spec;
+
+/** The TLS key pair when TLS_CERT_FILE and TLS_KEY_FILE are set, else null. */
+export async function readTls(config: { tlsCertFile: string; tlsKeyFile: string }): Promise<{ key: Buffer; cert: Buffer } | null> {
+  if (!config.tlsCertFile && !config.tlsKeyFile) return null;
+  if (!config.tlsCertFile || !config.tlsKeyFile) {
+    throw new FleetwireError('CONFIG_INVALID', 'Both TLS_CERT_FILE and TLS_KEY_FILE must be set together.');
+  }
+  return { cert: await readFile(config.tlsCertFile), key: await readFile(config.tlsKeyFile) };
+}

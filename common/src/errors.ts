@@ -20,8 +20,10 @@ export class FleetwireError extends Error {
   readonly code: string;
   readonly status: number;
   readonly connack: number | undefined;
+  /** Seconds a client should wait before retrying; sent as Retry-After on HTTP. */
+  readonly retryAfterS: number | undefined;
 
-  constructor(code: string, message?: string, options?: { cause?: unknown }) {
+  constructor(code: string, message?: string, options?: { cause?: unknown; retryAfterS?: number }) {
     const entry = errorCatalogue[code];
     if (!entry) throw new Error(`unknown error code ${code}: add it to common/contracts/errors.json`);
     super(message ?? entry.message, options);
@@ -29,6 +31,7 @@ export class FleetwireError extends Error {
     this.code = code;
     this.status = entry.status;
     this.connack = entry.connack;
+    this.retryAfterS = options?.retryAfterS;
   }
 
   toJSON(): { error: { code: string; message: string } } {

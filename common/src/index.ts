@@ -10,3 +10,7 @@ export * from './metrics.js';
 export * from './keys.js';
 export * from './jwt.js';
 export * from './schemas.js';
+export * from './http.js';
+export * from './http-auth.js';
+export * from './build-info.js';
+export * from './shutdown.js';

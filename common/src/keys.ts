@@ -1,11 +1,16 @@
 /**
  * Local Ed25519 signing keys under <dataDir>/keys, one private JWK per file
- * (mode 0600). The newest key signs; every key stays in the public set, so
- * tokens signed before a rotation remain valid until they expire.
+ * (mode 0600). Rotation overlaps on both sides:
+ * - a new key is published before it signs (`activate_at`), so verifiers that
+ *   reload keys or refetch the JWKS know it before the first token arrives;
+ * - an old key stays published until `retireAfterMs` after its successor began
+ *   signing, so tokens it signed remain valid until they expire.
  */
 import { generateKeyPair, exportJWK, importJWK, calculateJwkThumbprint, type JWK, type CryptoKey } from 'jose';
-import { mkdir, readdir, readFile, writeFile, chmod, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile, chmod, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createTokenVerifier, type TokenVerifier } from './jwt.js';
+import type { Logger } from './logger.js';
 
 export interface SigningKey {
   readonly kid: string;
@@ -15,21 +20,29 @@ export interface SigningKey {
 
 export interface LocalKeySet {
   readonly signer: SigningKey;
-  /** Public JWKs (kid, alg, use set), newest first. */
+  /** Public JWKs (kid, alg, use set) of every key not retired, newest first. */
   readonly publicJwks: readonly JWK[];
+  /** Kids of keys past their overlap: no longer published, safe to delete. */
+  readonly retired: readonly string[];
 }
 
-interface StoredKey extends JWK { created_at: number }
+export interface KeySetOptions {
+  /** How long a replaced key stays published after its successor starts signing. @defaultValue forever */
+  retireAfterMs?: number;
+  now?: number;
+}
+
+interface StoredKey extends JWK { created_at: number; activate_at?: number }
 
 const SUFFIX = '.private.jwk';
 
-export async function generateSigningKey(keysDir: string): Promise<SigningKey> {
+export async function generateSigningKey(keysDir: string, opts: { activateAt?: number } = {}): Promise<SigningKey> {
   await mkdir(keysDir, { recursive: true, mode: 0o700 });
   const { privateKey } = await generateKeyPair('EdDSA', { crv: 'Ed25519', extractable: true });
   const jwk = await exportJWK(privateKey);
   const kid = await calculateJwkThumbprint({ kty: jwk.kty!, crv: jwk.crv!, x: jwk.x! });
   const createdAt = Date.now();
-  const stored: StoredKey = { ...jwk, kid, alg: 'EdDSA', use: 'sig', created_at: createdAt };
+  const stored: StoredKey = { ...jwk, kid, alg: 'EdDSA', use: 'sig', created_at: createdAt, activate_at: opts.activateAt ?? createdAt };
   const file = join(keysDir, `${kid}${SUFFIX}`);
   await writeFile(file, JSON.stringify(stored), { mode: 0o600, flag: 'wx' });
   await chmod(file, 0o600);
@@ -37,21 +50,95 @@ export async function generateSigningKey(keysDir: string): Promise<SigningKey> {
 }
 
 /** Loads every key in keysDir, generating the first one when there is none. */
-export async function loadOrCreateKeySet(keysDir: string): Promise<LocalKeySet> {
+export async function loadOrCreateKeySet(keysDir: string, opts: KeySetOptions = {}): Promise<LocalKeySet> {
   let stored = await readStoredKeys(keysDir);
   if (stored.length === 0) {
     await generateSigningKey(keysDir);
     stored = await readStoredKeys(keysDir);
   }
+  const now = opts.now ?? Date.now();
+  const activeAt = (k: StoredKey): number => k.activate_at ?? k.created_at;
   stored.sort((a, b) => b.created_at - a.created_at);
-  const newest = stored[0]!;
+  // The newest key that has begun signing; a key still waiting is only published.
+  const signing = stored.find((k) => activeAt(k) <= now) ?? stored[stored.length - 1]!;
   const signer: SigningKey = {
-    kid: newest.kid!,
-    privateKey: (await importJWK(newest, 'EdDSA')) as CryptoKey,
-    createdAt: newest.created_at,
+    kid: signing.kid!,
+    privateKey: (await importJWK(signing, 'EdDSA')) as CryptoKey,
+    createdAt: signing.created_at,
   };
-  const publicJwks = stored.map(({ kty, crv, x, kid }) => ({ kty, crv, x, kid, alg: 'EdDSA', use: 'sig' }) as JWK);
-  return { signer, publicJwks };
+  const retireAfterMs = opts.retireAfterMs ?? Number.POSITIVE_INFINITY;
+  const retired: string[] = [];
+  const published: StoredKey[] = [];
+  for (const [i, k] of stored.entries()) {
+    const successor = i > 0 ? stored[i - 1]! : null;
+    const older = k.created_at < signing.created_at;
+    if (older && successor && activeAt(successor) + retireAfterMs <= now) retired.push(k.kid!);
+    else published.push(k);
+  }
+  const publicJwks = published.map(({ kty, crv, x, kid }) => ({ kty, crv, x, kid, alg: 'EdDSA', use: 'sig' }) as JWK);
+  return { signer, publicJwks, retired };
+}
+
+/**
+ * Adds a key that starts signing after `activateInMs` and deletes retired keys.
+ * Returns the new key's kid.
+ */
+export async function rotateSigningKey(keysDir: string, opts: { activateInMs: number; retireAfterMs?: number }): Promise<string> {
+  const key = await generateSigningKey(keysDir, { activateAt: Date.now() + opts.activateInMs });
+  const { retired } = await loadOrCreateKeySet(keysDir, { retireAfterMs: opts.retireAfterMs });
+  await Promise.all(retired.map((kid) => unlink(join(keysDir, `${kid}${SUFFIX}`)).catch(() => undefined)));
+  return key.kid;
+}
+
+export interface KeyRing {
+  /** The key that signs now. */
+  readonly signer: SigningKey;
+  /** The published set, as served at /.well-known/jwks.json. */
+  readonly publicJwks: readonly JWK[];
+  /** Trusts exactly the published set; updated on every change. */
+  readonly verifier: TokenVerifier;
+  /** Re-reads the folder now (another process may have rotated). */
+  reload(): Promise<void>;
+  rotate(activateInMs: number): Promise<string>;
+  close(): void;
+}
+
+/**
+ * The key folder as a live object: re-read every `reloadMs`, so a rotation by
+ * another process (the CLI, another node on the same volume) and a pending key
+ * reaching its activation time are picked up without a restart.
+ */
+export async function openKeyRing(keysDir: string, opts: { retireAfterMs?: number; reloadMs?: number; log?: Logger } = {}): Promise<KeyRing> {
+  let set = await loadOrCreateKeySet(keysDir, { retireAfterMs: opts.retireAfterMs });
+  const fingerprint = (s: LocalKeySet): string => `${s.signer.kid}|${s.publicJwks.map((k) => k.kid).join(',')}`;
+  const verifier = createTokenVerifier({ keys: set.publicJwks });
+
+  async function reload(): Promise<void> {
+    const next = await loadOrCreateKeySet(keysDir, { retireAfterMs: opts.retireAfterMs });
+    if (fingerprint(next) === fingerprint(set)) return;
+    set = next;
+    // setKeys also empties the verified-token cache, so only when the set really changed.
+    verifier.setKeys(next.publicJwks);
+    opts.log?.info({ signing_kid: next.signer.kid, kids: next.publicJwks.map((k) => k.kid) }, 'signing keys changed');
+  }
+
+  const timer = setInterval(() => {
+    reload().catch((err: unknown) => opts.log?.error({ err }, 'reloading signing keys failed; keeping the previous set'));
+  }, opts.reloadMs ?? 30_000);
+  timer.unref();
+
+  return {
+    get signer() { return set.signer; },
+    get publicJwks() { return set.publicJwks; },
+    verifier,
+    reload,
+    async rotate(activateInMs) {
+      const kid = await rotateSigningKey(keysDir, { activateInMs, retireAfterMs: opts.retireAfterMs });
+      await reload();
+      return kid;
+    },
+    close: () => clearInterval(timer),
+  };
 }
 
 async function readStoredKeys(keysDir: string): Promise<StoredKey[]> {

@@ -21,4 +21,27 @@ export const redisKeys = {
   authFailures: (ip: string) => `fleetwire:rl:authfail:${ip}`,
   ipBan: (ip: string) => `fleetwire:rl:ban:${ip}`,
   floodPenalty: (clientId: string) => `fleetwire:rl:penalty:${clientId}`,
+  // Auth service. Emails and secrets appear in key names only as digests.
+  /** Sorted set of device ids by registration time. */
+  devices: 'fleetwire:devices',
+  user: (id: string) => `fleetwire:user:${id}`,
+  userByEmail: (emailDigest: string) => `fleetwire:user-email:${emailDigest}`,
+  /** Sorted set of user ids by creation time. */
+  users: 'fleetwire:users',
+  /** Ids of users whose password hash is still a legacy (pre-argon2id) one. */
+  legacyUsers: 'fleetwire:users-legacy',
+  refreshToken: (tokenDigest: string) => `fleetwire:refresh:${tokenDigest}`,
+  /** Prefix of session (refresh-token family) keys; Lua scripts append the session id. */
+  sessionPrefix: 'fleetwire:session:',
+  userSessions: (userId: string) => `fleetwire:user-sessions:${userId}`,
+  resetToken: (tokenDigest: string) => `fleetwire:pwreset:${tokenDigest}`,
+  loginPerIp: (ip: string) => `fleetwire:rl:login-ip:${ip}`,
+  loginPerAccount: (emailDigest: string) => `fleetwire:rl:login-acct:${emailDigest}`,
+  loginFailures: (emailDigest: string) => `fleetwire:login-failures:${emailDigest}`,
+  loginLock: (emailDigest: string) => `fleetwire:login-lock:${emailDigest}`,
+  resetPerIp: (ip: string) => `fleetwire:rl:reset-ip:${ip}`,
+  resetPerAccount: (emailDigest: string) => `fleetwire:rl:reset-acct:${emailDigest}`,
+  deviceTokenFailures: (ip: string) => `fleetwire:rl:devtoken-fail:${ip}`,
+  /** Capped stream of audit records. */
+  audit: 'fleetwire:audit',
 } as const;

@@ -16,7 +16,11 @@ export interface RevocationEvent {
 
 /** Creates or updates the identity record the broker checks at CONNECT. */
 export async function saveDevice(redis: Redis, deviceId: string, fields: Record<string, string> = {}): Promise<void> {
-  await redis.hset(redisKeys.device(deviceId), { status: 'active', created_at: String(Date.now()), ...fields });
+  const now = Date.now();
+  await redis.multi()
+    .hset(redisKeys.device(deviceId), { status: 'active', created_at: String(now), ...fields })
+    .zadd(redisKeys.devices, 'NX', now, deviceId)
+    .exec();
 }
 
 export async function revokeDevice(redis: Redis, deviceId: string): Promise<void> {

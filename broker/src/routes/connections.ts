@@ -1,8 +1,7 @@
 /** GET/DELETE /v1/connections: the cluster-wide connection registry and kicks. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError } from '@fleetwire/common';
+import { FleetwireError, type Guard } from '@fleetwire/common';
 import type { ConnectionRegistry } from '../registry.js';
-import type { Guard } from '../http-auth.js';
 
 const connection = {
   type: 'object',
@@ -25,7 +24,7 @@ export interface ConnectionRoutesDeps {
 
 export function connectionRoutes(app: FastifyInstance, d: ConnectionRoutesDeps): void {
   app.get('/v1/connections', {
-    preHandler: d.operator,
+    onRequest: d.operator,
     schema: {
       tags: ['connections'], summary: 'List live connections across the cluster, newest first',
       security: [{ bearer: [] }],
@@ -45,7 +44,7 @@ export function connectionRoutes(app: FastifyInstance, d: ConnectionRoutesDeps):
   });
 
   app.get('/v1/connections/:id', {
-    preHandler: d.operator,
+    onRequest: d.operator,
     schema: { tags: ['connections'], summary: 'One live connection', security: [{ bearer: [] }], params: idParam, response: { 200: connection, 404: errorBody } },
   }, async (req) => {
     const { id } = req.params as { id: string };
@@ -55,7 +54,7 @@ export function connectionRoutes(app: FastifyInstance, d: ConnectionRoutesDeps):
   });
 
   app.delete('/v1/connections/:id', {
-    preHandler: d.operator,
+    onRequest: d.operator,
     schema: {
       tags: ['connections'],
       summary: 'Kick a connection: a sys notice to the device, then a WebSocket close frame with code 4000 and the reason',

@@ -1,0 +1,256 @@
+/**
+ * People's accounts: login, refresh, logout, password change and reset, user
+ * creation and unlock. Every login limit is checked before a password is
+ * hashed, and unknown accounts cost and answer exactly what wrong passwords do.
+ */
+import type { Redis } from 'ioredis';
+import {
+  FleetwireError, redisKeys, revokeToken, signToken,
+  type FleetwireClaims, type KeyRing, type Logger, type UserRole,
+} from '@fleetwire/common';
+import type { AuditLog } from './audit.js';
+import type { AuthConfig } from './config.js';
+import type { Limits, Window } from './limits.js';
+import type { AuthMetrics } from './metrics.js';
+import type { PasswordHasher } from './passwords.js';
+import type { PasswordPolicy } from './password-policy.js';
+import type { MessageSender } from './senders.js';
+import { digest, newSecret } from './secrets.js';
+import type { SessionStore } from './sessions.js';
+import { emailDigest, normalizeEmail, type User, type UserStore } from './users.js';
+
+export const RESET_PREFIX = 'fwp_';
+/** Reset messages per address per hour; more are silently dropped (the answer stays 202). */
+const RESETS_PER_ACCOUNT_PER_HOUR = 3;
+
+export interface TokenPair {
+  access_token: string;
+  refresh_token: string;
+  token_type: 'Bearer';
+  expires_in: number;
+}
+
+export interface AccountsDeps {
+  config: AuthConfig;
+  redis: Redis;
+  keys: KeyRing;
+  hasher: PasswordHasher;
+  policy: PasswordPolicy;
+  users: UserStore;
+  sessions: SessionStore;
+  limits: Limits;
+  audit: AuditLog;
+  sender: MessageSender;
+  metrics: AuthMetrics;
+  log: Logger;
+}
+
+export class Accounts {
+  /** Reset requests finish after the 202 (so timing says nothing); tracked for shutdown and tests. */
+  private readonly background = new Set<Promise<void>>();
+
+  constructor(private readonly d: AccountsDeps) {}
+
+  async login(email: string, password: string, ip: string): Promise<TokenPair> {
+    const { config, limits, users, hasher, metrics, audit } = this.d;
+    const ed = emailDigest(email);
+    const gate = await limits.gate(redisKeys.loginLock(ed), [
+      { key: redisKeys.loginPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 },
+      { key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000 },
+    ]);
+    if (!gate.ok) {
+      metrics.logins.inc({ outcome: gate.locked ? 'locked' : 'rate_limited' });
+      if (gate.locked) throw new FleetwireError('AUTH_ACCOUNT_LOCKED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+      throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    }
+
+    const timer = metrics.loginSeconds.startTimer();
+    const user = await users.byEmail(email);
+    let outcome = { ok: false, rehash: false };
+    if (user) outcome = await hasher.verify(user.password_hash, password);
+    else await hasher.dummyVerify(password);
+
+    if (!user || !outcome.ok) {
+      const locked = await limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+      timer();
+      metrics.logins.inc({ outcome: 'failed' });
+      await audit.record({ type: 'login.failed', actor: 'anonymous', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip });
+      if (locked) {
+        metrics.lockouts.inc();
+        await audit.record({ type: 'account.locked', actor: 'system', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip, detail: { lock_s: config.lockoutS } });
+      }
+      throw new FleetwireError('AUTH_LOGIN_FAILED');
+    }
+
+    await limits.succeed(redisKeys.loginFailures(ed));
+    if (outcome.rehash) await this.rehash(user.id, user.password_hash, password);
+    const pair = await this.startSession(user);
+    timer();
+    metrics.logins.inc({ outcome: 'success' });
+    await audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip });
+    return pair;
+  }
+
+  async refresh(presented: string, ip: string): Promise<TokenPair> {
+    const { sessions, users, metrics, audit } = this.d;
+    const res = await sessions.rotate(presented);
+    metrics.refreshes.inc({ outcome: res.kind });
+    if (res.kind === 'reused') {
+      await audit.record({ type: 'refresh.reused', actor: 'anonymous', subject: `user:${res.userId}`, ip, outcome: 'session-revoked', detail: { session: res.sessionId } });
+      throw new FleetwireError('AUTH_REFRESH_REUSED');
+    }
+    if (res.kind === 'invalid') throw new FleetwireError('AUTH_REFRESH_INVALID');
+    const user = await users.byId(res.userId);
+    if (!user) throw new FleetwireError('AUTH_REFRESH_INVALID');
+    return { access_token: await this.accessToken(user, res.sessionId), refresh_token: res.token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
+  }
+
+  /** Ends the caller's session and revokes the access token it used. */
+  async logout(claims: FleetwireClaims & { sid?: string }, ip: string): Promise<void> {
+    if (claims.sid) await this.d.sessions.end(claims.sid);
+    await revokeToken(this.d.redis, claims.jti, claims.exp);
+    await this.d.audit.record({ type: 'session.ended', actor: `user:${claims.sub}`, subject: `user:${claims.sub}`, ip });
+  }
+
+  async changePassword(userId: string, current: string, next: string, ip: string): Promise<void> {
+    const { config, limits, users, hasher, policy, sessions, audit } = this.d;
+    const user = await users.byIdWithHash(userId);
+    if (!user) throw new FleetwireError('NOT_FOUND', 'This user no longer exists.');
+    const ed = emailDigest(user.email);
+    // Guessing the current password here is limited like guessing it at login.
+    const gate = await limits.gate(redisKeys.loginLock(ed), [
+      { key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000 },
+    ]);
+    if (!gate.ok) {
+      throw new FleetwireError(gate.locked ? 'AUTH_ACCOUNT_LOCKED' : 'AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    }
+    if (!(await hasher.verify(user.password_hash, current)).ok) {
+      await limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+      throw new FleetwireError('AUTH_PASSWORD_WRONG');
+    }
+    policy.check(next, user.email);
+    await users.setPasswordHash(user.id, await hasher.hash(next), true);
+    const ended = await sessions.endAll(user.id);
+    await audit.record({ type: 'password.changed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
+  }
+
+  /** Answers at once; whether a message is sent happens afterwards, the same way for every address. */
+  async requestReset(email: string, ip: string): Promise<void> {
+    const { config, limits } = this.d;
+    const gate = await limits.gate(null, [{ key: redisKeys.resetPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 }]);
+    if (!gate.ok) throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    const task = this.sendReset(email, ip).catch((err: unknown) => this.d.log.error({ err }, 'password reset request failed'));
+    this.background.add(task);
+    void task.finally(() => this.background.delete(task));
+  }
+
+  private async sendReset(email: string, ip: string): Promise<void> {
+    const { config, redis, users, limits, sender, audit } = this.d;
+    const address = normalizeEmail(email);
+    const subjectOf = (u: { id: string } | null): string => (u ? `user:${u.id}` : `email:${address}`);
+    const user = await users.byEmail(address);
+    const perAccount: Window = { key: redisKeys.resetPerAccount(emailDigest(address)), limit: RESETS_PER_ACCOUNT_PER_HOUR, windowMs: 3_600_000 };
+    if (!(await limits.gate(null, [perAccount])).ok) {
+      await audit.record({ type: 'password.reset-requested', actor: 'anonymous', subject: subjectOf(user), ip, outcome: 'throttled' });
+      return;
+    }
+    if (!user) {
+      await audit.record({ type: 'password.reset-requested', actor: 'anonymous', subject: subjectOf(user), ip, outcome: 'unknown-account' });
+      return;
+    }
+    const token = newSecret(RESET_PREFIX);
+    await redis.set(redisKeys.resetToken(digest(token)), user.id, 'EX', config.resetTokenTtlS);
+    const link = new URL(`/reset-password?token=${encodeURIComponent(token)}`, config.publicUrl).toString();
+    let outcome = 'sent';
+    try {
+      await sender.send({
+        kind: 'password-reset', to: user.email, subject: 'Reset your Fleetwire password', link,
+        text: `Someone asked to reset the password of your Fleetwire account ${user.email}.\n\n` +
+          `To choose a new password, open ${link}\nor send this token to POST /v1/auth/password-reset/confirm: ${token}\n\n` +
+          `The link works once and expires in ${Math.round(config.resetTokenTtlS / 60)} minutes. If it was not you, ignore this message.`,
+      });
+    } catch (err) {
+      outcome = 'send-failed';
+      this.d.log.error({ err, sender: sender.name }, 'sending a password-reset message failed');
+    }
+    await audit.record({ type: 'password.reset-requested', actor: 'anonymous', subject: subjectOf(user), ip, outcome });
+  }
+
+  async confirmReset(token: string, next: string, ip: string): Promise<void> {
+    const { config, redis, users, hasher, policy, sessions, limits, audit } = this.d;
+    const gate = await limits.gate(null, [{ key: redisKeys.resetPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 }]);
+    if (!gate.ok) throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    if (!token.startsWith(RESET_PREFIX) || token.length > 200) throw new FleetwireError('AUTH_RESET_INVALID');
+    const key = redisKeys.resetToken(digest(token));
+    const user = await users.byId((await redis.get(key)) ?? '');
+    if (!user) throw new FleetwireError('AUTH_RESET_INVALID');
+    // The policy is checked before the token is used up, so a refused password does not cost the link.
+    policy.check(next, user.email);
+    const hash = await hasher.hash(next);
+    if ((await redis.getdel(key)) !== user.id) throw new FleetwireError('AUTH_RESET_INVALID');
+    await users.setPasswordHash(user.id, hash, true);
+    const ed = emailDigest(user.email);
+    await limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    const ended = await sessions.endAll(user.id);
+    await audit.record({ type: 'password.reset-completed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
+  }
+
+  async createUser(input: { email: string; password: string; role: UserRole }, actor: string, ip?: string): Promise<User> {
+    this.d.policy.check(input.password, input.email);
+    const user = await this.d.users.create({ email: input.email, role: input.role, passwordHash: await this.d.hasher.hash(input.password), createdBy: actor });
+    if (!user) throw new FleetwireError('AUTH_USER_EXISTS');
+    await this.d.audit.record({ type: 'user.created', actor, subject: `user:${user.id}`, ...(ip ? { ip } : {}), detail: { role: user.role } });
+    return user;
+  }
+
+  /** Creates the first admin from FLEETWIRE_ADMIN_EMAIL/PASSWORD when there is no user yet. */
+  async bootstrapAdmin(): Promise<User | null> {
+    const { config, users } = this.d;
+    if (!config.adminEmail || (await users.count()) > 0) return null;
+    try {
+      return await this.createUser({ email: config.adminEmail, password: config.adminPassword, role: 'admin' }, 'system');
+    } catch (err) {
+      if (err instanceof FleetwireError && err.code === 'AUTH_USER_EXISTS') return null; // another node won the race
+      if (err instanceof FleetwireError && err.code === 'AUTH_PASSWORD_POLICY') {
+        throw new FleetwireError('CONFIG_INVALID', `FLEETWIRE_ADMIN_PASSWORD: ${err.message}`);
+      }
+      throw err;
+    }
+  }
+
+  async unlock(userId: string, actor: string, ip?: string): Promise<{ was_locked: boolean }> {
+    const user = await this.d.users.byId(userId);
+    if (!user) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
+    const ed = emailDigest(user.email);
+    const wasLocked = await this.d.limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    await this.d.audit.record({ type: 'account.unlocked', actor, subject: `user:${user.id}`, ...(ip ? { ip } : {}), detail: { was_locked: wasLocked } });
+    return { was_locked: wasLocked };
+  }
+
+  async lockRemainingS(user: User): Promise<number> {
+    return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLock(emailDigest(user.email)))) / 1000);
+  }
+
+  /** Waits for reset requests still being handled. */
+  async settled(): Promise<void> {
+    await Promise.all([...this.background]);
+  }
+
+  private async startSession(user: User): Promise<TokenPair> {
+    const { token, sessionId } = await this.d.sessions.start(user.id);
+    return { access_token: await this.accessToken(user, sessionId), refresh_token: token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
+  }
+
+  private accessToken(user: User, sessionId: string): Promise<string> {
+    return signToken(this.d.keys.signer, { sub: user.id, typ: 'user', role: user.role, ttlSeconds: this.d.config.accessTokenTtlS, extra: { sid: sessionId } });
+  }
+
+  private async rehash(userId: string, oldHash: string, password: string): Promise<void> {
+    await this.d.users.setPasswordHash(userId, await this.d.hasher.hash(password), false);
+    const p = this.d.hasher.params;
+    await this.d.audit.record({
+      type: 'password.rehashed', actor: 'system', subject: `user:${userId}`,
+      detail: { from: oldHash.startsWith('$argon2') ? 'argon2id-older-parameters' : 'legacy-sha256', to: `argon2id m=${p.memoryKib},t=${p.timeCost},p=${p.parallelism}` },
+    });
+  }
+}

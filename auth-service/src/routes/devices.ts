@@ -1,0 +1,132 @@
+/** /v1/devices: registration, metadata, key rotation, revocation, and the API-key → token exchange. */
+import type { FastifyInstance } from 'fastify';
+import { FleetwireError, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
+import type { AuditLog } from '../audit.js';
+import type { AuthConfig } from '../config.js';
+import type { DeviceMetadata, DeviceRegistry } from '../devices.js';
+import type { Limits } from '../limits.js';
+import type { AuthMetrics } from '../metrics.js';
+import { device, deviceMetadata, errorResponse, idParam } from './schemas.js';
+
+export interface DeviceRouteDeps {
+  config: AuthConfig;
+  devices: DeviceRegistry;
+  keys: KeyRing;
+  limits: Limits;
+  audit: AuditLog;
+  metrics: AuthMetrics;
+  operator: Guard;
+  reader: Guard;
+}
+
+const deviceId = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } as const;
+
+export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
+  const { config, devices, keys, limits, audit, metrics, operator, reader } = d;
+  const tags = ['devices'];
+  const security = [{ bearer: [] }];
+  const actorOf = (sub: string, typ: string): string => `${typ}:${sub}`;
+
+  app.post<{ Body: DeviceMetadata & { id?: string } }>('/v1/devices', {
+    onRequest: operator,
+    schema: {
+      tags, security, summary: 'Register a device; its API key is in this answer and never again',
+      body: { type: 'object', required: ['type'], properties: { id: deviceId, ...deviceMetadata } },
+      response: { 201: { type: 'object', properties: { ...device.properties, api_key: { type: 'string' } } }, 409: errorResponse },
+    },
+  }, async (req, reply) => {
+    const actor = actorOf(req.caller!.sub, req.caller!.typ);
+    const { device: created, apiKey } = await devices.register(req.body, actor);
+    await audit.record({ type: 'device.registered', actor, subject: `device:${created.id}`, ip: req.ip, detail: { type: created.type } });
+    return reply.code(201).send({ ...created, api_key: apiKey });
+  });
+
+  app.get<{ Querystring: { offset: number; limit: number; status?: string; type?: string } }>('/v1/devices', {
+    onRequest: reader,
+    schema: {
+      tags, security, summary: 'List devices, oldest first; `next` is the offset of the following page',
+      querystring: {
+        type: 'object',
+        properties: {
+          offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+          status: { type: 'string', enum: ['active', 'revoked'] }, type: { type: 'string', maxLength: 64 },
+        },
+      },
+      response: { 200: { type: 'object', properties: { devices: { type: 'array', items: device }, next: { type: ['integer', 'null'] } } } },
+    },
+  }, async (req) => devices.list(req.query));
+
+  app.get<{ Params: { id: string } }>('/v1/devices/:id', {
+    onRequest: reader,
+    schema: { tags, security, summary: 'One device', params: idParam, response: { 200: device, 404: errorResponse } },
+  }, async (req) => {
+    const found = await devices.get(req.params.id);
+    if (!found) throw new FleetwireError('NOT_FOUND', `No device ${req.params.id}.`);
+    return found;
+  });
+
+  app.patch<{ Params: { id: string }; Body: Partial<DeviceMetadata> }>('/v1/devices/:id', {
+    onRequest: operator,
+    schema: {
+      tags, security, summary: 'Update metadata', params: idParam,
+      body: { type: 'object', minProperties: 1, properties: deviceMetadata },
+      response: { 200: device, 404: errorResponse, 409: errorResponse },
+    },
+  }, async (req) => {
+    const updated = await devices.update(req.params.id, req.body);
+    await audit.record({ type: 'device.updated', actor: actorOf(req.caller!.sub, req.caller!.typ), subject: `device:${updated.id}`, ip: req.ip, detail: { fields: Object.keys(req.body).join(',') } });
+    return updated;
+  });
+
+  app.delete<{ Params: { id: string } }>('/v1/devices/:id', {
+    onRequest: operator,
+    schema: {
+      tags, security, summary: 'Revoke: the key stops working and every broker node disconnects the device within a second',
+      params: idParam, response: { 200: device, 404: errorResponse },
+    },
+  }, async (req) => {
+    const revoked = await devices.revoke(req.params.id);
+    await audit.record({ type: 'device.revoked', actor: actorOf(req.caller!.sub, req.caller!.typ), subject: `device:${revoked.id}`, ip: req.ip });
+    return revoked;
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/devices/:id/keys', {
+    onRequest: operator,
+    schema: {
+      tags, security, summary: 'Rotate the API key: the old key stops working now; tokens already issued run until they expire',
+      params: idParam,
+      response: { 200: { type: 'object', properties: { device_id: { type: 'string' }, api_key: { type: 'string' } } }, 404: errorResponse, 409: errorResponse },
+    },
+  }, async (req) => {
+    const apiKey = await devices.rotateKey(req.params.id);
+    await audit.record({ type: 'device.key-rotated', actor: actorOf(req.caller!.sub, req.caller!.typ), subject: `device:${req.params.id}`, ip: req.ip });
+    return { device_id: req.params.id, api_key: apiKey };
+  });
+
+  app.post<{ Body: { api_key: string } }>('/v1/devices/token', {
+    schema: {
+      tags, summary: 'Exchange a device API key for a device token (offered to the broker as `auth.<token>`)',
+      body: { type: 'object', required: ['api_key'], properties: { api_key: { type: 'string', minLength: 1, maxLength: 200 } } },
+      response: {
+        200: { type: 'object', properties: { token: { type: 'string' }, device_id: { type: 'string' }, expires_in: { type: 'integer' } } },
+        401: errorResponse, 429: errorResponse,
+      },
+    },
+  }, async (req) => {
+    let id: string;
+    try {
+      id = await devices.authenticate(req.body.api_key);
+    } catch (err) {
+      metrics.deviceTokens.inc({ outcome: err instanceof FleetwireError ? err.code : 'error' });
+      // Failures are counted per IP after the fact: success costs no extra round trip.
+      const window = { key: redisKeys.deviceTokenFailures(req.ip), limit: config.deviceTokenPerIp, windowMs: 60_000 };
+      if ((await limits.record(window)) > config.deviceTokenPerIp) {
+        throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: 60 });
+      }
+      throw err;
+    }
+    metrics.deviceTokens.inc({ outcome: 'issued' });
+    const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS });
+    return { token, device_id: id, expires_in: config.deviceTokenTtlS };
+  });
+}

@@ -1,0 +1,48 @@
+/** /v1/users: admins create, list and unlock users. */
+import type { FastifyInstance } from 'fastify';
+import { FleetwireError, type Guard, type UserRole } from '@fleetwire/common';
+import type { Accounts } from '../accounts.js';
+import type { UserStore } from '../users.js';
+import { email, errorResponse, idParam, password, role, user } from './schemas.js';
+
+export interface UserRouteDeps { accounts: Accounts; users: UserStore; admin: Guard }
+
+export function userRoutes(app: FastifyInstance, { accounts, users, admin }: UserRouteDeps): void {
+  const tags = ['users'];
+  const security = [{ bearer: [] }];
+
+  app.post<{ Body: { email: string; password: string; role: UserRole } }>('/v1/users', {
+    onRequest: admin,
+    schema: {
+      tags, security, summary: 'Create a user',
+      body: { type: 'object', required: ['email', 'password', 'role'], properties: { email, password, role } },
+      response: { 201: user, 400: errorResponse, 403: errorResponse, 409: errorResponse },
+    },
+  }, async (req, reply) => reply.code(201).send(await accounts.createUser(req.body, `user:${req.caller!.sub}`, req.ip)));
+
+  app.get<{ Querystring: { offset: number; limit: number } }>('/v1/users', {
+    onRequest: admin,
+    schema: {
+      tags, security, summary: 'List users, oldest first',
+      querystring: { type: 'object', properties: { offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } } },
+      response: { 200: { type: 'object', properties: { users: { type: 'array', items: user }, total: { type: 'integer' } } } },
+    },
+  }, async (req) => users.list(req.query.offset, req.query.limit));
+
+  app.get<{ Params: { id: string } }>('/v1/users/:id', {
+    onRequest: admin,
+    schema: { tags, security, summary: 'One user, with how long its login stays locked', params: idParam, response: { 200: user, 404: errorResponse } },
+  }, async (req) => {
+    const u = await users.byId(req.params.id);
+    if (!u) throw new FleetwireError('NOT_FOUND', `No user ${req.params.id}.`);
+    return { ...u, locked_for_s: await accounts.lockRemainingS(u) };
+  });
+
+  app.post<{ Params: { id: string } }>('/v1/users/:id/unlock', {
+    onRequest: admin,
+    schema: {
+      tags, security, summary: 'Unlock a locked account and reset its failure count', params: idParam,
+      response: { 200: { type: 'object', properties: { was_locked: { type: 'boolean' } } }, 404: errorResponse },
+    },
+  }, async (req) => accounts.unlock(req.params.id, `user:${req.caller!.sub}`, req.ip));
+}

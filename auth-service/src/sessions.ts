@@ -1,0 +1,85 @@
+/**
+ * Refresh tokens: opaque, stored as digests, rotated on every use. Tokens of
+ * one login form a session (a family). Presenting a token that was already
+ * rotated means it was copied, so the whole session is revoked.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { redisKeys } from '@fleetwire/common';
+import { digest, newSecret } from './secrets.js';
+
+export const REFRESH_PREFIX = 'fwr_';
+
+/**
+ * KEYS: presented token, new token. ARGV: session key prefix, new token's ttl ms.
+ * Returns {'ok', sid, user} | {'reused', sid, user} | {'invalid'}.
+ */
+const ROTATE_LUA = `
+local t = redis.call('HMGET', KEYS[1], 'sid', 'user_id', 'used')
+if not t[1] then return {'invalid'} end
+local session = ARGV[1] .. t[1]
+if redis.call('EXISTS', session) == 0 then return {'invalid'} end
+if t[3] == '1' then
+  redis.call('DEL', session)
+  return {'reused', t[1], t[2]}
+end
+redis.call('HSET', KEYS[1], 'used', '1')
+redis.call('HSET', KEYS[2], 'sid', t[1], 'user_id', t[2], 'used', '0')
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+redis.call('PEXPIRE', session, tonumber(ARGV[2]))
+return {'ok', t[1], t[2]}
+`;
+
+export type RotateResult =
+  | { kind: 'ok'; token: string; sessionId: string; userId: string }
+  | { kind: 'reused'; sessionId: string; userId: string }
+  | { kind: 'invalid' };
+
+export class SessionStore {
+  constructor(private readonly redis: Redis, private readonly ttlMs: number) {
+    redis.defineCommand('fwRotateRefresh', { numberOfKeys: 2, lua: ROTATE_LUA });
+  }
+
+  /** Starts a session for a fresh login; returns its first refresh token. */
+  async start(userId: string): Promise<{ token: string; sessionId: string }> {
+    const sessionId = randomUUID();
+    const token = newSecret(REFRESH_PREFIX);
+    await this.redis.multi()
+      .hset(redisKeys.sessionPrefix + sessionId, { user_id: userId, created_at: String(Date.now()) })
+      .pexpire(redisKeys.sessionPrefix + sessionId, this.ttlMs)
+      .hset(redisKeys.refreshToken(digest(token)), { sid: sessionId, user_id: userId, used: '0' })
+      .pexpire(redisKeys.refreshToken(digest(token)), this.ttlMs)
+      .sadd(redisKeys.userSessions(userId), sessionId)
+      .pexpire(redisKeys.userSessions(userId), this.ttlMs)
+      .exec();
+    return { token, sessionId };
+  }
+
+  async rotate(presented: string): Promise<RotateResult> {
+    if (!presented.startsWith(REFRESH_PREFIX) || presented.length > 200) return { kind: 'invalid' };
+    const next = newSecret(REFRESH_PREFIX);
+    const [kind, sessionId, userId] = await (this.redis as unknown as SessionCommands).fwRotateRefresh(
+      redisKeys.refreshToken(digest(presented)), redisKeys.refreshToken(digest(next)), redisKeys.sessionPrefix, this.ttlMs,
+    );
+    if (kind === 'ok') return { kind, token: next, sessionId: sessionId!, userId: userId! };
+    if (kind === 'reused') return { kind, sessionId: sessionId!, userId: userId! };
+    return { kind: 'invalid' };
+  }
+
+  async end(sessionId: string): Promise<void> {
+    await this.redis.del(redisKeys.sessionPrefix + sessionId);
+  }
+
+  /** Ends every session of a user (password change or reset). */
+  async endAll(userId: string): Promise<number> {
+    const ids = await this.redis.smembers(redisKeys.userSessions(userId));
+    if (ids.length === 0) return 0;
+    const ended = await this.redis.del(...ids.map((id) => redisKeys.sessionPrefix + id));
+    await this.redis.del(redisKeys.userSessions(userId));
+    return ended;
+  }
+}
+
+interface SessionCommands {
+  fwRotateRefresh(...args: (string | number)[]): Promise<[string, string?, string?]>;
+}

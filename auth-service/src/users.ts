@@ -1,0 +1,115 @@
+/**
+ * Users in Redis: one hash per user, an email index (by digest, so emails do
+ * not appear in key names), a creation-ordered index and the set of accounts
+ * still on legacy hashes.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { redisKeys, type UserRole } from '@fleetwire/common';
+import { digest } from './secrets.js';
+import { isLegacyHash } from './passwords.js';
+
+export interface User {
+  id: string;
+  email: string;
+  role: UserRole;
+  created_at: number;
+  updated_at: number;
+  password_changed_at: number;
+  created_by: string;
+}
+
+export interface UserWithHash extends User { password_hash: string }
+
+export function normalizeEmail(email: string): string {
+  return email.trim().toLowerCase();
+}
+
+export function emailDigest(email: string): string {
+  return digest(normalizeEmail(email));
+}
+
+/** KEYS: email index, user hash, users index, legacy set. ARGV: id, created_at, legacy flag, field/value pairs. */
+const CREATE_LUA = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+return 1
+`;
+
+export class UserStore {
+  constructor(private readonly redis: Redis) {
+    redis.defineCommand('fwCreateUser', { numberOfKeys: 4, lua: CREATE_LUA });
+  }
+
+  /** Creates the user with an already computed hash; null when the email is taken. */
+  async create(input: { email: string; role: UserRole; passwordHash: string; createdBy: string }): Promise<User | null> {
+    const now = Date.now();
+    const user: UserWithHash = {
+      id: randomUUID(), email: normalizeEmail(input.email), role: input.role, created_at: now, updated_at: now,
+      password_changed_at: now, created_by: input.createdBy, password_hash: input.passwordHash,
+    };
+    const fields = Object.entries(user).flatMap(([k, v]) => [k, String(v)]);
+    const created = await (this.redis as unknown as UserCommands).fwCreateUser(
+      redisKeys.userByEmail(emailDigest(user.email)), redisKeys.user(user.id), redisKeys.users, redisKeys.legacyUsers,
+      user.id, now, isLegacyHash(input.passwordHash) ? '1' : '0', ...fields,
+    );
+    return created === 1 ? publicUser(user) : null;
+  }
+
+  async byEmail(email: string): Promise<UserWithHash | null> {
+    const id = await this.redis.get(redisKeys.userByEmail(emailDigest(email)));
+    return id ? this.byIdWithHash(id) : null;
+  }
+
+  async byId(id: string): Promise<User | null> {
+    const u = await this.byIdWithHash(id);
+    return u ? publicUser(u) : null;
+  }
+
+  async byIdWithHash(id: string): Promise<UserWithHash | null> {
+    const h = await this.redis.hgetall(redisKeys.user(id));
+    if (!h.id) return null;
+    return {
+      id: h.id, email: h.email!, role: h.role as UserRole, password_hash: h.password_hash!, created_by: h.created_by ?? '',
+      created_at: Number(h.created_at), updated_at: Number(h.updated_at), password_changed_at: Number(h.password_changed_at),
+    };
+  }
+
+  /** Replaces the hash; `changed` = the password itself changed (not just re-hashed). */
+  async setPasswordHash(id: string, hash: string, changed: boolean): Promise<void> {
+    const now = String(Date.now());
+    const tx = this.redis.multi().hset(redisKeys.user(id), { password_hash: hash, updated_at: now, ...(changed ? { password_changed_at: now } : {}) });
+    if (isLegacyHash(hash)) tx.sadd(redisKeys.legacyUsers, id);
+    else tx.srem(redisKeys.legacyUsers, id);
+    await tx.exec();
+  }
+
+  async list(offset: number, limit: number): Promise<{ users: User[]; total: number }> {
+    const [ids, total] = await Promise.all([
+      this.redis.zrange(redisKeys.users, offset, offset + limit - 1),
+      this.redis.zcard(redisKeys.users),
+    ]);
+    const users = await Promise.all(ids.map((id) => this.byId(id)));
+    return { users: users.filter((u): u is User => u !== null), total };
+  }
+
+  count(): Promise<number> {
+    return this.redis.zcard(redisKeys.users);
+  }
+
+  legacyCount(): Promise<number> {
+    return this.redis.scard(redisKeys.legacyUsers);
+  }
+}
+
+export function publicUser(u: UserWithHash): User {
+  const { password_hash: _omit, ...rest } = u;
+  return rest;
+}
+
+interface UserCommands {
+  fwCreateUser(...args: (string | number)[]): Promise<number>;
+}

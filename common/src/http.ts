@@ -1,0 +1,82 @@
+/**
+ * The Fastify app every service serves its API on: JSON errors in one shape,
+ * OpenAPI at /docs, health and metrics routes. Routes are registered by the caller,
+ * so in `fleetwire up` every service adds its routes to one app on one port.
+ */
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import swagger from '@fastify/swagger';
+// Route schemas may carry OpenAPI fields (tags, summary, security) in every service.
+export type {} from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import { FleetwireError } from './errors.js';
+import type { Logger } from './logger.js';
+import type { Registry } from './metrics.js';
+
+export interface HttpAppOptions {
+  log: Logger;
+  tls: { key: Buffer; cert: Buffer } | null;
+  version: string;
+  /** Proxy addresses/CIDRs whose X-Forwarded-For is believed for req.ip (rate limits, audit). */
+  trustedProxies?: readonly string[];
+}
+
+export async function createHttpApp({ log, tls, version, trustedProxies = [] }: HttpAppOptions): Promise<FastifyInstance> {
+  const opts: FastifyServerOptions & { https?: { key: Buffer; cert: Buffer } } = {
+    loggerInstance: log,
+    trustProxy: trustedProxies.length > 0 ? [...trustedProxies] : false,
+    // Per-request lines would drown the broker's own logs; routes log what matters.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: 1_048_576,
+    ...(tls ? { https: tls } : {}),
+  };
+  const app = Fastify(opts) as unknown as FastifyInstance;
+  app.addSchema({
+    $id: 'error', type: 'object',
+    properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } },
+  });
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'Fleetwire API', version, description: 'HTTP API v1. MQTT over WebSocket is served at /mqtt.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+
+  app.setErrorHandler((err, req, reply) => {
+    if (err instanceof FleetwireError) {
+      if (err.retryAfterS !== undefined) void reply.header('retry-after', String(Math.max(1, Math.ceil(err.retryAfterS))));
+      return reply.code(err.status).send(err.toJSON());
+    }
+    const e = err as { validation?: unknown; statusCode?: number; message: string };
+    if (e.validation) return reply.code(400).send({ error: { code: 'VALIDATION_FAILED', message: e.message } });
+    if (e.statusCode && e.statusCode < 500) return reply.code(e.statusCode).send({ error: { code: 'VALIDATION_FAILED', message: e.message } });
+    req.log.error({ err }, 'request failed');
+    return reply.code(500).send({ error: { code: 'INTERNAL_ERROR', message: 'Internal error.' } });
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url.split('?')[0]}` } }));
+  return app;
+}
+
+/** Liveness, readiness and Prometheus metrics. */
+export interface HealthDeps {
+  registry: Registry;
+  /** Each check resolves to true when healthy; a throw counts as unhealthy. */
+  readiness: Record<string, () => Promise<boolean>>;
+}
+
+export function healthRoutes(app: FastifyInstance, d: HealthDeps): void {
+  app.get('/healthz', { schema: { tags: ['health'], summary: 'Liveness: the process answers' } }, async () => ({ status: 'ok' }));
+
+  app.get('/readyz', { schema: { tags: ['health'], summary: 'Readiness: Redis reachable, not draining' } }, async (_req, reply) => {
+    const checks: Record<string, boolean> = {};
+    await Promise.all(Object.entries(d.readiness).map(async ([name, check]) => {
+      checks[name] = await check().catch(() => false);
+    }));
+    const ready = Object.values(checks).every(Boolean);
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', checks });
+  });
+
+  app.get('/metrics', { schema: { tags: ['health'], summary: 'Prometheus text format' } }, async (_req, reply) => {
+    return reply.type(d.registry.contentType).send(await d.registry.metrics());
+  });
+}
