@@ -54,6 +54,7 @@ export class Accounts {
   async login(email: string, password: string, ip: string): Promise<TokenPair> {
     const { config, limits, users, hasher, metrics, audit } = this.d;
     const ed = emailDigest(email);
+    // A refused attempt costs this one script call: no lookup, no hash.
     const gate = await limits.gate(redisKeys.loginLock(ed), [
       { key: redisKeys.loginPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 },
       { key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000 },
@@ -82,12 +83,15 @@ export class Accounts {
       throw new FleetwireError('AUTH_LOGIN_FAILED');
     }
 
-    await limits.succeed(redisKeys.loginFailures(ed));
-    if (outcome.rehash) await this.rehash(user.id, user.password_hash, password);
-    const pair = await this.startSession(user);
+    // Independent writes, sent together.
+    const [pair] = await Promise.all([
+      this.startSession(user),
+      limits.succeed(redisKeys.loginFailures(ed)),
+      audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip }),
+      outcome.rehash ? this.rehash(user.id, user.password_hash, password) : undefined,
+    ]);
     timer();
     metrics.logins.inc({ outcome: 'success' });
-    await audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip });
     return pair;
   }
 
@@ -237,8 +241,9 @@ export class Accounts {
   }
 
   private async startSession(user: User): Promise<TokenPair> {
-    const { token, sessionId } = await this.d.sessions.start(user.id);
-    return { access_token: await this.accessToken(user, sessionId), refresh_token: token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
+    const sessionId = this.d.sessions.newId();
+    const [refreshToken, accessToken] = await Promise.all([this.d.sessions.start(user.id, sessionId), this.accessToken(user, sessionId)]);
+    return { access_token: accessToken, refresh_token: refreshToken, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
   }
 
   private accessToken(user: User, sessionId: string): Promise<string> {

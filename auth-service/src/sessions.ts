@@ -40,9 +40,13 @@ export class SessionStore {
     redis.defineCommand('fwRotateRefresh', { numberOfKeys: 2, lua: ROTATE_LUA });
   }
 
+  /** A new session id; the caller may sign its access token while start() writes. */
+  newId(): string {
+    return randomUUID();
+  }
+
   /** Starts a session for a fresh login; returns its first refresh token. */
-  async start(userId: string): Promise<{ token: string; sessionId: string }> {
-    const sessionId = randomUUID();
+  async start(userId: string, sessionId: string): Promise<string> {
     const token = newSecret(REFRESH_PREFIX);
     await this.redis.multi()
       .hset(redisKeys.sessionPrefix + sessionId, { user_id: userId, created_at: String(Date.now()) })
@@ -52,7 +56,7 @@ export class SessionStore {
       .sadd(redisKeys.userSessions(userId), sessionId)
       .pexpire(redisKeys.userSessions(userId), this.ttlMs)
       .exec();
-    return { token, sessionId };
+    return token;
   }
 
   async rotate(presented: string): Promise<RotateResult> {

@@ -39,9 +39,17 @@ if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 return 1
 `;
 
+/** KEYS: email index. ARGV: user key prefix. The user's fields, in one round trip. */
+const BY_EMAIL_LUA = `
+local id = redis.call('GET', KEYS[1])
+if not id then return {} end
+return redis.call('HGETALL', ARGV[1] .. id)
+`;
+
 export class UserStore {
   constructor(private readonly redis: Redis) {
     redis.defineCommand('fwCreateUser', { numberOfKeys: 4, lua: CREATE_LUA });
+    redis.defineCommand('fwUserByEmail', { numberOfKeys: 1, lua: BY_EMAIL_LUA });
   }
 
   /** Creates the user with an already computed hash; null when the email is taken. */
@@ -60,8 +68,10 @@ export class UserStore {
   }
 
   async byEmail(email: string): Promise<UserWithHash | null> {
-    const id = await this.redis.get(redisKeys.userByEmail(emailDigest(email)));
-    return id ? this.byIdWithHash(id) : null;
+    const flat = await (this.redis as unknown as UserCommands).fwUserByEmail(redisKeys.userByEmail(emailDigest(email)), redisKeys.user(''));
+    const h: Record<string, string> = {};
+    for (let i = 0; i < flat.length; i += 2) h[flat[i]!] = flat[i + 1]!;
+    return toUser(h);
   }
 
   async byId(id: string): Promise<User | null> {
@@ -70,12 +80,7 @@ export class UserStore {
   }
 
   async byIdWithHash(id: string): Promise<UserWithHash | null> {
-    const h = await this.redis.hgetall(redisKeys.user(id));
-    if (!h.id) return null;
-    return {
-      id: h.id, email: h.email!, role: h.role as UserRole, password_hash: h.password_hash!, created_by: h.created_by ?? '',
-      created_at: Number(h.created_at), updated_at: Number(h.updated_at), password_changed_at: Number(h.password_changed_at),
-    };
+    return toUser(await this.redis.hgetall(redisKeys.user(id)));
   }
 
   /** Replaces the hash; `changed` = the password itself changed (not just re-hashed). */
@@ -105,6 +110,14 @@ export class UserStore {
   }
 }
 
+function toUser(h: Record<string, string>): UserWithHash | null {
+  if (!h.id) return null;
+  return {
+    id: h.id, email: h.email!, role: h.role as UserRole, password_hash: h.password_hash!, created_by: h.created_by ?? '',
+    created_at: Number(h.created_at), updated_at: Number(h.updated_at), password_changed_at: Number(h.password_changed_at),
+  };
+}
+
 export function publicUser(u: UserWithHash): User {
   const { password_hash: _omit, ...rest } = u;
   return rest;
@@ -112,4 +125,5 @@ export function publicUser(u: UserWithHash): User {
 
 interface UserCommands {
   fwCreateUser(...args: (string | number)[]): Promise<number>;
+  fwUserByEmail(...args: string[]): Promise<string[]>;
 }
