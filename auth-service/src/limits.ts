@@ -3,6 +3,7 @@
  * node. Each check is one script call, made before any password is hashed,
  * so a flood of guesses costs a Redis round trip each, not an argon2 hash.
  */
+import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 
 export interface Window { key: string; limit: number; windowMs: number }
@@ -50,7 +51,8 @@ end
 return 0
 `;
 
-let seq = 0;
+/** Stands in for the lock of a gate without one: never written, so PTTL answers "no key". */
+const NO_LOCK_KEY = 'fleetwire:rl:no-lock';
 
 export class Limits {
   constructor(private readonly redis: Redis) {
@@ -60,9 +62,9 @@ export class Limits {
 
   /** Checks the lock (if any) and the windows, and records the attempt when allowed. */
   async gate(lockKey: string | null, windows: readonly Window[]): Promise<GateResult> {
-    const member = `${Date.now()}-${process.pid}-${seq++}`;
+    const member = randomUUID(); // unique across processes and hosts, so no two attempts collapse into one
     const args = windows.flatMap((w) => [w.limit, w.windowMs]);
-    const keys = [lockKey ?? '{no-lock}', ...windows.map((w) => w.key)];
+    const keys = [lockKey ?? NO_LOCK_KEY, ...windows.map((w) => w.key)];
     const [index, retryAfterMs] = await (this.redis as unknown as GateCommands)
       .fwGate(keys.length, ...keys, member, ...args);
     if (index < 0) return { ok: true };
@@ -93,18 +95,13 @@ export class Limits {
     const now = Date.now();
     const res = await this.redis.multi()
       .zremrangebyscore(w.key, '-inf', now - w.windowMs)
-      .zadd(w.key, now, `${now}-${process.pid}-${seq++}`)
+      .zadd(w.key, now, randomUUID())
       .pexpire(w.key, w.windowMs)
       .zcard(w.key)
       .exec();
     return Number(res?.[3]?.[1] ?? 0);
   }
 
-  /** Events in a window now. */
-  async count(w: Window): Promise<number> {
-    await this.redis.zremrangebyscore(w.key, '-inf', Date.now() - w.windowMs);
-    return this.redis.zcard(w.key);
-  }
 }
 
 interface GateCommands {

@@ -118,7 +118,7 @@ function toUser(h: Record<string, string>): UserWithHash | null {
   };
 }
 
-export function publicUser(u: UserWithHash): User {
+function publicUser(u: UserWithHash): User {
   const { password_hash: _omit, ...rest } = u;
   return rest;
 }

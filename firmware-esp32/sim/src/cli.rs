@@ -1,0 +1,299 @@
+//! Command line. Hand-parsed: a dozen flags do not justify an argument-parser
+//! dependency in a crate whose clean build time matters.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use fleetwire_core::heartbeat::{MAX_INTERVAL_S, MIN_INTERVAL_S};
+use fleetwire_core::topics::is_valid_device_id;
+
+use crate::log::Level;
+use crate::secret::Secret;
+
+pub const USAGE: &str = "\
+fleetwire-sim: simulated Fleetwire devices running the ESP32 firmware's core logic
+
+USAGE:
+  fleetwire-sim --url URL --device-id ID (--api-key KEY | --token JWT) [OPTIONS]
+  fleetwire-sim --url URL --keys-file FILE [--devices N] [OPTIONS]
+
+CREDENTIALS:
+  --url URL           ws://host:port or wss://host:port (MQTT at URL/mqtt, token exchange at URL/v1/devices/token)
+  --device-id ID      the device id (also the MQTT client id)
+  --api-key KEY       the device's API key (fwk_...), exchanged for a device JWT and refreshed
+                      [env FLEETWIRE_API_KEY]
+  --token JWT         a device JWT used as is, never refreshed (tests) [env FLEETWIRE_TOKEN]
+  --keys-file FILE    lines `device_id api_key` (blank lines and # comments ignored)
+  --devices N         run the first N devices of --keys-file (default: all)
+
+OPTIONS:
+  --ca FILE           trust the CA certificate(s) in this PEM file, besides the webpki roots
+  --no-webpki-roots   trust only --ca
+  --heartbeat-s N     initial heartbeat interval, 5..=3600 (default 30; the server may change it)
+  --telemetry-s N     simulated sensor publish interval, 0 = off (default 60)
+  --keepalive-s N     MQTT keepalive (default 60)
+  --duration-s N      stop after N seconds (default: until Ctrl-C / SIGTERM)
+  --stats-s N         stats line interval on stderr (default 10)
+  --log LEVEL         debug | info | warn | error (default info)
+  -h, --help          this text
+
+Exit status: 0 clean stop, 1 a device gave up (revoked, bad key), 2 usage error.
+";
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ApiKey(Secret),
+    Token(Secret),
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceArgs {
+    pub id: String,
+    pub credential: Credential,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub url: String,
+    pub devices: Vec<DeviceArgs>,
+    pub ca: Option<PathBuf>,
+    pub webpki_roots: bool,
+    pub heartbeat_s: Option<u32>,
+    pub telemetry_s: u32,
+    pub keepalive_s: u16,
+    pub duration_s: Option<u64>,
+    pub stats_s: u64,
+    pub log_level: Level,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Options),
+    Help,
+}
+
+/// Parse `device_id api_key` lines.
+pub fn parse_keys(text: &str) -> Result<Vec<DeviceArgs>, String> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(id), Some(key), None) = (parts.next(), parts.next(), parts.next()) else {
+            // Never echo the line: it holds a key.
+            return Err(format!("--keys-file line {}: expected `device_id api_key`", n + 1));
+        };
+        if !is_valid_device_id(id) {
+            return Err(format!("--keys-file line {}: invalid device id {id:?}", n + 1));
+        }
+        if !seen.insert(id.to_owned()) {
+            // Two connections with one client id would take each other over forever.
+            return Err(format!("--keys-file line {}: device {id} listed twice", n + 1));
+        }
+        out.push(DeviceArgs { id: id.to_owned(), credential: Credential::ApiKey(Secret::new(key)) });
+    }
+    Ok(out)
+}
+
+fn number<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+}
+
+/// Parse arguments (without the program name). `env` supplies the credential fallbacks.
+pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Option<String>) -> Result<Parsed, String> {
+    let mut url = None;
+    let mut device_id: Option<String> = None;
+    let mut api_key = None;
+    let mut token = None;
+    let mut keys_file: Option<PathBuf> = None;
+    let mut count: Option<usize> = None;
+    let mut o = Options {
+        url: String::new(),
+        devices: Vec::new(),
+        ca: None,
+        webpki_roots: true,
+        heartbeat_s: None,
+        telemetry_s: 60,
+        keepalive_s: 60,
+        duration_s: None,
+        stats_s: 10,
+        log_level: Level::Info,
+    };
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--url" => url = Some(value()?),
+            "--device-id" => device_id = Some(value()?),
+            "--api-key" => api_key = Some(Secret::new(value()?)),
+            "--token" => token = Some(Secret::new(value()?)),
+            "--keys-file" => keys_file = Some(PathBuf::from(value()?)),
+            "--devices" => count = Some(number("--devices", &value()?)?),
+            "--ca" => o.ca = Some(PathBuf::from(value()?)),
+            "--no-webpki-roots" => o.webpki_roots = false,
+            "--heartbeat-s" => o.heartbeat_s = Some(number("--heartbeat-s", &value()?)?),
+            "--telemetry-s" => o.telemetry_s = number("--telemetry-s", &value()?)?,
+            "--keepalive-s" => o.keepalive_s = number("--keepalive-s", &value()?)?,
+            "--duration-s" => o.duration_s = Some(number("--duration-s", &value()?)?),
+            "--stats-s" => o.stats_s = number("--stats-s", &value()?)?,
+            "--log" => {
+                let v = value()?;
+                o.log_level = Level::parse(&v).ok_or_else(|| format!("--log: unknown level {v:?}"))?;
+            }
+            other => return Err(format!("unknown argument {other:?} (see --help)")),
+        }
+    }
+
+    o.url = url.ok_or("--url is required")?;
+    if let Some(s) = o.heartbeat_s {
+        if !(MIN_INTERVAL_S..=MAX_INTERVAL_S).contains(&s) {
+            return Err(format!("--heartbeat-s must be within {MIN_INTERVAL_S}..={MAX_INTERVAL_S}"));
+        }
+    }
+    if o.stats_s == 0 {
+        return Err("--stats-s must be at least 1".into());
+    }
+    if !o.webpki_roots && o.ca.is_none() {
+        return Err("--no-webpki-roots needs --ca FILE".into());
+    }
+    o.devices = match (device_id, keys_file) {
+        (Some(_), Some(_)) => return Err("use either --device-id or --keys-file, not both".into()),
+        (None, None) => return Err("--device-id or --keys-file is required".into()),
+        (Some(id), None) => {
+            if count.is_some_and(|n| n != 1) {
+                return Err("--devices N needs --keys-file".into());
+            }
+            if !is_valid_device_id(&id) {
+                return Err(format!("invalid device id {id:?} (expected ^[a-z0-9][a-z0-9-]{{2,63}}$)"));
+            }
+            let api_key = api_key.or_else(|| env("FLEETWIRE_API_KEY").map(Secret::new));
+            let token = token.or_else(|| env("FLEETWIRE_TOKEN").map(Secret::new));
+            let credential = match (api_key, token) {
+                (Some(_), Some(_)) => return Err("use either --api-key or --token, not both".into()),
+                (Some(k), None) => Credential::ApiKey(k),
+                (None, Some(t)) => Credential::Token(t),
+                (None, None) => return Err("--api-key or --token is required with --device-id".into()),
+            };
+            vec![DeviceArgs { id, credential }]
+        }
+        (None, Some(path)) => {
+            if api_key.is_some() || token.is_some() {
+                return Err("--api-key/--token cannot be combined with --keys-file".into());
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("--keys-file {}: {e}", path.display()))?;
+            let mut all = parse_keys(&text)?;
+            match count {
+                Some(0) => return Err("--devices must be at least 1".into()),
+                Some(n) if n > all.len() => {
+                    return Err(format!("--devices {n}, but {} has only {} devices", path.display(), all.len()))
+                }
+                Some(n) => all.truncate(n),
+                None if all.is_empty() => return Err(format!("{} lists no devices", path.display())),
+                None => {}
+            }
+            all
+        }
+    };
+    Ok(Parsed::Run(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+    fn run(s: &str) -> Result<Options, String> {
+        match parse(args(s), no_env)? {
+            Parsed::Run(o) => Ok(o),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn single_device_with_api_key_and_defaults() {
+        let o = run("--url ws://127.0.0.1:8080 --device-id esp-01 --api-key fwk_abc").unwrap();
+        assert_eq!(o.url, "ws://127.0.0.1:8080");
+        assert_eq!(o.devices.len(), 1);
+        assert_eq!(o.devices[0].id, "esp-01");
+        assert!(matches!(&o.devices[0].credential, Credential::ApiKey(k) if k.expose() == "fwk_abc"));
+        assert_eq!((o.keepalive_s, o.telemetry_s, o.stats_s, o.heartbeat_s), (60, 60, 10, None));
+        assert!(o.webpki_roots);
+    }
+
+    #[test]
+    fn options_take_separate_or_inline_values() {
+        let o = run("--url=wss://h --device-id=esp-01 --token a.b.c --ca ca.pem --no-webpki-roots --heartbeat-s=10 \
+                     --duration-s 5 --log warn")
+        .unwrap();
+        assert!(matches!(o.devices[0].credential, Credential::Token(_)));
+        assert_eq!(o.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!((o.heartbeat_s, o.duration_s, o.log_level, o.webpki_roots), (Some(10), Some(5), Level::Warn, false));
+    }
+
+    #[test]
+    fn credentials_fall_back_to_the_environment() {
+        let env = |k: &str| (k == "FLEETWIRE_API_KEY").then(|| "fwk_env".to_owned());
+        let Parsed::Run(o) = parse(args("--url ws://h --device-id esp-01"), env).unwrap() else { panic!() };
+        assert!(matches!(&o.devices[0].credential, Credential::ApiKey(k) if k.expose() == "fwk_env"));
+    }
+
+    #[test]
+    fn usage_errors_are_reported() {
+        for bad in [
+            "--device-id esp-01 --api-key k",
+            "--url ws://h",
+            "--url ws://h --device-id esp-01",
+            "--url ws://h --device-id esp-01 --api-key k --token a.b.c",
+            "--url ws://h --device-id ESP --api-key k",
+            "--url ws://h --device-id esp-01 --api-key k --heartbeat-s 1",
+            "--url ws://h --device-id esp-01 --api-key k --devices 3",
+            "--url ws://h --device-id esp-01 --api-key k --no-webpki-roots",
+            "--url ws://h --device-id esp-01 --api-key k --stats-s x",
+            "--url ws://h --device-id esp-01 --api-key k --bogus",
+            "--url ws://h --device-id esp-01 --api-key",
+        ] {
+            assert!(run(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(parse(args("--help"), no_env), Ok(Parsed::Help)));
+    }
+
+    #[test]
+    fn keys_file_lines_are_parsed_and_checked_without_echoing_keys() {
+        let keys = parse_keys("# fleet\nesp-01 fwk_a\n\n  esp-02\tfwk_b  \n").unwrap();
+        assert_eq!(keys.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["esp-01", "esp-02"]);
+        let err = parse_keys("esp-01 fwk_secret extra").unwrap_err();
+        assert!(!err.contains("fwk_secret"), "{err}");
+        assert!(parse_keys("esp-01 a\nesp-01 b").unwrap_err().contains("twice"));
+        assert!(parse_keys("Bad! k").is_err());
+    }
+
+    #[test]
+    fn devices_n_takes_the_first_n_lines_of_the_keys_file() {
+        let path = std::env::temp_dir().join(format!("fleetwire-sim-keys-{}.txt", std::process::id()));
+        std::fs::write(&path, "dev-1 k1\ndev-2 k2\ndev-3 k3\n").unwrap();
+        let p = path.display();
+        let o = run(&format!("--url ws://h --keys-file {p} --devices 2")).unwrap();
+        assert_eq!(o.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["dev-1", "dev-2"]);
+        assert_eq!(run(&format!("--url ws://h --keys-file {p}")).unwrap().devices.len(), 3);
+        assert!(run(&format!("--url ws://h --keys-file {p} --devices 4")).is_err());
+        assert!(run(&format!("--url ws://h --keys-file {p} --api-key k")).is_err());
+        std::fs::remove_file(path).unwrap();
+    }
+}

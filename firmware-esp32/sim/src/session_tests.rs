@@ -1,0 +1,415 @@
+//! Session state machine against the in-memory broker of [`crate::testkit`].
+//! Virtual time (`start_paused`) makes heartbeat, keepalive, refresh and backoff
+//! timings exact.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleetwire_core::backoff::BackoffConfig;
+use fleetwire_core::heartbeat::Heartbeat;
+use fleetwire_core::mqtt::{self, QoS};
+use fleetwire_core::topics::{DeviceTopics, TopicMap};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Exit, Session, SessionConfig, Shutdown};
+use crate::stats::Stats;
+use crate::testkit::*;
+use crate::transport::ConnectError;
+
+const ID: &str = "esp-01";
+
+struct Harness {
+    conns: mpsc::UnboundedReceiver<BrokerConn>,
+    connector: MemConnector,
+    tokens: FakeTokens,
+    stats: Arc<Stats>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Exit>,
+    topics: DeviceTopics,
+}
+
+impl Harness {
+    fn start(tokens: FakeTokens, tweak: impl FnOnce(&mut SessionConfig), failures: Vec<ConnectError>) -> Harness {
+        let mut cfg = SessionConfig::new(ID);
+        cfg.telemetry_s = 0;
+        // No stretch: with MaxRng every delay is exactly the backoff window.
+        cfg.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
+        tweak(&mut cfg);
+        let (connector, conns) = MemConnector::new();
+        connector.failures.lock().unwrap().extend(failures);
+        let stats = Arc::new(Stats::default());
+        let (stop, rx) = watch::channel(false);
+        let session = Session::new(cfg, connector.clone(), tokens.clone(), stats.clone(), Shutdown::new(rx))
+            .unwrap()
+            .with_rng(MaxRng);
+        Harness {
+            conns,
+            connector,
+            tokens,
+            stats,
+            stop,
+            task: tokio::spawn(session.run()),
+            topics: TopicMap::load().unwrap().device_topics(ID).unwrap(),
+        }
+    }
+
+    async fn conn(&mut self) -> BrokerConn {
+        tokio::time::timeout(Duration::from_secs(3600), self.conns.recv()).await.expect("no connection").expect("gone")
+    }
+
+    fn attempts(&self) -> Vec<Instant> {
+        self.connector.attempts.lock().unwrap().clone()
+    }
+
+    async fn stop(self) -> Exit {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn cmd(cid: &str, name: &str, args: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "cid": cid, "name": name, "args": args, "expires_at": unix_ms() + 3_600_000 })).unwrap()
+}
+
+fn is_heartbeat(p: &DevicePacket) -> bool {
+    matches!(p, DevicePacket::Publish(x) if x.topic == "devices/esp-01/heartbeat")
+}
+
+/// Wait for the next heartbeat and acknowledge it.
+async fn ack_heartbeat(c: &mut BrokerConn) -> Heartbeat {
+    let DevicePacket::Publish(p) = c.expect_where(is_heartbeat).await else { unreachable!() };
+    c.send(mqtt::encode_puback(p.packet_id.unwrap()));
+    Heartbeat::from_json(&p.payload).unwrap()
+}
+
+fn approx(d: Duration, want_ms: u64) -> bool {
+    d.as_millis().abs_diff(want_ms as u128) <= 5
+}
+
+#[tokio::test(start_paused = true)]
+async fn connects_with_the_token_subprotocol_and_device_client_id_then_subscribes_and_disconnects_on_stop() {
+    let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(900)), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    assert_eq!(c.offered, "mqtt, auth.hdr.tok1.sig");
+    let (connect, sub) = c.accept().await;
+    // Persistent session, so commands queued while offline are delivered on reconnect.
+    assert_eq!(connect, DevicePacket::Connect { client_id: ID.into(), keep_alive_s: 60, clean_session: false });
+    let DevicePacket::Subscribe { filters, .. } = sub else { unreachable!() };
+    let want: Vec<(String, u8)> = h.topics.subscriptions().iter().map(|t| (t.to_string(), 1)).collect();
+    assert_eq!(filters, want);
+    assert_eq!(filters.len(), 4);
+
+    ack_heartbeat(&mut c).await;
+    assert_eq!(h.stats.connected.load(Relaxed), 1);
+    h.stop.send(true).unwrap();
+    let rest = c.until_closed().await;
+    assert_eq!(rest.last(), Some(&DevicePacket::Disconnect));
+    assert_eq!(h.task.await.unwrap(), Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_go_out_qos1_at_once_then_on_schedule_and_pubacks_are_counted() {
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(10), vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    let DevicePacket::Publish(first) = c.expect_where(is_heartbeat).await else { unreachable!() };
+    let t0 = Instant::now();
+    assert_eq!(first.qos, QoS::AtLeastOnce);
+    let hb = Heartbeat::from_json(&first.payload).unwrap();
+    assert_eq!(hb.seq, 0);
+    assert!(hb.fw.starts_with("sim-"));
+    c.send(mqtt::encode_puback(first.packet_id.unwrap()));
+
+    let second = ack_heartbeat(&mut c).await;
+    assert_eq!(second.seq, 1);
+    assert!(approx(Instant::now() - t0, 10_000), "{:?}", Instant::now() - t0);
+    ack_heartbeat(&mut c).await;
+    assert_eq!(h.stats.heartbeats_sent.load(Relaxed), 3);
+    // The last PUBACK is processed by the session asynchronously.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert_eq!(h.stats.heartbeats_acked.load(Relaxed), 3);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn command_round_trip_over_packed_and_split_frames_and_a_duplicate_cid_runs_once() {
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
+    // A persistent session delivers a queued command in the same frame as CONNACK.
+    let command = cmd("c-42", "set_heartbeat_interval", json!({ "seconds": 10 }));
+    let mut frame = connack(0);
+    frame.extend(publish_qos1("devices/esp-01/cmd", 7, &command, false));
+    c.send(frame);
+
+    let DevicePacket::Subscribe { packet_id, filters } = c.expect().await else { panic!("SUBSCRIBE first") };
+    c.send(suback(packet_id, filters.len()));
+    let result = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    assert_eq!(result.qos, QoS::AtLeastOnce);
+    let v: Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!(v, json!({ "cid": "c-42", "ok": true, "result": { "interval_s": 10 } }));
+    assert_eq!(c.expect_where(|p| matches!(p, DevicePacket::PubAck(_))).await, DevicePacket::PubAck(7));
+
+    // Redelivery (DUP) of the same cid, split across two frames: acknowledged and
+    // answered with the stored result, not executed again.
+    let again = publish_qos1("devices/esp-01/cmd", 8, &command, true);
+    let (a, b) = again.split_at(again.len() / 2);
+    c.send(a.to_vec());
+    c.send(b.to_vec());
+    let dup_result = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    assert_eq!(serde_json::from_slice::<Value>(&dup_result.payload).unwrap(), v);
+    assert_eq!(c.expect_where(|p| matches!(p, DevicePacket::PubAck(_))).await, DevicePacket::PubAck(8));
+    assert_eq!(h.stats.commands_run.load(Relaxed), 1);
+    assert_eq!(h.stats.commands_duplicate.load(Relaxed), 1);
+
+    // The command took effect: heartbeats now every 10 s instead of 30.
+    ack_heartbeat(&mut c).await;
+    let t = Instant::now();
+    ack_heartbeat(&mut c).await;
+    assert!(approx(Instant::now() - t, 10_000), "{:?}", Instant::now() - t);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_expiring_notice_refreshes_then_reconnects_at_once_keeping_unacknowledged_results() {
+    let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |_| {}, vec![]);
+    let mut c1 = h.conn().await;
+    c1.accept().await;
+    ack_heartbeat(&mut c1).await;
+    // Past the minimum interval between refreshes (the next heartbeat is 30 s later).
+    ack_heartbeat(&mut c1).await;
+    // A command whose result the broker does not acknowledge before the reconnect.
+    c1.send(publish_qos1("devices/esp-01/cmd", 3, &cmd("c-7", "ping", json!({})), false));
+    let pending = c1.expect_publish_on("devices/esp-01/cmd/result").await;
+
+    let notice = json!({ "type": "token-expiring", "reason": "token expires soon", "expires_at": 1 });
+    c1.send(publish_qos1("devices/esp-01/sys", 4, notice.to_string().as_bytes(), false));
+    let rest = c1.until_closed().await;
+    let closed_at = Instant::now();
+    assert!(rest.contains(&DevicePacket::PubAck(4)), "{rest:?}");
+    assert_eq!(rest.last(), Some(&DevicePacket::Disconnect), "graceful: DISCONNECT before closing");
+
+    let mut c2 = h.conn().await;
+    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig", "the next connection uses the new token");
+    assert!(c2.opened_at - closed_at < Duration::from_millis(5), "no backoff after a planned reconnect");
+    c2.accept().await;
+    let resent = c2.expect_publish_on("devices/esp-01/cmd/result").await;
+    assert!(resent.dup);
+    assert_eq!((resent.packet_id, &resent.payload), (pending.packet_id, &pending.payload));
+    assert_eq!(h.tokens.issued(), 2);
+    assert_eq!(h.stats.reconnects.load(Relaxed), 1);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_is_refreshed_at_80_percent_of_its_lifetime() {
+    let mut h =
+        Harness::start(FakeTokens::refreshable(Duration::from_secs(100)), |c| c.heartbeat_s = Some(3600), vec![]);
+    let mut c1 = h.conn().await;
+    let t0 = c1.opened_at;
+    c1.accept().await;
+    ack_heartbeat(&mut c1).await;
+    assert_eq!(c1.until_closed().await.last(), Some(&DevicePacket::Disconnect));
+    let c2 = h.conn().await;
+    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig");
+    let after = c2.opened_at - t0;
+    assert!(after >= Duration::from_secs(80) && after <= Duration::from_secs(81), "{after:?}");
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_resets_only_after_connack_and_the_first_acknowledged_heartbeat() {
+    let io = || ConnectError::Io("connection refused".into());
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![io(), io()]);
+    // Attempts 1 and 2 fail; the third connects, gets CONNACK, but drops before any
+    // heartbeat is acknowledged: that still counts as a failure.
+    let mut c = h.conn().await;
+    c.accept().await;
+    c.expect_where(is_heartbeat).await;
+    c.close(4000, "kicked by an operator");
+    c.until_closed().await;
+    // The fourth becomes stable (heartbeat acknowledged), then is kicked.
+    let mut c = h.conn().await;
+    c.accept().await;
+    ack_heartbeat(&mut c).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    c.close(4000, "kicked by an operator");
+    c.until_closed().await;
+    let _c = h.conn().await;
+
+    let a = h.attempts();
+    let gaps: Vec<Duration> = a.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(a.len(), 5);
+    // Windows 1 s, 2 s, then 4 s (CONNACK alone did not reset) ...
+    assert!(approx(gaps[0], 1000) && approx(gaps[1], 2000), "{gaps:?}");
+    assert!(approx(gaps[2], 4000), "{gaps:?}");
+    // ... and back to 1 s after the stable connection (+1 ms spent before the kick).
+    assert!(approx(gaps[3], 1001), "{gaps:?}");
+    assert_eq!(h.stats.connect_failures.load(Relaxed), 2);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_codes_decide_between_reconnect_refresh_and_stop() {
+    let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    c.close(4000, "kicked by an operator");
+    // kicked → reconnect with the same token.
+    let mut c = h.conn().await;
+    assert_eq!(c.offered, "mqtt, auth.hdr.tok1.sig");
+    c.accept().await;
+    c.close(4002, "token expired");
+    // token-expired → a new token first.
+    let mut c = h.conn().await;
+    assert_eq!(c.offered, "mqtt, auth.hdr.tok2.sig");
+    c.accept().await;
+    c.close(4003, "credentials revoked");
+    // revoked → give up.
+    let exit = tokio::time::timeout(Duration::from_secs(600), &mut h.task).await.unwrap().unwrap();
+    assert!(matches!(&exit, Exit::Stopped(why) if why.contains("4003")), "{exit:?}");
+    assert!(h.conns.try_recv().is_err(), "no reconnect after revocation");
+    assert_eq!(h.stats.stopped.load(Relaxed), 1);
+    assert_eq!(h.stats.connected.load(Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fixed_token_keeps_running_past_the_notice_but_stops_at_expiry() {
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(10), vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    ack_heartbeat(&mut c).await;
+    let notice = json!({ "type": "token-expiring", "reason": "token expires soon" });
+    c.send(publish_qos1("devices/esp-01/sys", 9, notice.to_string().as_bytes(), false));
+    // Nothing to refresh with: stays connected and keeps heartbeating.
+    assert_eq!(c.expect_where(|p| !is_heartbeat(p)).await, DevicePacket::PubAck(9));
+    ack_heartbeat(&mut c).await;
+    c.close(4002, "token expired");
+    let exit = h.task.await.unwrap();
+    assert!(matches!(&exit, Exit::Stopped(why) if why.contains("--token")), "{exit:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connack_not_authorised_fetches_a_new_token_and_a_rejected_key_stops() {
+    let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
+    c.send(connack(5));
+    let mut c = h.conn().await;
+    assert_eq!(c.offered, "mqtt, auth.hdr.tok2.sig");
+    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
+    // The key has been revoked meanwhile: the exchange answers 401.
+    h.tokens.reject.store(true, Relaxed);
+    c.send(connack(5));
+    let exit = h.task.await.unwrap();
+    assert!(matches!(&exit, Exit::Stopped(why) if why.contains("401")), "{exit:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn connack_not_authorised_with_a_fixed_token_stops() {
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    c.expect().await;
+    c.send(connack(5));
+    assert!(matches!(h.task.await.unwrap(), Exit::Stopped(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_pings_when_idle_and_a_missing_pingresp_drops_the_link() {
+    let mut h = Harness::start(
+        FakeTokens::fixed(),
+        |c| {
+            c.keepalive_s = 20;
+            c.heartbeat_s = Some(3600);
+        },
+        vec![],
+    );
+    let mut c = h.conn().await;
+    c.accept().await;
+    ack_heartbeat(&mut c).await;
+    let quiet_since = Instant::now();
+    assert_eq!(c.expect().await, DevicePacket::PingReq);
+    assert!(approx(Instant::now() - quiet_since, 10_000), "ping after keepalive/2");
+    c.send(pingresp());
+    assert_eq!(c.expect().await, DevicePacket::PingReq);
+    let unanswered = Instant::now();
+    // No PINGRESP this time: the device gives up on the link after a keepalive.
+    assert!(c.until_closed().await.is_empty());
+    assert!(approx(Instant::now() - unanswered, 20_000));
+    let _again = h.conn().await;
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ota_offer_is_answered_refused_with_its_rollout() {
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    let offer = json!({ "rollout": "r-1", "manifest": {
+        "version": "9.0.0", "size": 1024, "sha256": "0".repeat(64), "url": "https://x/fw.bin", "sig": "c2ln" } });
+    c.send(publish_qos1("devices/esp-01/ota", 5, offer.to_string().as_bytes(), false));
+    let status = c.expect_publish_on("devices/esp-01/ota/status").await;
+    let v: Value = serde_json::from_slice(&status.payload).unwrap();
+    assert_eq!(
+        (v["rollout"].as_str(), v["state"].as_str(), v["progress"].as_u64()),
+        (Some("r-1"), Some("refused"), Some(0))
+    );
+    assert!(v["error"].as_str().unwrap().contains("simulated"));
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_from_a_rate_limited_upgrade_is_a_floor_for_the_backoff_and_stop_is_prompt() {
+    let limited = ConnectError::Http { status: 429, retry_after: Some(Duration::from_secs(30)) };
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![limited.clone(), limited]);
+    let _c = h.conn().await;
+    let a = h.attempts();
+    assert!(approx(a[1] - a[0], 30_000) && approx(a[2] - a[1], 30_000), "{a:?}");
+
+    // Stop during a long backoff returns at once.
+    let h = Harness::start(FakeTokens::fixed(), |_| {}, vec![ConnectError::Io("refused".into()); 8]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let before = Instant::now();
+    assert_eq!(h.stop().await, Exit::Shutdown);
+    assert!(Instant::now() - before < Duration::from_millis(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_is_published_qos0_at_its_interval() {
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.telemetry_s = 15, vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    let t0 = Instant::now();
+    let t = c.expect_publish_on("devices/esp-01/telemetry").await;
+    assert!(approx(Instant::now() - t0, 15_000));
+    assert_eq!(t.qos, QoS::AtMostOnce);
+    let v: Value = serde_json::from_slice(&t.payload).unwrap();
+    assert!(v["temperature_c"].is_f64() && v["humidity_pct"].is_f64());
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_notice_right_after_a_refresh_is_deferred_not_a_reconnect_storm() {
+    let mut h =
+        Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.heartbeat_s = Some(3600), vec![]);
+    let mut c = h.conn().await;
+    let t0 = c.opened_at;
+    c.accept().await;
+    let notice = json!({ "type": "token-expiring", "reason": "token expires soon" });
+    c.send(publish_qos1("devices/esp-01/sys", 2, notice.to_string().as_bytes(), false));
+    // The token is brand new: the refresh waits until 30 s after it was obtained.
+    assert_eq!(c.until_closed().await.last(), Some(&DevicePacket::Disconnect));
+    let c2 = h.conn().await;
+    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig");
+    let after = c2.opened_at - t0;
+    assert!(after >= Duration::from_secs(30) && after <= Duration::from_secs(31), "{after:?}");
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}

@@ -1,0 +1,335 @@
+//! Test doubles: an in-memory transport whose far end is a scripted broker speaking
+//! MQTT bytes, and a token source with observable behaviour.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetwire_core::mqtt::{self, Decoder, Packet, Publish, QoS};
+use fleetwire_core::platform::Rng;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, Token, TokenSource, REFRESH_FRACTION};
+use crate::handshake;
+use crate::secret::Secret;
+use crate::transport::{CloseInfo, ConnectError, Connector, Link, LinkEvent};
+
+/// Upper bound (virtual time) for any single expectation, so a broken test fails
+/// instead of hanging.
+const EXPECT_WITHIN: Duration = Duration::from_secs(3600);
+
+/// Packets a device sends, as the broker sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DevicePacket {
+    Connect { client_id: String, keep_alive_s: u16, clean_session: bool },
+    Subscribe { packet_id: u16, filters: Vec<(String, u8)> },
+    Publish(Publish),
+    PubAck(u16),
+    PingReq,
+    Disconnect,
+}
+
+/// Remove and return one whole packet from the front of `buf`, if complete.
+fn split_packet(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let (mut len, mut mult, mut i) = (0usize, 1usize, 1usize);
+    loop {
+        let b = *buf.get(i)?;
+        len += (b & 0x7f) as usize * mult;
+        mult *= 128;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    if buf.len() < i + len {
+        return None;
+    }
+    Some(buf.drain(..i + len).collect())
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Decode a device→broker packet. PUBLISH and PUBACK have the same format in both
+/// directions, so the core's decoder handles those.
+fn parse_device_packet(p: &[u8]) -> DevicePacket {
+    let header_len = 1 + p[1..].iter().position(|b| b & 0x80 == 0).unwrap() + 1;
+    let body = &p[header_len..];
+    match p[0] >> 4 {
+        mqtt::TYPE_CONNECT => {
+            assert_eq!(&body[..7], b"\x00\x04MQTT\x04", "MQTT 3.1.1 CONNECT");
+            let flags = body[7];
+            assert_eq!(flags & !0x02, 0, "no will, username or password flags");
+            let id_len = u16_at(body, 10) as usize;
+            DevicePacket::Connect {
+                client_id: String::from_utf8(body[12..12 + id_len].to_vec()).unwrap(),
+                keep_alive_s: u16_at(body, 8),
+                clean_session: flags & 0x02 != 0,
+            }
+        }
+        mqtt::TYPE_SUBSCRIBE => {
+            assert_eq!(p[0] & 0x0f, 0x02, "SUBSCRIBE reserved flags");
+            let mut filters = Vec::new();
+            let mut at = 2;
+            while at < body.len() {
+                let n = u16_at(body, at) as usize;
+                filters.push((String::from_utf8(body[at + 2..at + 2 + n].to_vec()).unwrap(), body[at + 2 + n]));
+                at += 3 + n;
+            }
+            DevicePacket::Subscribe { packet_id: u16_at(body, 0), filters }
+        }
+        mqtt::TYPE_PINGREQ => DevicePacket::PingReq,
+        mqtt::TYPE_DISCONNECT => DevicePacket::Disconnect,
+        _ => match Decoder::default().feed(p).unwrap().pop().unwrap() {
+            Packet::Publish(publish) => DevicePacket::Publish(publish),
+            Packet::PubAck { packet_id } => DevicePacket::PubAck(packet_id),
+            other => panic!("a device does not send {other:?}"),
+        },
+    }
+}
+
+/// The broker's end of one in-memory connection.
+pub struct BrokerConn {
+    /// The `Sec-WebSocket-Protocol` value the device offered.
+    pub offered: String,
+    pub opened_at: Instant,
+    to_device: mpsc::UnboundedSender<LinkEvent>,
+    from_device: mpsc::UnboundedReceiver<Vec<u8>>,
+    buf: Vec<u8>,
+    /// Frames received so far (to check packing).
+    pub frames: usize,
+}
+
+impl BrokerConn {
+    /// A broker end fed by something else than [`MemConnector`] (the WebSocket test
+    /// server bridges a real socket to it). Returns the channel ends to bridge.
+    pub fn bridged(
+        offered: String,
+    ) -> (BrokerConn, mpsc::UnboundedReceiver<LinkEvent>, mpsc::UnboundedSender<Vec<u8>>) {
+        let (to_device, device_rx) = mpsc::unbounded_channel();
+        let (device_tx, from_device) = mpsc::unbounded_channel();
+        let conn =
+            BrokerConn { offered, opened_at: Instant::now(), to_device, from_device, buf: Vec::new(), frames: 0 };
+        (conn, device_rx, device_tx)
+    }
+
+    /// The next packet, or `None` once the device closed the link.
+    pub async fn next(&mut self) -> Option<DevicePacket> {
+        loop {
+            if let Some(p) = split_packet(&mut self.buf) {
+                return Some(parse_device_packet(&p));
+            }
+            let frame =
+                tokio::time::timeout(EXPECT_WITHIN, self.from_device.recv()).await.expect("device went silent")?;
+            self.frames += 1;
+            self.buf.extend(frame);
+        }
+    }
+
+    pub async fn expect(&mut self) -> DevicePacket {
+        self.next().await.expect("link closed by the device")
+    }
+
+    /// Skip packets until one satisfies `pred`.
+    pub async fn expect_where(&mut self, pred: impl Fn(&DevicePacket) -> bool) -> DevicePacket {
+        loop {
+            let p = self.expect().await;
+            if pred(&p) {
+                return p;
+            }
+        }
+    }
+
+    pub async fn expect_publish_on(&mut self, topic: &str) -> Publish {
+        match self.expect_where(|p| matches!(p, DevicePacket::Publish(x) if x.topic == topic)).await {
+            DevicePacket::Publish(p) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Wait until the device closes the link; returns what it sent meanwhile.
+    pub async fn until_closed(&mut self) -> Vec<DevicePacket> {
+        let mut seen = Vec::new();
+        while let Some(p) = self.next().await {
+            seen.push(p);
+        }
+        seen
+    }
+
+    pub fn send(&self, bytes: Vec<u8>) {
+        let _ = self.to_device.send(LinkEvent::Data(bytes));
+    }
+    pub fn close(&self, code: u16, reason: &str) {
+        let _ = self.to_device.send(LinkEvent::Closed(Some(CloseInfo { code, reason: reason.into() })));
+    }
+
+    /// CONNECT → CONNACK 0 → SUBSCRIBE → SUBACK. Returns the CONNECT and SUBSCRIBE.
+    pub async fn accept(&mut self) -> (DevicePacket, DevicePacket) {
+        let connect = self.expect().await;
+        assert!(matches!(connect, DevicePacket::Connect { .. }), "{connect:?}");
+        self.send(connack(0));
+        let sub = self.expect().await;
+        let DevicePacket::Subscribe { packet_id, filters } = &sub else { panic!("expected SUBSCRIBE, got {sub:?}") };
+        self.send(suback(*packet_id, filters.len()));
+        (connect, sub)
+    }
+}
+
+pub fn connack(rc: u8) -> Vec<u8> {
+    vec![mqtt::TYPE_CONNACK << 4, 2, 0, rc]
+}
+pub fn suback(packet_id: u16, granted: usize) -> Vec<u8> {
+    let mut b = vec![mqtt::TYPE_SUBACK << 4, (2 + granted) as u8];
+    b.extend(packet_id.to_be_bytes());
+    b.extend(std::iter::repeat_n(1u8, granted));
+    b
+}
+pub fn pingresp() -> Vec<u8> {
+    vec![mqtt::TYPE_PINGRESP << 4, 0]
+}
+pub fn publish_qos1(topic: &str, packet_id: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+    mqtt::encode_publish(&Publish {
+        topic: topic.into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        dup,
+        packet_id: Some(packet_id),
+        payload: payload.to_vec(),
+    })
+    .unwrap()
+}
+
+/// Device end of an in-memory connection.
+pub struct MemLink {
+    to_broker: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    from_broker: mpsc::UnboundedReceiver<LinkEvent>,
+}
+
+impl Link for MemLink {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        match &self.to_broker {
+            Some(tx) => tx.send(frame).map_err(|_| "broker gone".to_string()),
+            None => Err("link closed".into()),
+        }
+    }
+    async fn recv(&mut self) -> LinkEvent {
+        self.from_broker.recv().await.unwrap_or(LinkEvent::Closed(None))
+    }
+    async fn close(&mut self) {
+        self.to_broker = None;
+    }
+}
+
+/// Hands each new connection's broker end to the test; can be scripted to fail.
+#[derive(Clone)]
+pub struct MemConnector {
+    conns: mpsc::UnboundedSender<BrokerConn>,
+    pub failures: Arc<Mutex<VecDeque<ConnectError>>>,
+    /// When every connection attempt (failed or not) was made.
+    pub attempts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl MemConnector {
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<BrokerConn>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (MemConnector { conns: tx, failures: Default::default(), attempts: Default::default() }, rx)
+    }
+}
+
+impl Connector for MemConnector {
+    type Link = MemLink;
+    async fn connect(&mut self, jwt: &Secret) -> Result<MemLink, ConnectError> {
+        self.attempts.lock().unwrap().push(Instant::now());
+        let offered = handshake::offered_protocols(jwt).map_err(ConnectError::Handshake)?;
+        if let Some(e) = self.failures.lock().unwrap().pop_front() {
+            return Err(e);
+        }
+        let (to_broker, from_device) = mpsc::unbounded_channel();
+        let (to_device, from_broker) = mpsc::unbounded_channel();
+        let conn = BrokerConn {
+            offered: offered.to_str().unwrap().to_owned(),
+            opened_at: Instant::now(),
+            to_device,
+            from_device,
+            buf: Vec::new(),
+            frames: 0,
+        };
+        self.conns.send(conn).map_err(|_| ConnectError::Io("test broker gone".into()))?;
+        Ok(MemLink { to_broker: Some(to_broker), from_broker })
+    }
+}
+
+/// Issues `hdr.tokN.sig`, counting fetches; can refuse like the real endpoint.
+#[derive(Clone, Default)]
+pub struct FakeTokens {
+    pub issued: Arc<AtomicUsize>,
+    pub lifetime: Option<Duration>,
+    /// `false`: behaves like a fixed `--token` (same token, cannot refresh).
+    pub refreshable: bool,
+    pub reject: Arc<AtomicBool>,
+}
+
+impl FakeTokens {
+    pub fn refreshable(lifetime: Duration) -> Self {
+        FakeTokens { lifetime: Some(lifetime), refreshable: true, ..Default::default() }
+    }
+    pub fn fixed() -> Self {
+        FakeTokens::default()
+    }
+    pub fn issued(&self) -> usize {
+        self.issued.load(Ordering::SeqCst)
+    }
+}
+
+impl TokenSource for FakeTokens {
+    async fn fetch(&mut self) -> Result<Token, AuthError> {
+        if self.reject.load(Ordering::SeqCst) {
+            return Err(AuthError::Rejected("HTTP 401 AUTH_INVALID_API_KEY: invalid API key".into()));
+        }
+        let n = if self.refreshable { self.issued.fetch_add(1, Ordering::SeqCst) + 1 } else { 1 };
+        Ok(Token {
+            jwt: Secret::new(format!("hdr.tok{n}.sig")),
+            refresh_at: self
+                .lifetime
+                .filter(|_| self.refreshable)
+                .map(|l| Instant::now() + l.mul_f64(REFRESH_FRACTION)),
+        })
+    }
+    fn can_refresh(&self) -> bool {
+        self.refreshable
+    }
+}
+
+/// Always picks the top of the jitter range, making backoff delays exact.
+pub struct MaxRng;
+impl Rng for MaxRng {
+    fn next_u32(&mut self) -> u32 {
+        u32::MAX
+    }
+    fn gen_range_inclusive(&mut self, max: u64) -> u64 {
+        max
+    }
+}
+
+/// A private CA and a `localhost`/`127.0.0.1` server certificate, made once per test
+/// run by `scripts/private-ca.sh` (the script operators use), so no key is kept in git.
+/// Files: `ca.pem`, `server-cert.pem`, `server-key.pem`.
+pub fn test_pki(name: &str) -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fleetwire-sim-pki-{}", std::process::id()));
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/private-ca.sh");
+        let status = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("bash runs scripts/private-ca.sh");
+        assert!(status.success(), "scripts/private-ca.sh failed (is openssl installed?)");
+        dir
+    });
+    dir.join(name)
+}
