@@ -39,6 +39,8 @@ test: install
 	  STARTED_REDIS=1; \
 	else TEST_REDIS_URL=$$REDIS_URL; fi; \
 	echo "test Redis: $$TEST_REDIS_URL"; \
+	echo "building the device simulator for the end-to-end tests"; \
+	cargo build --quiet --manifest-path firmware-esp32/Cargo.toml -p fleetwire-sim || echo "cargo build failed: the e2e tests will fail"; \
 	REDIS_URL=$$TEST_REDIS_URL $(NODE_BIN)/vitest run; \
 	if [[ -n "$${STARTED_REDIS:-}" ]]; then redis-cli -u "$$TEST_REDIS_URL" shutdown nosave >/dev/null 2>&1 || true; fi; \
 	scripts/run-cargo-tests.sh .test-results/cargo.counts; \

@@ -12,7 +12,7 @@ export default defineConfig({
     },
   },
   test: {
-    include: ['common/test/**/*.test.ts', 'broker/test/**/*.test.ts', 'auth-service/test/**/*.test.ts', 'cli/test/**/*.test.ts'],
+    include: ['common/test/**/*.test.ts', 'broker/test/**/*.test.ts', 'auth-service/test/**/*.test.ts', 'cli/test/**/*.test.ts', 'e2e/**/*.test.ts'],
     // Test files share one Redis and the cluster-wide registry keys, so files run one at a time.
     fileParallelism: false,
     testTimeout: 20_000,
