@@ -163,7 +163,8 @@ export class Accounts {
       return;
     }
     const token = newSecret(RESET_PREFIX);
-    await redis.set(redisKeys.resetToken(digest(token)), user.id, 'EX', config.resetTokenTtlS);
+    // The issue time travels with the token: a password change after it voids the link.
+    await redis.set(redisKeys.resetToken(digest(token)), `${user.id} ${Date.now()}`, 'EX', config.resetTokenTtlS);
     const link = new URL(`/reset-password?token=${encodeURIComponent(token)}`, config.publicUrl).toString();
     let outcome = 'sent';
     try {
@@ -186,12 +187,15 @@ export class Accounts {
     if (!gate.ok) throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
     if (!token.startsWith(RESET_PREFIX) || token.length > 200) throw new FleetwireError('AUTH_RESET_INVALID');
     const key = redisKeys.resetToken(digest(token));
-    const user = await users.byId((await redis.get(key)) ?? '');
-    if (!user) throw new FleetwireError('AUTH_RESET_INVALID');
+    const stored = (await redis.get(key)) ?? '';
+    const [userId = '', issuedAt = '0'] = stored.split(' ');
+    const user = await users.byId(userId);
+    // Links issued before the password last changed (another link, or a change) are void.
+    if (!user || Number(issuedAt) < user.password_changed_at) throw new FleetwireError('AUTH_RESET_INVALID');
     // The policy is checked before the token is used up, so a refused password does not cost the link.
     policy.check(next, user.email);
     const hash = await hasher.hash(next);
-    if ((await redis.getdel(key)) !== user.id) throw new FleetwireError('AUTH_RESET_INVALID');
+    if ((await redis.getdel(key)) !== stored) throw new FleetwireError('AUTH_RESET_INVALID');
     await users.setPasswordHash(user.id, hash, true);
     const ed = emailDigest(user.email);
     await limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));

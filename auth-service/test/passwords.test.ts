@@ -107,6 +107,17 @@ describe('password reset through the outbox', () => {
     expect(types).toEqual(expect.arrayContaining(['password.reset-requested', 'password.reset-completed']));
   });
 
+  it('a password change voids every link issued before it', async () => {
+    const u = await newUser();
+    await t.api('POST', '/v1/auth/password-reset/request', { body: { email: u.email } });
+    await t.api('POST', '/v1/auth/password-reset/request', { body: { email: u.email } });
+    const [first, second] = (await t.outbox()).filter((m) => m.to === u.email).map((m) => resetToken(m.text));
+    expect((await t.api('POST', '/v1/auth/password-reset/confirm', { body: { token: first, new_password: 'reset-long-passphrase' } })).status).toBe(204);
+    const res = await t.api('POST', '/v1/auth/password-reset/confirm', { body: { token: second, new_password: 'other-long-passphrase' } });
+    expect(res.body.error?.code).toBe('AUTH_RESET_INVALID');
+    expect((await t.login(u.email, 'reset-long-passphrase')).status).toBe(200);
+  });
+
   it('refuses an expired link', async () => {
     const u = await newUser();
     await t.api('POST', '/v1/auth/password-reset/request', { body: { email: u.email } });
