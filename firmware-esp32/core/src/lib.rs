@@ -13,6 +13,9 @@ pub mod commands;
 pub mod heartbeat;
 pub mod mqtt;
 pub mod ota;
+pub mod ota_download;
+pub mod ota_status;
+pub mod ota_store;
 pub mod platform;
 pub mod topics;
 pub mod wifi;
@@ -27,4 +30,11 @@ pub mod contracts {
     pub const VALID_CMD_RESULT_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/cmd-result.json");
     pub const INVALID_CMD_RESULT_JSON: &str =
         include_str!("../../../common/contracts/fixtures/invalid/cmd-result.json");
+    pub const OTA_OFFER_SCHEMA_JSON: &str = include_str!("../../../common/contracts/schemas/ota-offer.schema.json");
+    pub const VALID_OTA_OFFER_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ota.json");
+    pub const INVALID_OTA_OFFER_JSON: &str = include_str!("../../../common/contracts/fixtures/invalid/ota.json");
+    pub const OTA_STATUS_SCHEMA_JSON: &str = include_str!("../../../common/contracts/schemas/ota-status.schema.json");
+    pub const VALID_OTA_STATUS_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ota-status.json");
+    pub const INVALID_OTA_STATUS_JSON: &str =
+        include_str!("../../../common/contracts/fixtures/invalid/ota-status.json");
 }

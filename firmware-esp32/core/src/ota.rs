@@ -15,12 +15,22 @@
 //! ```
 //!
 //! Every member other than `sig` is covered, including ones this firmware does not know.
+//! `firmware-esp32/README.md` spells the rule out for other languages (with a Node
+//! implementation); the golden offer fixture is signed by Node and verified here.
+//! Numbers in the manifest must be integers: a float has no single canonical spelling
+//! across languages, so an offer with one is refused as malformed.
+//!
+//! # Optional members
+//!
+//! `chip` (e.g. `esp32`, `esp32-s3`): the SoC the image is built for. A device refuses an
+//! image whose `chip` differs from its own; an absent `chip` means "any".
 
 use std::cmp::Ordering;
+use std::fmt;
 
 use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -42,6 +52,11 @@ pub enum OtaError {
         size: u64,
         partition: u64,
     },
+    /// The image is built for another SoC.
+    WrongChip {
+        device: String,
+        image: String,
+    },
     ImageOverrun {
         expected: u64,
     },
@@ -56,6 +71,34 @@ pub enum OtaError {
     },
 }
 
+/// Human-readable; these texts go into `ota/status` `error` fields.
+impl fmt::Display for OtaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OtaError::MalformedOffer(m) => write!(f, "malformed offer: {m}"),
+            OtaError::BadPublicKey => f.write_str("the OTA public key is not a valid Ed25519 public key"),
+            OtaError::BadSignatureEncoding => f.write_str("manifest sig is not standard base64 of 64 bytes"),
+            OtaError::SignatureMismatch => f.write_str("manifest signature does not verify with the device's OTA key"),
+            OtaError::BadVersion(v) => write!(f, "unparseable version {v:?}"),
+            OtaError::NotNewer { current, offered } => {
+                write!(f, "version {offered} is not newer than the running {current} (downgrade refused)")
+            }
+            OtaError::TooLarge { size, partition } => {
+                write!(f, "image of {size} bytes does not fit the {partition}-byte OTA partition")
+            }
+            OtaError::WrongChip { device, image } => {
+                write!(f, "image is built for chip {image}, this device is {device}")
+            }
+            OtaError::ImageOverrun { expected } => write!(f, "server sent more than the manifest's {expected} bytes"),
+            OtaError::SizeMismatch { expected, got } => write!(f, "image is {got} bytes, the manifest says {expected}"),
+            OtaError::HashMismatch => f.write_str("SHA-256 of the downloaded image does not match the manifest"),
+            OtaError::InvalidTransition { from, event } => write!(f, "OTA state {from:?} does not allow {event:?}"),
+        }
+    }
+}
+
+impl std::error::Error for OtaError {}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Manifest {
     pub version: String,
@@ -63,6 +106,42 @@ pub struct Manifest {
     pub sha256: String,
     pub url: String,
     pub sig: String,
+    /// SoC the image is built for; `None`: not stated (any chip).
+    #[serde(default)]
+    pub chip: Option<String>,
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,31}$`, the schema's `chip` pattern (checked by hand: no regex crate).
+pub fn is_valid_chip(chip: &str) -> bool {
+    let b = chip.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+/// Any non-integer number inside `v` (see the module docs on canonical numbers).
+fn has_non_integer(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => !(n.is_i64() || n.is_u64()),
+        Value::Array(a) => a.iter().any(has_non_integer),
+        Value::Object(m) => m.values().any(has_non_integer),
+        _ => false,
+    }
+}
+
+/// The firmware's OTA public key from 64 hex digits (how it is configured and embedded).
+pub fn parse_public_key_hex(hex: &str) -> Result<[u8; 32], OtaError> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(OtaError::BadPublicKey);
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| OtaError::BadPublicKey)?;
+    }
+    VerifyingKey::from_bytes(&key).map_err(|_| OtaError::BadPublicKey)?;
+    Ok(key)
 }
 
 /// A parsed offer `{rollout, manifest{version,size,sha256,url,sig}}`.
@@ -93,6 +172,12 @@ impl Offer {
         }
         if manifest.version.is_empty() || manifest.version.len() > 64 || manifest.url.is_empty() {
             return Err(bad("version/url"));
+        }
+        if manifest.chip.as_deref().is_some_and(|c| !is_valid_chip(c)) {
+            return Err(bad("chip"));
+        }
+        if raw.values().any(has_non_integer) {
+            return Err(bad("non-integer number in manifest"));
         }
         Ok(Offer { rollout: rollout.to_string(), manifest, raw_manifest: raw })
     }
@@ -184,17 +269,24 @@ pub fn compare_versions(a: &str, b: &str) -> Result<Ordering, OtaError> {
     })
 }
 
-/// Checks offers against the firmware's signing key, running version and partition size.
+/// Checks offers against the firmware's signing key, running version, partition size
+/// and chip.
 pub struct OtaVerifier {
     key: VerifyingKey,
     current_version: String,
     partition_size: u64,
+    chip: String,
 }
 
 impl OtaVerifier {
-    pub fn new(public_key: &[u8; 32], current_version: &str, partition_size: u64) -> Result<Self, OtaError> {
+    pub fn new(
+        public_key: &[u8; 32],
+        current_version: &str,
+        partition_size: u64,
+        chip: &str,
+    ) -> Result<Self, OtaError> {
         let key = VerifyingKey::from_bytes(public_key).map_err(|_| OtaError::BadPublicKey)?;
-        Ok(OtaVerifier { key, current_version: current_version.into(), partition_size })
+        Ok(OtaVerifier { key, current_version: current_version.into(), partition_size, chip: chip.into() })
     }
 
     pub fn verify_signature(&self, offer: &Offer) -> Result<(), OtaError> {
@@ -205,10 +297,14 @@ impl OtaVerifier {
         self.key.verify_strict(&offer.signed_bytes(), &sig).map_err(|_| OtaError::SignatureMismatch)
     }
 
-    /// Full acceptance check: signature, then version (strictly newer), then size.
+    /// Full acceptance check: signature first (nothing unsigned is acted on), then chip,
+    /// version (strictly newer), size.
     pub fn check(&self, offer: &Offer) -> Result<ImageHasher, OtaError> {
         self.verify_signature(offer)?;
         let m = &offer.manifest;
+        if let Some(chip) = m.chip.as_deref().filter(|c| *c != self.chip) {
+            return Err(OtaError::WrongChip { device: self.chip.clone(), image: chip.to_owned() });
+        }
         if compare_versions(&m.version, &self.current_version)? != Ordering::Greater {
             return Err(OtaError::NotNewer { current: self.current_version.clone(), offered: m.version.clone() });
         }
@@ -268,7 +364,8 @@ impl ImageHasher {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SlotState {
     Idle,
     Downloading,
@@ -315,6 +412,11 @@ impl Default for OtaSlot {
 const STORAGE_KEY: &str = "ota.slot";
 
 impl OtaSlot {
+    /// A machine already in `state` (restored from persistent storage, see `ota_store`).
+    pub fn at(state: SlotState) -> Self {
+        OtaSlot { state }
+    }
+
     pub fn state(&self) -> SlotState {
         self.state
     }
@@ -341,13 +443,14 @@ impl OtaSlot {
         s as u8
     }
 
-    /// Persist (only states that must survive a reboot matter; all are stored).
+    /// Persist the state alone (only states that must survive a reboot matter; all are
+    /// stored). [`crate::ota_store::OtaRecord`] keeps the whole update, resumable.
     pub fn save(&self, storage: &mut dyn Storage) {
         storage.set(STORAGE_KEY, &[Self::code(self.state)]);
     }
 
-    /// Restore after boot. A reboot during download/verify leaves a half-written slot:
-    /// it restarts from Idle.
+    /// Restore after boot. With the state alone a half-written slot cannot be resumed,
+    /// so a reboot during download/verify restarts from Idle.
     pub fn load(storage: &dyn Storage) -> Self {
         use SlotState as S;
         let state = match storage.get(STORAGE_KEY).as_deref() {
@@ -397,7 +500,7 @@ mod tests {
     }
 
     fn verifier() -> OtaVerifier {
-        OtaVerifier::new(&key(1).verifying_key().to_bytes(), CURRENT, PARTITION).unwrap()
+        OtaVerifier::new(&key(1).verifying_key().to_bytes(), CURRENT, PARTITION, "esp32-s3").unwrap()
     }
 
     #[test]
@@ -589,6 +692,119 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// RFC 8032 §7.1 test 1 key pair: the golden offer fixture is signed with it (by
+    /// Node's `crypto.sign`, so this also checks both sides build the same bytes).
+    const FIXTURE_PUBLIC_KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    #[test]
+    fn golden_offer_fixture_verifies_and_its_chip_is_enforced() {
+        use crate::contracts::{INVALID_OTA_OFFER_JSON, OTA_OFFER_SCHEMA_JSON, VALID_OTA_OFFER_JSON};
+        let key = parse_public_key_hex(FIXTURE_PUBLIC_KEY).unwrap();
+        let offer = Offer::parse(VALID_OTA_OFFER_JSON.trim().as_bytes()).unwrap();
+        assert_eq!((offer.rollout.as_str(), offer.manifest.chip.as_deref()), ("r-42", Some("esp32-s3")));
+        let s3 = OtaVerifier::new(&key, "1.4.2", PARTITION, "esp32-s3").unwrap();
+        assert!(s3.check(&offer).is_ok());
+        let plain = OtaVerifier::new(&key, "1.4.2", PARTITION, "esp32").unwrap();
+        assert!(matches!(plain.check(&offer), Err(OtaError::WrongChip { .. })));
+        assert!(Offer::parse(INVALID_OTA_OFFER_JSON.as_bytes()).is_err());
+        // The schema describes the optional chip with the pattern implemented here.
+        let schema: Value = serde_json::from_str(OTA_OFFER_SCHEMA_JSON).unwrap();
+        let chip = &schema["properties"]["manifest"]["properties"]["chip"];
+        assert_eq!(chip["pattern"], "^[a-z0-9][a-z0-9-]{0,31}$");
+        let required = schema["properties"]["manifest"]["required"].as_array().unwrap();
+        assert!(!required.contains(&json!("chip")));
+    }
+
+    #[test]
+    fn image_for_another_chip_is_refused_and_an_unstated_chip_is_accepted() {
+        let img = image();
+        let mut m = manifest("1.5.0", img.len() as u64, &sha_hex(&img));
+        m.insert("chip".into(), json!("esp32"));
+        let offer = Offer::parse(&signed_offer(&key(1), m.clone())).unwrap();
+        assert_eq!(offer.manifest.chip.as_deref(), Some("esp32"));
+        assert_eq!(
+            verifier().check(&offer).err(),
+            Some(OtaError::WrongChip { device: "esp32-s3".into(), image: "esp32".into() })
+        );
+        m.insert("chip".into(), json!("esp32-s3"));
+        assert!(verifier().check(&Offer::parse(&signed_offer(&key(1), m)).unwrap()).is_ok());
+        let unstated = Offer::parse(&signed_offer(&key(1), manifest("1.5.0", 1, &sha_hex(&img)))).unwrap();
+        assert_eq!(unstated.manifest.chip, None);
+        assert!(verifier().check(&unstated).is_ok());
+    }
+
+    #[test]
+    fn chip_is_covered_by_the_signature() {
+        let img = image();
+        let mut m = manifest("1.5.0", img.len() as u64, &sha_hex(&img));
+        m.insert("chip".into(), json!("esp32"));
+        let bytes = String::from_utf8(signed_offer(&key(1), m)).unwrap();
+        let forged = bytes.replace(r#""chip":"esp32""#, r#""chip":"esp32-s3""#);
+        assert_ne!(forged, bytes);
+        let offer = Offer::parse(forged.as_bytes()).unwrap();
+        assert_eq!(verifier().check(&offer).err(), Some(OtaError::SignatureMismatch));
+    }
+
+    #[test]
+    fn signature_is_checked_before_anything_else() {
+        // An unsigned downgrade for another chip reports the signature, not what it claims.
+        let mut m = manifest("0.1.0", PARTITION + 1, &"0".repeat(64));
+        m.insert("chip".into(), json!("esp32"));
+        let offer = Offer::parse(&signed_offer(&key(9), m)).unwrap();
+        assert_eq!(verifier().check(&offer).err(), Some(OtaError::SignatureMismatch));
+    }
+
+    #[test]
+    fn chip_and_numbers_are_validated_at_parse_time() {
+        let sha = "0".repeat(64);
+        for (chip, ok) in [("esp32", true), ("esp32-s3", true), ("", false), ("ESP32", false), ("-x", false)] {
+            let m = json!({"version":"1","size":1,"sha256":sha,"url":"u","sig":"s","chip":chip});
+            let r = Offer::parse(&serde_json::to_vec(&json!({"rollout":"r","manifest":m})).unwrap());
+            assert_eq!(r.is_ok(), ok, "{chip:?}");
+        }
+        let m = json!({"version":"1","size":1,"sha256":sha,"url":"u","sig":"s","chip":7});
+        assert!(Offer::parse(&serde_json::to_vec(&json!({"rollout":"r","manifest":m})).unwrap()).is_err());
+        let m = json!({"version":"1","size":1,"sha256":sha,"url":"u","sig":"s","extra":{"ratio":0.5}});
+        assert!(matches!(
+            Offer::parse(&serde_json::to_vec(&json!({"rollout":"r","manifest":m})).unwrap()),
+            Err(OtaError::MalformedOffer(_))
+        ));
+        assert!(!is_valid_chip(&"a".repeat(33)) && is_valid_chip(&"a".repeat(32)));
+    }
+
+    #[test]
+    fn public_key_hex_is_parsed_and_checked() {
+        let pk = key(1).verifying_key().to_bytes();
+        let hex: String = pk.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_public_key_hex(&hex), Ok(pk));
+        assert_eq!(parse_public_key_hex(&hex.to_uppercase()), Ok(pk));
+        for bad in ["", "00", &hex[..62], &format!("{}zz", &hex[..62]), &format!("{hex}00")] {
+            assert_eq!(parse_public_key_hex(bad), Err(OtaError::BadPublicKey), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_read_as_sentences_for_status_reports() {
+        let e = OtaError::NotNewer { current: "1.4.2".into(), offered: "1.4.1".into() };
+        assert_eq!(e.to_string(), "version 1.4.1 is not newer than the running 1.4.2 (downgrade refused)");
+        let e = OtaError::WrongChip { device: "esp32".into(), image: "esp32-s3".into() };
+        assert_eq!(e.to_string(), "image is built for chip esp32-s3, this device is esp32");
+    }
+
+    #[test]
+    fn canonical_json_matches_json_stringify_for_escapes_and_nesting() {
+        // Expected strings are what `JSON.stringify` prints for the key-sorted object.
+        let m = json!({
+            "version": "1.0.0", "sig": "x", "url": "https://h/a?b=1&c=\"d\"\\e/é\u{1}\n",
+            "z": [3, {"b": -1, "a": null}], "a": true
+        });
+        let s = String::from_utf8(canonical_manifest_bytes(m.as_object().unwrap())).unwrap();
+        assert_eq!(
+            s,
+            r#"{"a":true,"url":"https://h/a?b=1&c=\"d\"\\e/é\u0001\n","version":"1.0.0","z":[3,{"a":null,"b":-1}]}"#
+        );
     }
 
     #[test]

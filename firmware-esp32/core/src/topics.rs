@@ -51,6 +51,15 @@ impl TopicMap {
             .ok_or_else(|| TopicError::UnknownClass(class.to_string()))
     }
 
+    /// QoS levels the contract allows on topics of `class`.
+    pub fn allowed_qos(&self, class: &str) -> Result<&[u8], TopicError> {
+        self.entries
+            .iter()
+            .find(|e| e.class == class)
+            .map(|e| e.qos.as_slice())
+            .ok_or_else(|| TopicError::UnknownClass(class.to_string()))
+    }
+
     /// Topic of `class` for `device_id`.
     pub fn topic(&self, class: &str, device_id: &str) -> Result<String, TopicError> {
         if !is_valid_device_id(device_id) {
@@ -146,6 +155,17 @@ mod tests {
         c2d.sort();
         subs.sort();
         assert_eq!(c2d, subs);
+    }
+
+    #[test]
+    fn heartbeats_may_go_at_qos_1_so_the_first_one_after_connack_is_acknowledged() {
+        // The backoff resets only after CONNACK + an acknowledged heartbeat (see backoff).
+        let m = TopicMap::load().unwrap();
+        assert!(m.allowed_qos("heartbeat").unwrap().contains(&1));
+        for class in ["cmd-result", "ota-status", "ml-infer"] {
+            assert_eq!(m.allowed_qos(class).unwrap(), [1], "{class}");
+        }
+        assert!(m.allowed_qos("nope").is_err());
     }
 
     #[test]

@@ -3,11 +3,14 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use fleetwire_core::heartbeat::{MAX_INTERVAL_S, MIN_INTERVAL_S};
+use fleetwire_core::ota::{compare_versions, is_valid_chip, parse_public_key_hex};
 use fleetwire_core::topics::is_valid_device_id;
 
 use crate::log::Level;
+use crate::ota::{DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PARTITION_SIZE};
 use crate::secret::Secret;
 
 pub const USAGE: &str = "\
@@ -37,6 +40,20 @@ OPTIONS:
   --log LEVEL         debug | info | warn | error (default info)
   -h, --help          this text
 
+OTA (offers on devices/{id}/ota are verified, downloaded, installed and confirmed):
+  --fw-version V      version the device runs at its first start (default 1.0.0); later the
+                      state in --state-dir says what runs
+  --chip C            the device's chip; an image for another chip is refused (default esp32)
+  --partition-size N  OTA slot size in bytes; larger images are refused (default 1572864)
+  --ota-public-key HEX  Ed25519 public key (64 hex digits) manifests must be signed with;
+                      without it every offer is refused [env FLEETWIRE_OTA_PUBLIC_KEY]
+  --state-dir DIR     per-device NVS and flash slots in DIR/<device-id>/, kept across runs
+                      (default: a temporary directory removed at exit)
+  --fail-boot-version V  simulate that booting version V crashes, so the bootloader rolls
+                      back (repeatable, or a comma list)
+  --ota-confirm-timeout-s N  a new image must reach CONNACK + an acknowledged heartbeat
+                      within N s or it is rolled back (default 120)
+
 Exit status: 0 clean stop, 1 a device gave up (revoked, bad key), 2 usage error.
 ";
 
@@ -64,11 +81,49 @@ pub struct Options {
     pub duration_s: Option<u64>,
     pub stats_s: u64,
     pub log_level: Level,
+    pub ota: OtaOptions,
+}
+
+/// The OTA flags; see `USAGE`.
+#[derive(Debug, Clone)]
+pub struct OtaOptions {
+    pub fw_version: String,
+    pub chip: String,
+    pub partition_size: u64,
+    pub public_key: Option<[u8; 32]>,
+    /// `None`: a temporary directory for this run.
+    pub state_dir: Option<PathBuf>,
+    pub fail_boot_versions: Vec<String>,
+    pub confirm_timeout: Duration,
+}
+
+impl Default for OtaOptions {
+    fn default() -> Self {
+        OtaOptions {
+            fw_version: "1.0.0".into(),
+            chip: "esp32".into(),
+            partition_size: DEFAULT_PARTITION_SIZE,
+            public_key: None,
+            state_dir: None,
+            fail_boot_versions: Vec::new(),
+            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
+        }
+    }
+}
+
+/// A version the core can compare (the anti-downgrade check needs it), at most 64 chars.
+fn version(flag: &str, v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if v.is_empty() || v.len() > 64 || compare_versions(v, v).is_err() {
+        return Err(format!("{flag}: {v:?} is not a version like 1.2.3 or 1.2.3-rc.1"));
+    }
+    Ok(v.to_owned())
 }
 
 #[derive(Debug)]
 pub enum Parsed {
-    Run(Options),
+    /// Boxed: `Options` is large and `Help` is nothing.
+    Run(Box<Options>),
     Help,
 }
 
@@ -110,6 +165,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
     let mut token = None;
     let mut keys_file: Option<PathBuf> = None;
     let mut count: Option<usize> = None;
+    let mut ota_key: Option<String> = None;
     let mut o = Options {
         url: String::new(),
         devices: Vec::new(),
@@ -121,6 +177,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
         duration_s: None,
         stats_s: 10,
         log_level: Level::Info,
+        ota: OtaOptions::default(),
     };
 
     let mut args = args.into_iter();
@@ -152,6 +209,25 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
                 let v = value()?;
                 o.log_level = Level::parse(&v).ok_or_else(|| format!("--log: unknown level {v:?}"))?;
             }
+            "--fw-version" => o.ota.fw_version = version("--fw-version", &value()?)?,
+            "--chip" => {
+                let v = value()?;
+                if !is_valid_chip(&v) {
+                    return Err(format!("--chip: {v:?} is not a chip name like esp32 or esp32-s3"));
+                }
+                o.ota.chip = v;
+            }
+            "--partition-size" => o.ota.partition_size = number("--partition-size", &value()?)?,
+            "--ota-public-key" => ota_key = Some(value()?),
+            "--state-dir" => o.ota.state_dir = Some(PathBuf::from(value()?)),
+            "--fail-boot-version" => {
+                for v in value()?.split(',').filter(|v| !v.trim().is_empty()) {
+                    o.ota.fail_boot_versions.push(version("--fail-boot-version", v)?);
+                }
+            }
+            "--ota-confirm-timeout-s" => {
+                o.ota.confirm_timeout = Duration::from_secs(number("--ota-confirm-timeout-s", &value()?)?)
+            }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
@@ -167,6 +243,18 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
     }
     if !o.webpki_roots && o.ca.is_none() {
         return Err("--no-webpki-roots needs --ca FILE".into());
+    }
+    if o.ota.partition_size == 0 {
+        return Err("--partition-size must be at least 1".into());
+    }
+    if o.ota.confirm_timeout.is_zero() {
+        return Err("--ota-confirm-timeout-s must be at least 1".into());
+    }
+    if let Some(hex) = ota_key.or_else(|| env("FLEETWIRE_OTA_PUBLIC_KEY")) {
+        // Not secret, but the message does not repeat it: it is key material all the same.
+        let key = parse_public_key_hex(&hex)
+            .map_err(|_| "--ota-public-key: expected 64 hex digits of a valid Ed25519 public key".to_owned())?;
+        o.ota.public_key = Some(key);
     }
     o.devices = match (device_id, keys_file) {
         (Some(_), Some(_)) => return Err("use either --device-id or --keys-file, not both".into()),
@@ -206,7 +294,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
             all
         }
     };
-    Ok(Parsed::Run(o))
+    Ok(Parsed::Run(Box::new(o)))
 }
 
 #[cfg(test)]
@@ -221,7 +309,7 @@ mod tests {
     }
     fn run(s: &str) -> Result<Options, String> {
         match parse(args(s), no_env)? {
-            Parsed::Run(o) => Ok(o),
+            Parsed::Run(o) => Ok(*o),
             Parsed::Help => Err("help".into()),
         }
     }
@@ -272,6 +360,50 @@ mod tests {
             assert!(run(bad).is_err(), "{bad}");
         }
         assert!(matches!(parse(args("--help"), no_env), Ok(Parsed::Help)));
+    }
+
+    const KEY: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+    #[test]
+    fn ota_flags_have_defaults_and_take_values() {
+        let o = run("--url ws://h --device-id esp-01 --api-key k").unwrap().ota;
+        assert_eq!((o.fw_version.as_str(), o.chip.as_str(), o.partition_size), ("1.0.0", "esp32", 1_572_864));
+        assert_eq!((o.public_key, o.state_dir, o.confirm_timeout), (None, None, Duration::from_secs(120)));
+        assert!(o.fail_boot_versions.is_empty());
+
+        let o = run(&format!(
+            "--url ws://h --device-id esp-01 --api-key k --fw-version 1.4.2 --chip esp32-s3 --partition-size 2048 \
+             --ota-public-key {KEY} --state-dir /tmp/s --fail-boot-version 2.0.0,2.0.1 --fail-boot-version=3.0.0 \
+             --ota-confirm-timeout-s 30"
+        ))
+        .unwrap()
+        .ota;
+        assert_eq!((o.fw_version.as_str(), o.chip.as_str(), o.partition_size), ("1.4.2", "esp32-s3", 2048));
+        assert_eq!(o.public_key.map(|k| k[0]), Some(0xd7));
+        assert_eq!(o.state_dir.as_deref(), Some(std::path::Path::new("/tmp/s")));
+        assert_eq!(o.fail_boot_versions, ["2.0.0", "2.0.1", "3.0.0"]);
+        assert_eq!(o.confirm_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_ota_key_falls_back_to_the_environment_and_bad_values_are_refused_without_echo() {
+        let env = |k: &str| (k == "FLEETWIRE_OTA_PUBLIC_KEY").then(|| KEY.to_owned());
+        let Parsed::Run(o) = parse(args("--url ws://h --device-id esp-01 --api-key k"), env).unwrap() else { panic!() };
+        assert!(o.ota.public_key.is_some());
+        let bad_key = "ab".repeat(31) + "zz";
+        let err = run(&format!("--url ws://h --device-id esp-01 --api-key k --ota-public-key {bad_key}")).unwrap_err();
+        assert!(!err.contains(&bad_key), "{err}");
+        for bad in [
+            "--fw-version sim-1",
+            "--fw-version 1.x",
+            "--chip ESP32",
+            "--partition-size 0",
+            "--fail-boot-version nope",
+            "--ota-confirm-timeout-s 0",
+            "--ota-public-key 00",
+        ] {
+            assert!(run(&format!("--url ws://h --device-id esp-01 --api-key k {bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ use tokio::time::{interval_at, sleep, Instant};
 use crate::auth::{ApiKeyExchange, Credentials, StaticToken};
 use crate::cli::{Credential, Options};
 use crate::endpoint::Endpoint;
+use crate::flash::TempDir;
 use crate::http::HttpClient;
+use crate::ota::OtaConfig;
 use crate::session::{Exit, Session, SessionConfig, Shutdown};
 use crate::stats::Stats;
 use crate::tls::{self, Trust};
@@ -82,6 +84,29 @@ pub async fn run(opts: Options) -> i32 {
             return EXIT_USAGE;
         }
     };
+    // Without --state-dir, device state lives for this run only (removed on return).
+    let (state_dir, _temp_state) = match &opts.ota.state_dir {
+        Some(dir) => (dir.clone(), None),
+        None => match TempDir::new("fleetwire-sim-state") {
+            Ok(t) => (t.path().to_owned(), Some(t)),
+            Err(e) => {
+                eprintln!("fleetwire-sim: cannot create a state directory: {e}");
+                return EXIT_USAGE;
+            }
+        },
+    };
+    let ota = OtaConfig {
+        public_key: opts.ota.public_key,
+        chip: opts.ota.chip.clone(),
+        partition_size: opts.ota.partition_size,
+        fail_boot_versions: opts.ota.fail_boot_versions.clone(),
+        confirm_timeout: opts.ota.confirm_timeout,
+        tls: Some(tls.clone()),
+        ..OtaConfig::new(state_dir)
+    };
+    if ota.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
+        eprintln!("fleetwire-sim: no --ota-public-key: OTA offers will be refused");
+    }
     let http = HttpClient::new(tls.clone(), IO_TIMEOUT);
     let stats = Arc::new(Stats::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -101,6 +126,8 @@ pub async fn run(opts: Options) -> i32 {
         cfg.telemetry_s = opts.telemetry_s;
         cfg.connack_timeout = IO_TIMEOUT;
         cfg.seed = seed_for(&d.id);
+        cfg.fw = opts.ota.fw_version.clone();
+        cfg.ota = ota.clone();
         let connector = WsConnector::new(endpoint.ws_url.clone(), tls.clone(), IO_TIMEOUT);
         let mut shutdown = Shutdown::new(stop_rx.clone());
         let session = match Session::new(cfg, connector, credentials, stats.clone(), shutdown.clone()) {

@@ -1,18 +1,19 @@
-//! A one-request HTTP/1.1 JSON client on hyper's connection API, over TCP or rustls
-//! with the same trust as the WebSocket. The token exchange is its only user, so
-//! there is no pooling: one connection per request, closed afterwards.
+//! A small HTTP/1.1 client on hyper's connection API, over TCP or rustls with the same
+//! trust as the WebSocket: one JSON POST (the token exchange) and streaming GETs (OTA
+//! images). No pooling: one connection per request, closed afterwards.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::header::{ACCEPT, CONNECTION, CONTENT_TYPE, HOST, RETRY_AFTER};
-use hyper::{Method, Request, Uri};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, RETRY_AFTER};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
 
 use crate::transport::parse_retry_after;
@@ -33,19 +34,83 @@ pub struct HttpClient {
     timeout: Duration,
 }
 
+/// A response whose body is read chunk by chunk. Dropping it closes the connection.
+pub struct StreamingResponse {
+    pub status: u16,
+    pub content_range: Option<String>,
+    body: Incoming,
+    driver: JoinHandle<()>,
+}
+
+impl StreamingResponse {
+    /// The next body bytes; `None` at the end of the body, `Err` when the connection
+    /// broke (including a body shorter than its `Content-Length`).
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => return Some(Ok(data)),
+                    // Trailers carry no image bytes.
+                    Err(_) => continue,
+                },
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+impl Drop for StreamingResponse {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
 impl HttpClient {
+    /// `timeout` bounds connecting and the response head (and a POST's whole body).
     pub fn new(tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
         HttpClient { tls: TlsConnector::from(tls), timeout }
     }
 
     /// POST `body` as JSON to `url`. Errors are transport errors; any HTTP status is `Ok`.
     pub async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<HttpResponse, String> {
-        tokio::time::timeout(self.timeout, self.post_inner(url, body))
-            .await
-            .map_err(|_| format!("POST timed out after {} s", self.timeout.as_secs()))?
+        tokio::time::timeout(self.timeout, async {
+            let headers = [(CONTENT_TYPE, "application/json"), (ACCEPT, "application/json")];
+            let (resp, driver) = self.request(Method::POST, url, &headers, Bytes::from(body)).await?;
+            let status = resp.status().as_u16();
+            let retry_after = parse_retry_after(resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
+            let collected = Limited::new(resp.into_body(), MAX_BODY_BYTES).collect().await;
+            driver.abort();
+            let body = collected.map_err(|e| e.to_string())?.to_bytes().to_vec();
+            Ok(HttpResponse { status, retry_after, body })
+        })
+        .await
+        .map_err(|_| format!("POST timed out after {} s", self.timeout.as_secs()))?
     }
 
-    async fn post_inner(&self, url: &str, body: Vec<u8>) -> Result<HttpResponse, String> {
+    /// GET `url`, optionally with a `Range` header; the body is left to stream. Any HTTP
+    /// status is `Ok`.
+    pub async fn get(&self, url: &str, range: Option<&str>) -> Result<StreamingResponse, String> {
+        tokio::time::timeout(self.timeout, async {
+            let headers: Vec<_> = range.map(|r| (RANGE, r)).into_iter().collect();
+            let (resp, driver) = self.request(Method::GET, url, &headers, Bytes::new()).await?;
+            let status = resp.status().as_u16();
+            let content_range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            Ok(StreamingResponse { status, content_range, body: resp.into_body(), driver })
+        })
+        .await
+        .map_err(|_| format!("GET timed out after {} s", self.timeout.as_secs()))?
+    }
+
+    /// Connect (TCP, then TLS for https), send one request, return the response head
+    /// and the task driving the connection (abort it when done with the body).
+    async fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(hyper::header::HeaderName, &str)],
+        body: Bytes,
+    ) -> Result<(Response<Incoming>, JoinHandle<()>), String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -60,15 +125,11 @@ impl HttpClient {
         let _ = tcp.set_nodelay(true);
 
         let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(HOST, authority.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .header(ACCEPT, "application/json")
-            .header(CONNECTION, "close")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let mut req = Request::builder().method(method).uri(path).header(HOST, authority.as_str());
+        for (name, value) in headers {
+            req = req.header(name, *value);
+        }
+        let req = req.header(CONNECTION, "close").body(Full::new(body)).map_err(|e| e.to_string())?;
         if https {
             let name = ServerName::try_from(host).map_err(|e| format!("TLS server name: {e}"))?;
             let tls = self.tls.connect(name, tcp).await.map_err(|e| format!("TLS with {authority}: {e}"))?;
@@ -79,25 +140,24 @@ impl HttpClient {
     }
 }
 
-async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<HttpResponse, String>
+async fn send<S>(stream: S, req: Request<Full<Bytes>>) -> Result<(Response<Incoming>, JoinHandle<()>), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
-    // The connection future does the socket I/O; it ends once `sender` is dropped.
-    let driver = tokio::spawn(conn);
-    let result = async {
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let retry_after = parse_retry_after(resp.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()));
-        let body = Limited::new(resp.into_body(), MAX_BODY_BYTES).collect().await.map_err(|e| e.to_string())?;
-        Ok(HttpResponse { status, retry_after, body: body.to_bytes().to_vec() })
+    // The connection future does the socket I/O, the body's included; it ends once the
+    // response is read and `sender` is dropped, or when the caller aborts it.
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    match sender.send_request(req).await {
+        Ok(resp) => Ok((resp, driver)),
+        Err(e) => {
+            driver.abort();
+            Err(e.to_string())
+        }
     }
-    .await;
-    drop(sender);
-    driver.abort();
-    result
 }
 
 #[cfg(test)]

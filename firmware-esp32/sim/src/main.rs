@@ -7,7 +7,7 @@ use fleetwire_sim::fleet;
 
 fn main() -> ExitCode {
     let opts = match cli::parse(std::env::args().skip(1), |k| std::env::var(k).ok()) {
-        Ok(Parsed::Run(opts)) => opts,
+        Ok(Parsed::Run(opts)) => *opts,
         Ok(Parsed::Help) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

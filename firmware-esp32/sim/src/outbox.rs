@@ -74,6 +74,11 @@ impl Outbox {
         (publish, evicted)
     }
 
+    /// Whether a publish of `kind` still waits for its PUBACK.
+    pub fn has_in_flight(&self, kind: &Kind) -> bool {
+        self.inflight.iter().any(|f| &f.kind == kind)
+    }
+
     /// PUBACK received: the acknowledged entry, if it was ours.
     pub fn ack(&mut self, packet_id: u16) -> Option<InFlight> {
         let pos = self.inflight.iter().position(|f| f.publish.packet_id == Some(packet_id))?;
@@ -121,7 +126,9 @@ mod tests {
         let (a, _) = o.publish("t/a", b"a".to_vec(), Kind::Heartbeat, now);
         let (b, _) = o.publish("t/b", b"b".to_vec(), Kind::OtaStatus, now);
         assert!(o.ack(999).is_none());
+        assert!(o.has_in_flight(&Kind::Heartbeat) && o.has_in_flight(&Kind::OtaStatus));
         assert_eq!(o.ack(a.packet_id.unwrap()).unwrap().kind, Kind::Heartbeat);
+        assert!(!o.has_in_flight(&Kind::Heartbeat));
         assert_eq!(o.len(), 1);
         assert_eq!(o.ack(b.packet_id.unwrap()).unwrap().publish.payload, b"b");
         assert!(o.is_empty());

@@ -5,7 +5,8 @@
 //! whole state machine is unit-tested against an in-memory broker. All decisions that
 //! the ESP32 firmware also makes come from `fleetwire-core`: MQTT codec, backoff with
 //! full jitter (reset only after CONNACK + first acknowledged heartbeat), close-code
-//! actions, heartbeat payload and schedule, command handling and duplicate detection.
+//! actions, heartbeat payload and schedule, command handling and duplicate detection,
+//! and (through [`crate::ota`]) the whole OTA path including simulated reboots.
 
 use std::mem;
 use std::sync::Arc;
@@ -15,18 +16,18 @@ use fleetwire_core::backoff::{Backoff, BackoffConfig, LinkState};
 use fleetwire_core::close_codes::{CloseAction, CloseCodes};
 use fleetwire_core::commands::Handled;
 use fleetwire_core::mqtt::{self, Connect, Decoder, Packet, Publish, QoS};
-use fleetwire_core::ota::Offer;
 use fleetwire_core::platform::{Rng, XorShiftRng};
 use fleetwire_core::topics::{DeviceTopics, TopicMap};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::watch;
-use tokio::time::{interval, sleep, Instant, MissedTickBehavior};
+use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::auth::{AuthError, Token, TokenSource};
 use crate::device::{DeviceSettings, SimDevice};
 use crate::handshake::HandshakeError;
 use crate::log::{Level, Opt};
+use crate::ota::{OtaAgent, OtaConfig};
 use crate::outbox::{Kind, Outbox};
 use crate::secret::Secret;
 use crate::sim_log;
@@ -45,6 +46,9 @@ const REFRESH_RETRY: Duration = Duration::from_secs(30);
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Bound on one frame send; a broker that stops reading must not freeze the device.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Before a reboot, how long OTA statuses (`rebooting`) get to be acknowledged, so the
+/// server hears about the reboot before the device goes quiet.
+const REBOOT_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -57,7 +61,10 @@ pub struct SessionConfig {
     /// Bound on waiting for CONNACK.
     pub connack_timeout: Duration,
     pub backoff: BackoffConfig,
+    /// The firmware version at first start; after that the persisted OTA state says
+    /// what runs.
     pub fw: String,
+    pub ota: OtaConfig,
     /// Seeds the backoff jitter and the sensor.
     pub seed: u64,
 }
@@ -71,7 +78,8 @@ impl SessionConfig {
             telemetry_s: 60,
             connack_timeout: Duration::from_secs(10),
             backoff: BackoffConfig::default(),
-            fw: concat!("sim-", env!("CARGO_PKG_VERSION")).to_owned(),
+            fw: "1.0.0".to_owned(),
+            ota: OtaConfig::new(std::env::temp_dir().join(format!("fleetwire-sim-{}", std::process::id()))),
             seed: 1,
         }
     }
@@ -121,6 +129,8 @@ enum End {
     Refused(u8),
     Failed(String),
     Stop(String),
+    /// DISCONNECT sent because the device reboots (OTA install or rollback).
+    Reboot,
 }
 
 /// What one turn of the connected loop asks for, besides flushing its output.
@@ -142,6 +152,8 @@ struct Conn {
     refresh_requested: bool,
     refresh_retry_at: Option<Instant>,
     refresh_warned: bool,
+    /// A reboot is due: end the connection once OTA statuses are acknowledged or then.
+    reboot_by: Option<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +182,7 @@ pub struct Session<C: Connector, T: TokenSource> {
     token: Option<Token>,
     token_obtained_at: Option<Instant>,
     outbox: Outbox,
+    ota: OtaAgent,
     stats: Arc<Stats>,
     shutdown: Shutdown,
     boot: Instant,
@@ -188,10 +201,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         let topics = TopicMap::load()
             .and_then(|m| m.device_topics(&cfg.device_id))
             .map_err(|e| format!("device {:?}: {e:?}", cfg.device_id))?;
-        let settings =
-            DeviceSettings { fw: cfg.fw.clone(), keepalive_s: cfg.keepalive_s, telemetry_s: cfg.telemetry_s };
-        // A different stream than the jitter's, so sensor values and delays are unrelated.
-        let device = SimDevice::new(settings, cfg.heartbeat_s, cfg.seed ^ 0x5EED_5E45_0000_0001)?;
+        let ota = OtaAgent::open(&cfg.device_id, cfg.ota.clone(), &cfg.fw, stats.clone(), cfg.seed)?;
+        let device = Self::boot_device(&cfg, ota.running_version())?;
         Ok(Session {
             topics,
             device,
@@ -203,6 +214,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             token: None,
             token_obtained_at: None,
             outbox: Outbox::new(OUTBOX_CAPACITY),
+            ota,
             stats,
             shutdown,
             boot: Instant::now(),
@@ -222,8 +234,44 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         &self.cfg.device_id
     }
 
+    /// What RAM holds after a boot: heartbeat schedule from the configuration (a
+    /// server-set interval is forgotten, as on the board), `fw` = the running version.
+    fn boot_device(cfg: &SessionConfig, fw: &str) -> Result<SimDevice, String> {
+        let settings = DeviceSettings { fw: fw.to_owned(), keepalive_s: cfg.keepalive_s, telemetry_s: cfg.telemetry_s };
+        // A different stream than the jitter's, so sensor values and delays are unrelated.
+        SimDevice::new(settings, cfg.heartbeat_s, cfg.seed ^ 0x5EED_5E45_0000_0001)
+    }
+
+    /// A simulated reboot (the connection is already closed): the OTA agent picks the
+    /// slot, and RAM state starts over: heartbeat sequence and uptime, backoff, command
+    /// memory. Unacknowledged OTA statuses stay queued, as firmware keeps its pending
+    /// OTA report in NVS.
+    fn reboot(&mut self) {
+        self.ota.reboot();
+        let fw = self.ota.running_version().to_owned();
+        self.device = Self::boot_device(&self.cfg, &fw).expect("the settings were valid at the first boot");
+        self.backoff = Backoff::new(self.cfg.backoff);
+        self.boot = Instant::now();
+        sim_log!(Level::Info, self.id(), "booted", fw = fw, ota = format!("{:?}", self.ota.slot_state()));
+    }
+
+    /// Sleep `delay` while offline, still serving OTA (download events, the
+    /// confirmation deadline). Returns early when a reboot is due; `Err` on shutdown.
+    async fn offline_wait(&mut self, delay: Duration) -> Result<(), Exit> {
+        let until = Instant::now() + delay;
+        while !self.ota.reboot_due() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                _ = self.shutdown.wait() => return Err(Exit::Shutdown),
+                _ = self.ota.poll() => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Run until shutdown or a fatal refusal.
     pub async fn run(mut self) -> Exit {
+        self.ota.resume();
         let mut delay = Duration::ZERO;
         loop {
             if !delay.is_zero() {
@@ -234,13 +282,15 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     delay_ms = delay.as_millis(),
                     attempt = self.backoff.attempt()
                 );
-                tokio::select! {
-                    _ = sleep(delay) => {}
-                    _ = self.shutdown.wait() => return Exit::Shutdown,
+                if let Err(exit) = self.offline_wait(delay).await {
+                    return exit;
                 }
             }
             if self.shutdown.is_set() {
                 return Exit::Shutdown;
+            }
+            if self.ota.reboot_due() {
+                self.reboot();
             }
             let jwt = match self.current_token().await {
                 Ok(Some(jwt)) => jwt,
@@ -280,7 +330,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             delay = match end {
                 End::Shutdown => return Exit::Shutdown,
                 End::Stop(why) => return self.stop(why),
-                End::Refreshed => Duration::ZERO,
+                // The reboot happens at the top of the loop; a booted device connects at once.
+                End::Refreshed | End::Reboot => Duration::ZERO,
                 End::Closed(info) => match self.on_closed(info) {
                     Ok(()) => self.backoff_delay(None),
                     Err(exit) => return exit,
@@ -434,7 +485,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             self.id(),
             "connected",
             session_present = session_present,
-            attempt = self.backoff.attempt()
+            attempt = self.backoff.attempt(),
+            fw = self.ota.running_version()
         );
 
         let now = Instant::now();
@@ -447,6 +499,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             refresh_requested: false,
             refresh_retry_at: None,
             refresh_warned: false,
+            reboot_by: None,
         };
         // Subscribe every time: cheap, and correct even if the broker lost the session.
         let sub_id = self.outbox.next_packet_id();
@@ -457,6 +510,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             sim_log!(Level::Debug, self.id(), "resend", topic = p.topic, packet_id = Opt(p.packet_id));
             Self::put_publish(&mut out, &p);
         }
+        // Reports made while offline (e.g. a rollback at boot) go out after the re-sends.
+        self.flush_ota(&mut out);
         self.device.state.heartbeat.reset_schedule();
 
         let mut tick = interval(TICK);
@@ -477,6 +532,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             match flow {
                 Flow::Continue => {}
                 Flow::End(end) => return end,
+                // The reboot reconnects anyway; the refresh can wait for the new boot.
+                Flow::Refresh if self.ota.reboot_due() => {}
                 Flow::Refresh => match self.refresh_while_connected(&mut conn).await {
                     Some(End::Refreshed) => {
                         let _ = Self::send_frame(link, mqtt::encode_disconnect()).await;
@@ -486,14 +543,20 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     None => {}
                 },
             }
+            if self.ota.reboot_due() && self.ready_to_reboot(&mut conn) {
+                let _ = Self::send_frame(link, mqtt::encode_disconnect()).await;
+                return End::Reboot;
+            }
             enum Wake {
                 Link(LinkEvent),
                 Tick,
+                Ota,
                 Shutdown,
             }
             let wake = tokio::select! {
                 ev = link.recv() => Wake::Link(ev),
                 _ = tick.tick() => Wake::Tick,
+                _ = self.ota.poll() => Wake::Ota,
                 _ = self.shutdown.wait() => Wake::Shutdown,
             };
             flow = match wake {
@@ -505,11 +568,30 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 Wake::Link(LinkEvent::Closed(info)) => Flow::End(End::Closed(info)),
                 Wake::Link(LinkEvent::Failed(e)) => Flow::End(End::Failed(e)),
                 Wake::Tick => self.on_tick(&mut out, &mut conn),
+                Wake::Ota => {
+                    self.flush_ota(&mut out);
+                    Flow::Continue
+                }
                 Wake::Shutdown => {
                     out.extend(mqtt::encode_disconnect());
                     Flow::End(End::Shutdown)
                 }
             };
+        }
+    }
+
+    /// A due reboot waits until the OTA statuses in flight (`rebooting`) are
+    /// acknowledged, at most [`REBOOT_FLUSH`].
+    fn ready_to_reboot(&self, conn: &mut Conn) -> bool {
+        let by = *conn.reboot_by.get_or_insert_with(|| Instant::now() + REBOOT_FLUSH);
+        !self.outbox.has_in_flight(&Kind::OtaStatus) || Instant::now() >= by
+    }
+
+    /// Publish the OTA agent's pending status reports (QoS 1, through the outbox).
+    fn flush_ota(&mut self, out: &mut Vec<u8>) {
+        let topic = self.topics.ota_status.clone();
+        for status in self.ota.take_statuses() {
+            self.publish_qos1(out, &topic, status, Kind::OtaStatus);
         }
     }
 
@@ -549,7 +631,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 Err(e) => return Flow::End(End::Failed(format!("malformed MQTT from broker: {e}"))),
             };
             match packet {
-                Packet::PubAck { packet_id } => self.on_puback(packet_id),
+                Packet::PubAck { packet_id } => self.on_puback(packet_id, out),
                 Packet::SubAck { packet_id, return_codes } if conn.sub_id == Some(packet_id) => {
                     conn.sub_id = None;
                     for (topic, rc) in self.topics.subscriptions().iter().zip(&return_codes) {
@@ -578,7 +660,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         }
     }
 
-    fn on_puback(&mut self, packet_id: u16) {
+    fn on_puback(&mut self, packet_id: u16, out: &mut Vec<u8>) {
         let Some(done) = self.outbox.ack(packet_id) else {
             sim_log!(Level::Debug, self.id(), "puback-unknown", packet_id = packet_id);
             return;
@@ -591,6 +673,9 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 inc(&self.stats.heartbeats_acked);
                 if was == LinkState::Connected && self.backoff.state() == LinkState::Stable {
                     sim_log!(Level::Info, self.id(), "stable", rtt_ms = rtt_ms);
+                    // The same rule confirms a freshly booted OTA image.
+                    self.ota.on_stable();
+                    self.flush_ota(out);
                 }
             }
             Kind::CmdResult { cid } => sim_log!(Level::Debug, self.id(), "cmd-result-acked", cid = cid),
@@ -614,7 +699,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         } else if p.topic == t.sys {
             return self.on_sys(&p.payload);
         } else if p.topic == t.ota {
-            self.on_ota_offer(&p.payload, out);
+            self.ota.on_offer(&p.payload);
+            self.flush_ota(out);
         } else if p.topic == t.ml_result {
             let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
             let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
@@ -681,43 +767,6 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 Flow::Continue
             }
         }
-    }
-
-    /// The simulator has no flash to write, so it answers every offer honestly with
-    /// `refused` (correlated by rollout) instead of pretending to install it.
-    fn on_ota_offer(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        let (rollout, error) = match Offer::parse(payload) {
-            Ok(offer) => {
-                sim_log!(
-                    Level::Info,
-                    self.id(),
-                    "ota-offer",
-                    rollout = offer.rollout,
-                    version = offer.manifest.version
-                );
-                (offer.rollout, "simulated device: firmware images are not installed".to_owned())
-            }
-            Err(e) => {
-                let rollout = serde_json::from_slice::<Value>(payload)
-                    .ok()
-                    .and_then(|v| v.get("rollout").and_then(Value::as_str).map(str::to_owned))
-                    .filter(|r| !r.is_empty() && r.len() <= 128);
-                sim_log!(
-                    Level::Warn,
-                    self.id(),
-                    "ota-offer-malformed",
-                    rollout = Opt(rollout.as_deref()),
-                    error = format!("{e:?}")
-                );
-                match rollout {
-                    Some(r) => (r, format!("malformed offer: {e:?}")),
-                    None => return,
-                }
-            }
-        };
-        let status = json!({ "rollout": rollout, "state": "refused", "progress": 0, "error": error });
-        let topic = self.topics.ota_status.clone();
-        self.publish_qos1(out, &topic, status.to_string().into_bytes(), Kind::OtaStatus);
     }
 
     fn on_tick(&mut self, out: &mut Vec<u8>, conn: &mut Conn) -> Flow {

@@ -3,73 +3,17 @@
 //! timings exact.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::heartbeat::Heartbeat;
 use fleetwire_core::mqtt::{self, QoS};
-use fleetwire_core::topics::{DeviceTopics, TopicMap};
+use fleetwire_core::topics::TopicMap;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Exit, Session, SessionConfig, Shutdown};
-use crate::stats::Stats;
+use super::Exit;
 use crate::testkit::*;
 use crate::transport::ConnectError;
-
-const ID: &str = "esp-01";
-
-struct Harness {
-    conns: mpsc::UnboundedReceiver<BrokerConn>,
-    connector: MemConnector,
-    tokens: FakeTokens,
-    stats: Arc<Stats>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Exit>,
-    topics: DeviceTopics,
-}
-
-impl Harness {
-    fn start(tokens: FakeTokens, tweak: impl FnOnce(&mut SessionConfig), failures: Vec<ConnectError>) -> Harness {
-        let mut cfg = SessionConfig::new(ID);
-        cfg.telemetry_s = 0;
-        // No stretch: with MaxRng every delay is exactly the backoff window.
-        cfg.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
-        tweak(&mut cfg);
-        let (connector, conns) = MemConnector::new();
-        connector.failures.lock().unwrap().extend(failures);
-        let stats = Arc::new(Stats::default());
-        let (stop, rx) = watch::channel(false);
-        let session = Session::new(cfg, connector.clone(), tokens.clone(), stats.clone(), Shutdown::new(rx))
-            .unwrap()
-            .with_rng(MaxRng);
-        Harness {
-            conns,
-            connector,
-            tokens,
-            stats,
-            stop,
-            task: tokio::spawn(session.run()),
-            topics: TopicMap::load().unwrap().device_topics(ID).unwrap(),
-        }
-    }
-
-    async fn conn(&mut self) -> BrokerConn {
-        tokio::time::timeout(Duration::from_secs(3600), self.conns.recv()).await.expect("no connection").expect("gone")
-    }
-
-    fn attempts(&self) -> Vec<Instant> {
-        self.connector.attempts.lock().unwrap().clone()
-    }
-
-    async fn stop(self) -> Exit {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap()
-    }
-}
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
@@ -125,7 +69,9 @@ async fn heartbeats_go_out_qos1_at_once_then_on_schedule_and_pubacks_are_counted
     assert_eq!(first.qos, QoS::AtLeastOnce);
     let hb = Heartbeat::from_json(&first.payload).unwrap();
     assert_eq!(hb.seq, 0);
-    assert!(hb.fw.starts_with("sim-"));
+    assert_eq!(hb.fw, "1.0.0", "the running version (--fw-version's default)");
+    let allowed = TopicMap::load().unwrap().allowed_qos("heartbeat").unwrap().to_vec();
+    assert!(allowed.contains(&1), "topics.json allows the QoS heartbeats use: {allowed:?}");
     c.send(mqtt::encode_puback(first.packet_id.unwrap()));
 
     let second = ack_heartbeat(&mut c).await;
@@ -349,7 +295,7 @@ async fn keepalive_pings_when_idle_and_a_missing_pingresp_drops_the_link() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_ota_offer_is_answered_refused_with_its_rollout() {
+async fn without_a_public_key_an_ota_offer_is_refused_with_its_rollout() {
     let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
     let mut c = h.conn().await;
     c.accept().await;
@@ -362,7 +308,7 @@ async fn an_ota_offer_is_answered_refused_with_its_rollout() {
         (v["rollout"].as_str(), v["state"].as_str(), v["progress"].as_u64()),
         (Some("r-1"), Some("refused"), Some(0))
     );
-    assert!(v["error"].as_str().unwrap().contains("simulated"));
+    assert!(v["error"].as_str().unwrap().contains("no OTA public key configured"), "{v}");
     assert_eq!(h.stop().await, Exit::Shutdown);
 }
 

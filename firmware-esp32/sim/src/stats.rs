@@ -19,6 +19,12 @@ pub struct Stats {
     pub tokens_fetched: AtomicU64,
     /// Devices that gave up (revoked, bad key).
     pub stopped: AtomicU64,
+    /// OTA updates confirmed on the new version.
+    pub ota_success: AtomicU64,
+    /// OTA updates that failed (download, verification) or were rolled back.
+    pub ota_failed: AtomicU64,
+    /// OTA offers refused (signature, chip, size, downgrade, busy, malformed).
+    pub ota_refused: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -29,7 +35,7 @@ impl Stats {
     pub fn summary(&self, devices: usize) -> String {
         format!(
             "stats devices={devices} connected={} hb_sent={} hb_acked={} reconnects={} connect_failures={} cmds={} \
-             cmd_dups={} telemetry={} tokens={} stopped={}",
+             cmd_dups={} telemetry={} tokens={} stopped={} ota_ok={} ota_failed={} ota_refused={}",
             self.connected.load(Relaxed),
             self.heartbeats_sent.load(Relaxed),
             self.heartbeats_acked.load(Relaxed),
@@ -40,6 +46,9 @@ impl Stats {
             self.telemetry_sent.load(Relaxed),
             self.tokens_fetched.load(Relaxed),
             self.stopped.load(Relaxed),
+            self.ota_success.load(Relaxed),
+            self.ota_failed.load(Relaxed),
+            self.ota_refused.load(Relaxed),
         )
     }
 }

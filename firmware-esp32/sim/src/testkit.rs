@@ -6,15 +6,25 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::mqtt::{self, Decoder, Packet, Publish, QoS};
 use fleetwire_core::platform::Rng;
-use tokio::sync::mpsc;
+use fleetwire_core::topics::{DeviceTopics, TopicMap};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Token, TokenSource, REFRESH_FRACTION};
+use crate::flash::TempDir;
 use crate::handshake;
+use crate::ota::OtaConfig;
 use crate::secret::Secret;
+use crate::session::{Exit, Session, SessionConfig, Shutdown};
+use crate::stats::Stats;
 use crate::transport::{CloseInfo, ConnectError, Connector, Link, LinkEvent};
+
+/// The device id the harness runs.
+pub const ID: &str = "esp-01";
 
 /// Upper bound (virtual time) for any single expectation, so a broken test fails
 /// instead of hanging.
@@ -303,6 +313,78 @@ impl TokenSource for FakeTokens {
     }
 }
 
+/// A [`SessionConfig`] whose device state (emulated NVS and flash) lives in `state`.
+pub fn session_config(device_id: &str, state: &TempDir) -> SessionConfig {
+    let mut cfg = SessionConfig::new(device_id);
+    cfg.ota = OtaConfig::new(state.path().to_owned());
+    cfg
+}
+
+/// One simulated device ([`ID`]) running against the in-memory broker.
+pub struct Harness {
+    pub conns: mpsc::UnboundedReceiver<BrokerConn>,
+    pub connector: MemConnector,
+    pub tokens: FakeTokens,
+    pub stats: Arc<Stats>,
+    pub stop: watch::Sender<bool>,
+    pub task: JoinHandle<Exit>,
+    pub topics: DeviceTopics,
+    /// The device's persistent state; shared with a later harness to simulate a
+    /// restart of the simulator process.
+    pub state: Arc<TempDir>,
+}
+
+impl Harness {
+    pub fn start(tokens: FakeTokens, tweak: impl FnOnce(&mut SessionConfig), failures: Vec<ConnectError>) -> Harness {
+        let state = Arc::new(TempDir::new("fleetwire-sim-test").unwrap());
+        Harness::start_in(state, tokens, tweak, failures)
+    }
+
+    /// Like [`Harness::start`], on existing device state.
+    pub fn start_in(
+        state: Arc<TempDir>,
+        tokens: FakeTokens,
+        tweak: impl FnOnce(&mut SessionConfig),
+        failures: Vec<ConnectError>,
+    ) -> Harness {
+        let mut cfg = session_config(ID, &state);
+        cfg.telemetry_s = 0;
+        // No stretch: with MaxRng every delay is exactly the backoff window.
+        cfg.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
+        tweak(&mut cfg);
+        let (connector, conns) = MemConnector::new();
+        connector.failures.lock().unwrap().extend(failures);
+        let stats = Arc::new(Stats::default());
+        let (stop, rx) = watch::channel(false);
+        let session = Session::new(cfg, connector.clone(), tokens.clone(), stats.clone(), Shutdown::new(rx))
+            .unwrap()
+            .with_rng(MaxRng);
+        Harness {
+            conns,
+            connector,
+            tokens,
+            stats,
+            stop,
+            task: tokio::spawn(session.run()),
+            topics: TopicMap::load().unwrap().device_topics(ID).unwrap(),
+            state,
+        }
+    }
+
+    pub async fn conn(&mut self) -> BrokerConn {
+        tokio::time::timeout(EXPECT_WITHIN, self.conns.recv()).await.expect("no connection").expect("gone")
+    }
+
+    pub fn attempts(&self) -> Vec<Instant> {
+        self.connector.attempts.lock().unwrap().clone()
+    }
+
+    pub async fn stop(self) -> Exit {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap()
+    }
+}
+
 /// Always picks the top of the jitter range, making backoff delays exact.
 pub struct MaxRng;
 impl Rng for MaxRng {
@@ -332,4 +414,112 @@ pub fn test_pki(name: &str) -> std::path::PathBuf {
         dir
     });
     dir.join(name)
+}
+
+/// How [`ImageServer`] misbehaves.
+#[derive(Debug, Clone, Default)]
+pub struct ImageBehaviour {
+    /// Close the connection after this many body bytes, on the first request only.
+    pub cut_once_after: Option<usize>,
+    /// Stop sending at this image offset while keeping the connection open (every
+    /// request: a resume from there gets nothing).
+    pub stall_at: Option<usize>,
+    /// Answer every request with the whole image (200), like a server without ranges.
+    pub ignore_range: bool,
+    /// Answer with this status and no body instead of the image.
+    pub status: Option<u16>,
+}
+
+/// A tiny HTTP/1.1 image server on a real 127.0.0.1 socket, with `Range: bytes=N-`.
+pub struct ImageServer {
+    /// URL of the image (`http://127.0.0.1:PORT/fw.bin`).
+    pub url: String,
+    /// The `Range` header of every request received, in order.
+    pub ranges: Arc<Mutex<Vec<Option<String>>>>,
+    pub behaviour: Arc<Mutex<ImageBehaviour>>,
+}
+
+impl ImageServer {
+    pub async fn start(image: Vec<u8>, behaviour: ImageBehaviour) -> ImageServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fw.bin", listener.local_addr().unwrap());
+        let ranges: Arc<Mutex<Vec<Option<String>>>> = Default::default();
+        let behaviour = Arc::new(Mutex::new(behaviour));
+        let image = Arc::new(image);
+        let (seen, how) = (ranges.clone(), behaviour.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let (seen, how, image) = (seen.clone(), how.clone(), image.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let range = head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+                    });
+                    seen.lock().unwrap().push(range.clone());
+                    let b = {
+                        let mut b = how.lock().unwrap();
+                        let now = b.clone();
+                        b.cut_once_after = None;
+                        now
+                    };
+                    let len = image.len();
+                    let from = range
+                        .filter(|_| !b.ignore_range)
+                        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+                    let (head, body, start) = match (b.status, from) {
+                        (Some(status), _) => {
+                            let head = format!("HTTP/1.1 {status} Nope\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                            (head, &[][..], 0)
+                        }
+                        (None, Some(from)) if from >= len => (
+                            format!("HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */{len}\r\ncontent-length: 0\r\n\r\n"),
+                            &[][..],
+                            from,
+                        ),
+                        (None, Some(from)) => (
+                            format!(
+                                "HTTP/1.1 206 Partial Content\r\ncontent-range: bytes {from}-{}/{len}\r\ncontent-length: {}\r\n\r\n",
+                                len - 1,
+                                len - from
+                            ),
+                            &image[from..],
+                            from,
+                        ),
+                        (None, None) => (format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n"), &image[..], 0),
+                    };
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let stall = b.stall_at.map(|at| at.saturating_sub(start));
+                    let cut = b.cut_once_after.or(stall).unwrap_or(usize::MAX).min(body.len());
+                    // Small writes, so the client sees progress rather than one big chunk.
+                    for chunk in body[..cut].chunks(4096) {
+                        if s.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    if stall.is_some() && b.cut_once_after.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        ImageServer { url, ranges, behaviour }
+    }
+
+    pub fn ranges(&self) -> Vec<Option<String>> {
+        self.ranges.lock().unwrap().clone()
+    }
 }

@@ -21,11 +21,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::WsConnector;
 use crate::auth::StaticToken;
+use crate::flash::TempDir;
 use crate::handshake::HandshakeError;
 use crate::secret::Secret;
-use crate::session::{Exit, Session, SessionConfig, Shutdown};
+use crate::session::{Exit, Session, Shutdown};
 use crate::stats::Stats;
-use crate::testkit::{publish_qos1, BrokerConn, DevicePacket};
+use crate::testkit::{publish_qos1, session_config, BrokerConn, DevicePacket};
 use crate::tls::{client_config, Trust};
 use crate::transport::{ConnectError, Connector, Link, LinkEvent};
 
@@ -246,7 +247,8 @@ async fn a_session_runs_over_a_real_websocket_with_the_subprotocol_handshake() {
     let mut server = serve(false, Answer::Mqtt, &[]).await;
     let stats = Arc::new(Stats::default());
     let (stop, rx) = watch::channel(false);
-    let mut cfg = SessionConfig::new("esp-01");
+    let state = TempDir::new("fleetwire-sim-ws-test").unwrap();
+    let mut cfg = session_config("esp-01", &state);
     cfg.telemetry_s = 0;
     let session = Session::new(
         cfg,
@@ -285,8 +287,9 @@ async fn a_session_runs_over_a_real_websocket_with_the_subprotocol_handshake() {
 async fn close_codes_arrive_through_the_websocket_close_frame() {
     let mut server = serve(false, Answer::Mqtt, &[]).await;
     let (_stop, rx) = watch::channel(false);
+    let state = TempDir::new("fleetwire-sim-ws-test").unwrap();
     let session = Session::new(
-        SessionConfig::new("esp-01"),
+        session_config("esp-01", &state),
         connector(&server.url, false),
         StaticToken::new(Secret::new(JWT)),
         Arc::new(Stats::default()),
@@ -364,7 +367,7 @@ async fn the_fleet_exchanges_keys_connects_every_device_and_stops_cleanly() {
     else {
         panic!()
     };
-    let fleet = tokio::spawn(crate::fleet::run(opts));
+    let fleet = tokio::spawn(crate::fleet::run(*opts));
     let b1 = tokio::spawn(auto_broker(next_conn(&mut server).await));
     let b2 = tokio::spawn(auto_broker(next_conn(&mut server).await));
     assert_eq!(fleet.await.unwrap(), crate::fleet::EXIT_OK);
@@ -388,6 +391,6 @@ async fn a_rejected_api_key_stops_the_device_and_the_exit_code_says_so() {
     else {
         panic!()
     };
-    let code = tokio::time::timeout(Duration::from_secs(10), crate::fleet::run(opts)).await.unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(10), crate::fleet::run(*opts)).await.unwrap();
     assert_eq!(code, crate::fleet::EXIT_DEVICE_STOPPED);
 }
