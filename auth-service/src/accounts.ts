@@ -5,7 +5,7 @@
  */
 import type { Redis } from 'ioredis';
 import {
-  FleetwireError, redisKeys, revokeToken, signToken,
+  FleetwireError, jwtContract, redisKeys, revokeToken, revokeUserTokens, signToken,
   type FleetwireClaims, type KeyRing, type Logger, type UserRole,
 } from '@fleetwire/common';
 import type { AuditLog } from './audit.js';
@@ -224,6 +224,35 @@ export class Accounts {
       }
       throw err;
     }
+  }
+
+  /** A new role applies at once: the user's older tokens are revoked; the next refresh carries the new role. */
+  async changeRole(userId: string, role: UserRole, actor: string, ip?: string): Promise<User> {
+    const before = await this.d.users.byId(userId);
+    if (!before) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
+    const res = await this.d.users.setRole(userId, role);
+    if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
+    if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
+    if (before.role !== role) await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    await this.d.audit.record({ type: 'user.role-changed', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { from: before.role, to: role } });
+    return (await this.d.users.byId(userId))!;
+  }
+
+  /** Removes the account, ends its sessions, and revokes its tokens (the broker disconnects it). */
+  async deleteUser(userId: string, actor: string, ip?: string): Promise<void> {
+    const user = await this.d.users.byId(userId);
+    if (!user) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
+    const res = await this.d.users.delete(user);
+    if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
+    if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
+    const ended = await this.d.sessions.endAll(userId);
+    await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    await this.d.audit.record({ type: 'user.deleted', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { email: user.email, role: user.role, sessions_ended: ended } });
+  }
+
+  /** How long a user's access token can live: how long a revocation must be remembered. */
+  private tokenLifetimeS(): number {
+    return this.d.config.accessTokenTtlS + jwtContract.clock_tolerance_s;
   }
 
   async unlock(userId: string, actor: string, ip?: string): Promise<{ was_locked: boolean }> {

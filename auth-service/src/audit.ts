@@ -9,7 +9,7 @@ import { redisKeys, type Logger } from '@fleetwire/common';
 export const AUDIT_TYPES = [
   'login.succeeded', 'login.failed', 'account.locked', 'account.unlocked',
   'password.changed', 'password.reset-requested', 'password.reset-completed', 'password.rehashed',
-  'refresh.reused', 'session.ended', 'user.created',
+  'refresh.reused', 'session.ended', 'user.created', 'user.role-changed', 'user.deleted',
   'device.registered', 'device.updated', 'device.key-rotated', 'device.revoked',
   'signing-key.rotated', 'service-token.issued',
 ] as const;

@@ -29,14 +29,40 @@ export function emailDigest(email: string): string {
   return digest(normalizeEmail(email));
 }
 
-/** KEYS: email index, user hash, users index, legacy set. ARGV: id, created_at, legacy flag, field/value pairs. */
+/** KEYS: email index, user hash, users index, legacy set, admin set. ARGV: id, created_at, legacy flag, role, field/value pairs. */
 const CREATE_LUA = `
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]), ARGV[1])
 if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+if ARGV[4] == 'admin' then redis.call('SADD', KEYS[5], ARGV[1]) end
 return 1
+`;
+
+/**
+ * KEYS: user hash, admin set. ARGV: id, new role, updated_at. Refuses to demote the
+ * last admin, atomically, so two admins demoting each other cannot leave none.
+ */
+const SET_ROLE_LUA = `
+local role = redis.call('HGET', KEYS[1], 'role')
+if not role then return 'missing' end
+if role == 'admin' and ARGV[2] ~= 'admin' and redis.call('SCARD', KEYS[2]) <= 1 then return 'last-admin' end
+redis.call('HSET', KEYS[1], 'role', ARGV[2], 'updated_at', ARGV[3])
+if ARGV[2] == 'admin' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
+return 'ok'
+`;
+
+/** KEYS: user hash, email index, users index, legacy set, admin set. ARGV: id. */
+const DELETE_LUA = `
+local role = redis.call('HGET', KEYS[1], 'role')
+if not role then return 'missing' end
+if role == 'admin' and redis.call('SCARD', KEYS[5]) <= 1 then return 'last-admin' end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+return 'ok'
 `;
 
 /** KEYS: email index. ARGV: user key prefix. The user's fields, in one round trip. */
@@ -48,7 +74,9 @@ return redis.call('HGETALL', ARGV[1] .. id)
 
 export class UserStore {
   constructor(private readonly redis: Redis) {
-    redis.defineCommand('fwCreateUser', { numberOfKeys: 4, lua: CREATE_LUA });
+    redis.defineCommand('fwCreateUser', { numberOfKeys: 5, lua: CREATE_LUA });
+    redis.defineCommand('fwSetUserRole', { numberOfKeys: 2, lua: SET_ROLE_LUA });
+    redis.defineCommand('fwDeleteUser', { numberOfKeys: 5, lua: DELETE_LUA });
     redis.defineCommand('fwUserByEmail', { numberOfKeys: 1, lua: BY_EMAIL_LUA });
   }
 
@@ -61,8 +89,8 @@ export class UserStore {
     };
     const fields = Object.entries(user).flatMap(([k, v]) => [k, String(v)]);
     const created = await (this.redis as unknown as UserCommands).fwCreateUser(
-      redisKeys.userByEmail(emailDigest(user.email)), redisKeys.user(user.id), redisKeys.users, redisKeys.legacyUsers,
-      user.id, now, isLegacyHash(input.passwordHash) ? '1' : '0', ...fields,
+      redisKeys.userByEmail(emailDigest(user.email)), redisKeys.user(user.id), redisKeys.users, redisKeys.legacyUsers, redisKeys.adminUsers,
+      user.id, now, isLegacyHash(input.passwordHash) ? '1' : '0', user.role, ...fields,
     );
     return created === 1 ? publicUser(user) : null;
   }
@@ -90,6 +118,18 @@ export class UserStore {
     if (isLegacyHash(hash)) tx.sadd(redisKeys.legacyUsers, id);
     else tx.srem(redisKeys.legacyUsers, id);
     await tx.exec();
+  }
+
+  /** 'missing' | 'last-admin' | 'ok' */
+  async setRole(id: string, role: UserRole): Promise<string> {
+    return (this.redis as unknown as UserCommands).fwSetUserRole(redisKeys.user(id), redisKeys.adminUsers, id, role, Date.now());
+  }
+
+  /** 'missing' | 'last-admin' | 'ok' */
+  async delete(user: User): Promise<string> {
+    return (this.redis as unknown as UserCommands).fwDeleteUser(
+      redisKeys.user(user.id), redisKeys.userByEmail(emailDigest(user.email)), redisKeys.users, redisKeys.legacyUsers, redisKeys.adminUsers, user.id,
+    );
   }
 
   async list(offset: number, limit: number): Promise<{ users: User[]; total: number }> {
@@ -125,5 +165,7 @@ function publicUser(u: UserWithHash): User {
 
 interface UserCommands {
   fwCreateUser(...args: (string | number)[]): Promise<number>;
+  fwSetUserRole(...args: (string | number)[]): Promise<string>;
+  fwDeleteUser(...args: string[]): Promise<string>;
   fwUserByEmail(...args: string[]): Promise<string[]>;
 }

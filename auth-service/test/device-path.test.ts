@@ -111,3 +111,58 @@ describe('signing-key rotation with overlap', () => {
     expect(await connackCode(wsUrl(), token, 'whoever')).toBe(5);
   });
 });
+
+describe('user management', () => {
+  const login = async (email: string, password: string) => (await t.login(email, password)).body as { access_token: string; refresh_token: string };
+
+  it('a role change applies at once: old tokens are refused, the next refresh carries the new role', async () => {
+    const admin = await t.tokenFor('admin');
+    const created = await t.api('POST', '/v1/users', { token: admin, body: { email: 'mover@example.com', password: 'mover-long-passphrase', role: 'operator' } });
+    const s = await login('mover@example.com', 'mover-long-passphrase');
+    expect((await t.api('POST', '/v1/devices', { token: s.access_token, body: { type: 'esp32' } })).status).toBe(201);
+    await new Promise((r) => setTimeout(r, 1100)); // the revocation covers tokens issued in earlier seconds
+
+    const res = await t.api('PATCH', `/v1/users/${created.body.id as string}`, { token: admin, body: { role: 'viewer' } });
+    expect(res.body).toMatchObject({ role: 'viewer' });
+    const old = await t.api('GET', '/v1/auth/me', { token: s.access_token });
+    expect(old.body.error?.code).toBe('AUTH_TOKEN_REVOKED');
+    const fresh = (await t.api('POST', '/v1/auth/refresh', { body: { refresh_token: s.refresh_token } })).body.access_token as string;
+    expect((await t.api('GET', '/v1/devices', { token: fresh })).status).toBe(200);
+    expect((await t.api('POST', '/v1/devices', { token: fresh, body: { type: 'esp32' } })).status).toBe(403);
+    const { records } = await t.auth.audit.query({ type: 'user.role-changed', limit: 1 });
+    expect(records[0]?.detail).toEqual({ from: 'operator', to: 'viewer' });
+  });
+
+  it('deleting a user ends their sessions, refuses their tokens and closes their MQTT connection', async () => {
+    const admin = await t.tokenFor('admin');
+    const created = await t.api('POST', '/v1/users', { token: admin, body: { email: 'leaver@example.com', password: 'leaver-long-passphrase', role: 'operator' } });
+    const id = created.body.id as string;
+    const s = await login('leaver@example.com', 'leaver-long-passphrase');
+    const mqttUser = await connect(wsUrl(), s.access_token, `user:${id}:dashboard`);
+    const closed = closeOf(mqttUser);
+    await new Promise((r) => setTimeout(r, 1100));
+
+    expect((await t.api('DELETE', `/v1/users/${id}`, { token: admin })).status).toBe(204);
+    expect((await closed).code).toBe(4003);
+    expect((await t.api('GET', '/v1/auth/me', { token: s.access_token })).status).toBe(401);
+    expect(await connackCode(wsUrl(), s.access_token, `user:${id}:dashboard`)).toBe(5);
+    expect((await t.api('POST', '/v1/auth/refresh', { body: { refresh_token: s.refresh_token } })).status).toBe(401);
+    expect((await t.login('leaver@example.com', 'leaver-long-passphrase')).status).toBe(401);
+    expect((await t.api('GET', `/v1/users/${id}`, { token: admin })).status).toBe(404);
+    const { records } = await t.auth.audit.query({ type: 'user.deleted', subject: `user:${id}`, limit: 1 });
+    expect(records[0]?.detail).toMatchObject({ email: 'leaver@example.com', sessions_ended: 1 });
+  });
+
+  it('the last admin can be neither deleted nor demoted', async () => {
+    const admin = await t.tokenFor('admin');
+    const me = (await t.api('GET', '/v1/auth/me', { token: admin })).body.id as string;
+    for (const [method, body] of [['DELETE', undefined], ['PATCH', { role: 'operator' }]] as const) {
+      const res = await t.api(method, `/v1/users/${me}`, { token: admin, body });
+      expect(res.status).toBe(409);
+      expect(res.body.error?.code).toBe('AUTH_LAST_ADMIN');
+    }
+    const second = await t.api('POST', '/v1/users', { token: admin, body: { email: 'second-admin@example.com', password: 'second-admin-passphrase', role: 'admin' } });
+    expect((await t.api('PATCH', `/v1/users/${second.body.id as string}`, { token: admin, body: { role: 'operator' } })).status).toBe(200);
+    expect((await t.api('PATCH', `/v1/users/${me}`, { token: admin, body: { role: 'superuser' } })).status).toBe(400);
+  });
+});

@@ -149,6 +149,8 @@ describe('RBAC on every route', () => {
     ['GET', '/v1/users', ['admin']],
     ['GET', '/v1/users/no-such-user', ['admin']],
     ['POST', '/v1/users/no-such-user/unlock', ['admin']],
+    ['PATCH', '/v1/users/no-such-user', ['admin']],
+    ['DELETE', '/v1/users/no-such-user', ['admin']],
     ['POST', '/v1/keys/rotate', ['admin']],
     ['POST', '/v1/service-tokens', ['admin']],
     ['GET', '/v1/audit', ['admin']],

@@ -1,13 +1,13 @@
 /**
  * The Redis side of authenticating a CONNECT in one round trip and one
- * command: is the token revoked, what is the device's status, is the client
- * serving a flood penalty. Three separate commands cost measurably more per
+ * command: is the token revoked (by jti, or for a user by a revocation of their
+ * older tokens), what is the device's status, is the client serving a flood penalty. Three separate commands cost measurably more per
  * connect (encoding, parsing, promises) at thousands of connects a second.
  */
-import { redisKeys, type DeviceStatus, type Redis } from '@fleetwire/common';
+import { issuedBefore, redisKeys, type DeviceStatus, type FleetwireClaims, type Redis } from '@fleetwire/common';
 
 const CHECKS = `
-return { redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or '', redis.call('EXISTS', KEYS[3]) }`;
+return { redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'status') or '', redis.call('EXISTS', KEYS[3]), redis.call('GET', KEYS[4]) or '' }`;
 
 export interface ConnectChecks {
   revoked: boolean;
@@ -16,17 +16,20 @@ export interface ConnectChecks {
   penalized: boolean;
 }
 
-type ChecksRedis = Redis & { fwConnectChecks(jti: string, device: string, penalty: string): Promise<[number, string, number]> };
+type ChecksRedis = Redis & { fwConnectChecks(jti: string, device: string, penalty: string, userBefore: string): Promise<[number, string, number, string]> };
 
-export function createConnectChecks(redis: Redis): (jti: string, deviceId: string | null, clientId: string) => Promise<ConnectChecks> {
-  redis.defineCommand('fwConnectChecks', { numberOfKeys: 3, lua: CHECKS });
+export function createConnectChecks(redis: Redis): (claims: FleetwireClaims, clientId: string) => Promise<ConnectChecks> {
+  redis.defineCommand('fwConnectChecks', { numberOfKeys: 4, lua: CHECKS });
   const r = redis as ChecksRedis;
-  return async (jti, deviceId, clientId) => {
-    // A non-device gets a key that never exists, so the script stays one shape.
-    const [revoked, status, penalized] = await r.fwConnectChecks(
-      redisKeys.revokedJti(jti), deviceId ? redisKeys.device(deviceId) : redisKeys.device('-'), redisKeys.floodPenalty(clientId),
+  return async (claims, clientId) => {
+    // Keys that do not apply are ones that never exist, so the script stays one shape.
+    const deviceId = claims.typ === 'device' ? claims.sub : null;
+    const [revokedJti, status, penalized, userBefore] = await r.fwConnectChecks(
+      redisKeys.revokedJti(claims.jti), redisKeys.device(deviceId ?? '-'), redisKeys.floodPenalty(clientId),
+      redisKeys.userTokensBefore(claims.typ === 'user' ? claims.sub : '-'),
     );
     const deviceStatus = deviceId && (status === 'active' || status === 'revoked') ? status : null;
-    return { revoked: revoked === 1, deviceStatus, penalized: penalized === 1 };
+    const revoked = revokedJti === 1 || issuedBefore(claims.iat, userBefore || null);
+    return { revoked, deviceStatus, penalized: penalized === 1 };
   };
 }

@@ -98,7 +98,7 @@ export function installHooks(d: HookDeps): void {
     if (state.transport === 'tcp' && claims.typ !== 'service') {
       throw new FleetwireError('AUTH_FORBIDDEN', 'the TCP listener accepts service tokens only');
     }
-    const { revoked, deviceStatus, penalized } = await connectChecks(claims.jti, claims.typ === 'device' ? claims.sub : null, client.id);
+    const { revoked, deviceStatus, penalized } = await connectChecks(claims, client.id);
     if (revoked) throw new FleetwireError('AUTH_TOKEN_REVOKED');
     if (penalized) throw new FleetwireError('BROKER_FLOOD_PENALTY');
     if (claims.typ === 'device') {

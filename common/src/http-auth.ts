@@ -22,7 +22,7 @@ export async function authenticateRequest(verifier: TokenVerifier, redis: Redis,
   const header = req.headers.authorization ?? '';
   const token = header.startsWith('Bearer ') ? header.slice(7).trim() : '';
   const claims = await verifier.verify(token);
-  if (await isTokenRevoked(redis, claims.jti)) throw new FleetwireError('AUTH_TOKEN_REVOKED');
+  if (await isTokenRevoked(redis, claims)) throw new FleetwireError('AUTH_TOKEN_REVOKED');
   req.caller = claims;
   return claims;
 }

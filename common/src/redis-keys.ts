@@ -5,6 +5,8 @@
 export const redisKeys = {
   device: (id: string) => `fleetwire:device:${id}`,
   revokedJti: (jti: string) => `fleetwire:revoked-jti:${jti}`,
+  /** Unix seconds: a user's tokens issued before this are revoked (role change, deletion). */
+  userTokensBefore: (userId: string) => `fleetwire:user-tokens-before:${userId}`,
   /** Pub/sub channel: every broker node listens and drops matching connections. */
   revocations: 'fleetwire:revocations',
   /** Pub/sub channel for node-to-node control (kick). */
@@ -28,6 +30,8 @@ export const redisKeys = {
   userByEmail: (emailDigest: string) => `fleetwire:user-email:${emailDigest}`,
   /** Sorted set of user ids by creation time. */
   users: 'fleetwire:users',
+  /** Ids of users with the admin role (so the last one cannot be removed). */
+  adminUsers: 'fleetwire:users-admin',
   /** Ids of users whose password hash is still a legacy (pre-argon2id) one. */
   legacyUsers: 'fleetwire:users-legacy',
   refreshToken: (tokenDigest: string) => `fleetwire:refresh:${tokenDigest}`,

@@ -35,8 +35,25 @@ export async function revokeToken(redis: Redis, jti: string, expUnixSeconds: num
   await publishRevocation(redis, { kind: 'token', id: jti });
 }
 
-export async function isTokenRevoked(redis: Redis, jti: string): Promise<boolean> {
-  return (await redis.exists(redisKeys.revokedJti(jti))) === 1;
+/**
+ * Revokes every token of a user issued until now (role change, deletion), for
+ * `ttlS` seconds: the longest such a token could still live. Tokens issued
+ * afterwards (a refresh with the new role) are not affected.
+ */
+export async function revokeUserTokens(redis: Redis, userId: string, ttlS: number): Promise<void> {
+  await redis.set(redisKeys.userTokensBefore(userId), String(Math.floor(Date.now() / 1000)), 'EX', Math.max(1, ttlS));
+  await publishRevocation(redis, { kind: 'user', id: userId });
+}
+
+/** Whether this token was revoked, by its jti or, for a user, by a revocation of all their older tokens. */
+export async function isTokenRevoked(redis: Redis, claims: { jti: string; typ: string; sub: string; iat: number }): Promise<boolean> {
+  const [jti, before] = await redis.mget(redisKeys.revokedJti(claims.jti), claims.typ === 'user' ? redisKeys.userTokensBefore(claims.sub) : redisKeys.userTokensBefore('-'));
+  return jti !== null || issuedBefore(claims.iat, before ?? null);
+}
+
+/** `before` is the stored revocation time (unix seconds) or null. */
+export function issuedBefore(iat: number, before: string | null): boolean {
+  return before !== null && iat < Number(before);
 }
 
 export async function publishRevocation(redis: Redis, event: RevocationEvent): Promise<void> {

@@ -38,6 +38,26 @@ export function userRoutes(app: FastifyInstance, { accounts, users, admin }: Use
     return { ...u, locked_for_s: await accounts.lockRemainingS(u) };
   });
 
+  app.patch<{ Params: { id: string }; Body: { role: UserRole } }>('/v1/users/:id', {
+    onRequest: admin,
+    schema: {
+      tags, security, summary: 'Change a user\'s role; their current tokens are revoked so the new role applies at once',
+      params: idParam, body: { type: 'object', required: ['role'], properties: { role } },
+      response: { 200: user, 404: errorResponse, 409: errorResponse },
+    },
+  }, async (req) => accounts.changeRole(req.params.id, req.body.role, `user:${req.caller!.sub}`, req.ip));
+
+  app.delete<{ Params: { id: string } }>('/v1/users/:id', {
+    onRequest: admin,
+    schema: {
+      tags, security, summary: 'Delete a user: sessions end, tokens are revoked, MQTT connections close',
+      params: idParam, response: { 204: { type: 'null' }, 404: errorResponse, 409: errorResponse },
+    },
+  }, async (req, reply) => {
+    await accounts.deleteUser(req.params.id, `user:${req.caller!.sub}`, req.ip);
+    return reply.code(204).send();
+  });
+
   app.post<{ Params: { id: string } }>('/v1/users/:id/unlock', {
     onRequest: admin,
     schema: {
