@@ -7,10 +7,9 @@
 // Server cost is read from /proc (utime+stime of the service process, all threads).
 import http from 'node:http';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FLEETWIRE_MAIN, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
+import { pinnedProcesses } from './lib/pinned.mjs';
 import { parseArgs, usage, freePort, waitForPort, procCpuSplit, pinSelf, summarize, fmt, sleep, log } from './lib/util.mjs';
 
 const D = { logins: 200, concurrency: 4, seconds: 5, devices: 500, exchangeConcurrency: 32 };
@@ -18,29 +17,19 @@ const a = parseArgs(D);
 if (a.help) { console.log(usage('auth', 'login latency, rate-limited rejections, device-token exchanges', D)); process.exit(0); }
 pinSelf(LOAD_CPU);
 
-const dataDir = mkdtempSync(join(tmpdir(), 'fw-bench-auth-'));
-const procs = [];
-const pinned = (cpu, cmd, args, env) => {
-  const child = spawn('taskset', ['-c', String(cpu), cmd, ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
-  procs.push(child);
-  return child;
-};
-const cleanup = () => { for (const p of procs) p.kill('SIGKILL'); rmSync(dataDir, { recursive: true, force: true }); };
-process.on('exit', cleanup);
+const { dataDir, pinned, redis } = pinnedProcesses('auth');
 setTimeout(() => { console.error('bench/auth.mjs: hard deadline reached'); process.exit(2); }, (120 + 4 * a.seconds) * 1000).unref();
 
-const redisPort = await freePort();
-pinned(LOAD_CPU, 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dataDir]);
-await waitForPort(redisPort, 10_000);
+const redisUrl = await redis(LOAD_CPU);
 const port = await freePort();
 const ADMIN = { email: 'bench-admin@example.com', password: 'bench-admin-passphrase' };
 const server = pinned(BROKER_CPU, process.execPath, [FLEETWIRE_MAIN, 'auth-service'], {
   NODE_ENV: 'production', LOG_LEVEL: 'warn', PORT: String(port), HOST: '127.0.0.1',
-  REDIS_URL: `redis://127.0.0.1:${redisPort}`, FLEETWIRE_DATA_DIR: dataDir, TRUSTED_PROXIES: '127.0.0.1',
+  REDIS_URL: redisUrl, FLEETWIRE_DATA_DIR: dataDir, TRUSTED_PROXIES: '127.0.0.1',
   FLEETWIRE_ADMIN_EMAIL: ADMIN.email, FLEETWIRE_ADMIN_PASSWORD: ADMIN.password,
   // Per-IP limit low (the flood comes from one address); hashed logins come from distinct addresses.
   LOGIN_PER_IP: '5', LOGIN_PER_ACCOUNT: '100000000', LOCKOUT_FAILURES: '100000000',
-});
+}, 'inherit');
 await waitForPort(port, 20_000, () => server.exitCode !== null);
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });

@@ -4,11 +4,11 @@
 // --heartbeat-s seconds. Reported per N: devices connected, heartbeats acknowledged
 // per second, the simulator's CPU share and RSS, and devices per core at that rate.
 //   node bench/sim-capacity.mjs [--steps 500,1000,2000] [--heartbeat-s 5] [--seconds 20]
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FLEETWIRE_MAIN, BROKER_CPU, LOAD_CPU, BENCH_LIMITS, REPO } from './lib/targets.mjs';
+import { pinnedProcesses } from './lib/pinned.mjs';
 import { parseArgs, usage, freePort, waitForPort, procCpuSeconds, procMem, fmt, sleep, log } from './lib/util.mjs';
 
 const D = { steps: '500,1000,2000', heartbeatS: 5, seconds: 20 };
@@ -21,23 +21,14 @@ log('building fleetwire-sim (release)');
 execFileSync('cargo', ['build', '--release', '--quiet', '--manifest-path', join(REPO, 'firmware-esp32/Cargo.toml'), '-p', 'fleetwire-sim'], { stdio: 'inherit' });
 const SIM = join(REPO, 'firmware-esp32/target/release/fleetwire-sim');
 
-const dataDir = mkdtempSync(join(tmpdir(), 'fw-bench-sim-'));
-const procs = [];
-const pinned = (cpu, cmd, args, env, stdio = 'ignore') => {
-  const child = spawn('taskset', ['-c', String(cpu), cmd, ...args], { stdio: ['ignore', 'ignore', stdio], env: { ...process.env, ...env } });
-  procs.push(child);
-  return child;
-};
-process.on('exit', () => { for (const p of procs) p.kill('SIGKILL'); rmSync(dataDir, { recursive: true, force: true }); });
+const { dataDir, pinned, redis } = pinnedProcesses('sim');
 setTimeout(() => { console.error('bench/sim-capacity.mjs: hard deadline reached'); process.exit(2); }, (180 + steps.length * (a.seconds + 90)) * 1000).unref();
 
-const redisPort = await freePort();
-pinned(BROKER_CPU, 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dataDir]);
-await waitForPort(redisPort, 10_000);
+const redisUrl = await redis(BROKER_CPU);
 const port = await freePort();
 const ADMIN = { email: 'bench@example.com', password: 'bench-admin-passphrase' };
 const server = pinned(BROKER_CPU, process.execPath, [FLEETWIRE_MAIN, 'up'], {
-  ...BENCH_LIMITS, LOG_LEVEL: 'warn', PORT: String(port), HOST: '127.0.0.1', REDIS_URL: `redis://127.0.0.1:${redisPort}`,
+  ...BENCH_LIMITS, LOG_LEVEL: 'warn', PORT: String(port), HOST: '127.0.0.1', REDIS_URL: redisUrl,
   FLEETWIRE_DATA_DIR: dataDir, FLEETWIRE_ADMIN_EMAIL: ADMIN.email, FLEETWIRE_ADMIN_PASSWORD: ADMIN.password,
 });
 await waitForPort(port, 20_000, () => server.exitCode !== null);
