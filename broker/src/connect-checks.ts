@@ -1,8 +1,9 @@
 /**
  * The Redis side of authenticating a CONNECT in one round trip and one
- * command: is the token revoked (by jti, or for a user by a revocation of their
- * older tokens), what is the device's status, is the client serving a flood penalty. Three separate commands cost measurably more per
- * connect (encoding, parsing, promises) at thousands of connects a second.
+ * command: is the token revoked (by jti, or for a user by a revocation of
+ * their older tokens), what is the device's status, is the client serving a
+ * flood penalty. Separate commands cost measurably more per connect
+ * (encoding, parsing, promises) at thousands of connects a second.
  */
 import { issuedBefore, redisKeys, type DeviceStatus, type FleetwireClaims, type Redis } from '@fleetwire/common';
 
