@@ -70,6 +70,39 @@ describe('a simulated device against the real stack', () => {
     }
   }, 30_000);
 
+  it('samples its sensors, and reboots once on a reboot command (a redelivery is answered from memory)', async () => {
+    const key = await stack.registerDevice('e2e-dev-5');
+    const sim = startSim(stack, ['--device-id', 'e2e-dev-5', '--heartbeat-s', '5', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });
+    const service = await stack.serviceClient();
+    const mine = (cid: string): Envelope[] => (results.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-5' && j.payload.cid === cid);
+    const send = (cmd: Record<string, unknown>) => service.publishAsync('devices/e2e-dev-5/cmd', JSON.stringify({ args: {}, expires_at: Date.now() + 60_000, ...cmd }), { qos: 1 });
+    try {
+      await sim.waitFor(/device=e2e-dev-5 event=stable/);
+      await send({ cid: 'e2e-sample', name: 'sample_sensors' });
+      const [sample] = await until(() => mine('e2e-sample'), (j) => j.length === 1);
+      expect(sample!.payload).toMatchObject({ ok: true, result: { readings: { temperature_c: expect.any(Number), humidity_pct: expect.any(Number) }, at: expect.any(Number) } });
+
+      const reboot = { cid: 'e2e-reboot', name: 'reboot' };
+      await send(reboot);
+      await until(() => mine('e2e-reboot'), (j) => j.length === 1);
+      expect(mine('e2e-reboot')[0]!.payload).toMatchObject({ ok: true, result: { rebooting: true, delay_s: 0 } });
+      await sim.waitFor(/device=e2e-dev-5 event=booted/);
+      // After the reboot: back online, heartbeats counting again from zero.
+      const sinceBoot = (): Envelope[] => (heartbeats.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-5' && j.payload.seq === 0);
+      await until(sinceBoot, (j) => j.length === 2, 15_000);
+
+      await send(reboot); // the same command delivered again
+      // Answered from the command memory that survived the reboot (the queue keeps one
+      // result per cid, so the repeat shows in the device's counters, not as a second job).
+      await sim.waitFor(/stats devices=1 connected=1 .*cmd_dups=1/);
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(sim.lines.filter((l) => /device=e2e-dev-5 event=rebooting/.test(l))).toHaveLength(1);
+    } finally {
+      await service.endAsync();
+      await sim.stop();
+    }
+  }, 40_000);
+
   it('refreshes its token before expiry and reconnects without losing its session', async () => {
     const key = await stack.registerDevice('e2e-dev-3');
     const sim = startSim(stack, ['--device-id', 'e2e-dev-3', '--heartbeat-s', '30', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });

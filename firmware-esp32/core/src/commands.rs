@@ -3,12 +3,26 @@
 //!
 //! Delivery is MQTT QoS 1 (at least once), so the same command may arrive twice: the
 //! processor remembers the results of the last `capacity` cids and re-sends the stored
-//! result for a duplicate without running it again.
+//! result for a duplicate without running it again. That memory is RAM; before a
+//! planned reboot the firmware saves it ([`CommandProcessor::save`]) and restores it at
+//! boot ([`CommandProcessor::restore`]), so a `reboot` redelivered after the reboot is
+//! answered from memory instead of rebooting again.
+//!
+//! Commands: `ping`, `set_heartbeat_interval {seconds}`, `report_config`,
+//! `reboot {delay_s?}`, `sample_sensors`.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+use crate::platform::Storage;
+
+/// Largest `reboot` `args.delay_s`.
+pub const MAX_REBOOT_DELAY_S: u32 = 60;
+/// Storage (NVS) key of the command memory saved before a planned reboot (NVS keys
+/// are at most 15 characters).
+pub const MEMORY_KEY: &str = "cmd.recent";
 
 /// Device-side error codes carried in `error.code`.
 pub mod codes {
@@ -68,6 +82,14 @@ pub trait CommandContext {
     fn set_heartbeat_interval(&mut self, seconds: u32) -> Result<u32, String>;
     /// Current configuration as JSON (no secrets).
     fn report_config(&self) -> Value;
+    /// Schedule a reboot in `delay_s` seconds (already validated: 0..=[`MAX_REBOOT_DELAY_S`]).
+    /// Only schedules: the result is published first, and the firmware reboots once it
+    /// is acknowledged (bounded wait) and the delay has passed, saving the processor's
+    /// memory ([`CommandProcessor::save`]) just before. `Err`: the reboot cannot be done.
+    fn reboot(&mut self, delay_s: u32) -> Result<(), String>;
+    /// Read every sensor now (see [`crate::platform::Sensors`]). `Err` (or no readings
+    /// at all) when the device has no sensor or a read failed.
+    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String>;
 }
 
 /// Outcome of handling one incoming payload.
@@ -143,14 +165,42 @@ impl CommandProcessor {
         let r = if now_unix_ms >= cmd.expires_at {
             CmdResult::err(&cmd.cid, codes::EXPIRED, format!("command expired at {}", cmd.expires_at))
         } else {
-            execute(&cmd, ctx)
+            execute(&cmd, now_unix_ms, ctx)
         };
         self.remember(&r);
         Handled::Fresh(r)
     }
+
+    /// Save the remembered results under [`MEMORY_KEY`] (call right before a reboot:
+    /// once per reboot, so flash wear does not matter).
+    pub fn save(&self, storage: &mut dyn Storage) {
+        let saved: Vec<&CmdResult> = self.recent.iter().collect();
+        storage.set(MEMORY_KEY, &serde_json::to_vec(&saved).expect("results serialise"));
+    }
+
+    /// Remember the results saved by [`CommandProcessor::save`] (call at boot); the
+    /// newest `capacity` are kept. A missing or unreadable record is ignored (the
+    /// memory only prevents re-execution). Returns how many results are remembered now.
+    pub fn restore(&mut self, storage: &dyn Storage) -> usize {
+        let saved = storage.get(MEMORY_KEY).and_then(|b| serde_json::from_slice::<Vec<CmdResult>>(&b).ok());
+        for r in saved.iter().flatten().filter(|r| !r.cid.is_empty()) {
+            if self.remembered(&r.cid).is_none() {
+                self.remember(r);
+            }
+        }
+        self.recent.len()
+    }
 }
 
-fn execute(cmd: &Command, ctx: &mut dyn CommandContext) -> CmdResult {
+/// `args.delay_s` of `reboot`: absent means 0.
+fn reboot_delay(args: &Map<String, Value>) -> Option<u32> {
+    match args.get("delay_s") {
+        None => Some(0),
+        Some(v) => v.as_u64().filter(|d| *d <= u64::from(MAX_REBOOT_DELAY_S)).map(|d| d as u32),
+    }
+}
+
+fn execute(cmd: &Command, now_unix_ms: u64, ctx: &mut dyn CommandContext) -> CmdResult {
     match cmd.name.as_str() {
         "ping" => CmdResult::ok(&cmd.cid, json!({ "pong": true })),
         "set_heartbeat_interval" => {
@@ -163,6 +213,26 @@ fn execute(cmd: &Command, ctx: &mut dyn CommandContext) -> CmdResult {
             }
         }
         "report_config" => CmdResult::ok(&cmd.cid, ctx.report_config()),
+        "reboot" => {
+            let Some(delay_s) = reboot_delay(&cmd.args) else {
+                return CmdResult::err(
+                    &cmd.cid,
+                    codes::INVALID_ARGS,
+                    format!("args.delay_s must be an integer from 0 to {MAX_REBOOT_DELAY_S}"),
+                );
+            };
+            match ctx.reboot(delay_s) {
+                Ok(()) => CmdResult::ok(&cmd.cid, json!({ "rebooting": true, "delay_s": delay_s })),
+                Err(m) => CmdResult::err(&cmd.cid, codes::FAILED, format!("cannot reboot: {m}")),
+            }
+        }
+        "sample_sensors" => match ctx.sample_sensors() {
+            Ok(readings) if !readings.is_empty() => {
+                CmdResult::ok(&cmd.cid, json!({ "readings": readings, "at": now_unix_ms }))
+            }
+            Ok(_) => CmdResult::err(&cmd.cid, codes::FAILED, "no sensors on this device"),
+            Err(m) => CmdResult::err(&cmd.cid, codes::FAILED, format!("sensor read failed: {m}")),
+        },
         other => CmdResult::err(&cmd.cid, codes::UNKNOWN, format!("unknown command {other:?}")),
     }
 }
@@ -176,6 +246,8 @@ mod tests {
     struct Ctx {
         hb: HeartbeatScheduler,
         calls: u32,
+        reboots: Vec<u32>,
+        sensors: Option<Map<String, Value>>,
     }
     impl CommandContext for Ctx {
         fn set_heartbeat_interval(&mut self, seconds: u32) -> Result<u32, String> {
@@ -185,9 +257,16 @@ mod tests {
         fn report_config(&self) -> Value {
             json!({ "heartbeat_interval_s": self.hb.interval_s(), "fw": "1.4.2" })
         }
+        fn reboot(&mut self, delay_s: u32) -> Result<(), String> {
+            self.reboots.push(delay_s);
+            Ok(())
+        }
+        fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+            self.sensors.clone().ok_or_else(|| "no sensors on this board".to_string())
+        }
     }
     fn ctx() -> Ctx {
-        Ctx { hb: HeartbeatScheduler::new("1.4.2"), calls: 0 }
+        Ctx { hb: HeartbeatScheduler::new("1.4.2"), calls: 0, reboots: Vec::new(), sensors: None }
     }
     const NOW: u64 = 1_700_000_000_000;
     fn cmd(cid: &str, name: &str, args: Value, expires_at: u64) -> Vec<u8> {
@@ -259,7 +338,7 @@ mod tests {
     #[test]
     fn unknown_command_yields_error_result() {
         let mut p = CommandProcessor::new(8);
-        let r = p.handle(&cmd("c-5", "reboot_now", json!({}), NOW + 1), NOW, &mut ctx());
+        let r = p.handle(&cmd("c-5", "self_destruct", json!({}), NOW + 1), NOW, &mut ctx());
         assert_eq!(r.result().unwrap().error.as_ref().unwrap().code, codes::UNKNOWN);
     }
 
@@ -288,6 +367,82 @@ mod tests {
         // "a" was forgotten: it runs again.
         assert!(matches!(p.handle(&a, NOW, &mut c), Handled::Fresh(_)));
         assert_eq!(c.calls, 2);
+    }
+
+    #[test]
+    fn reboot_only_schedules_and_answers_with_its_delay() {
+        let mut p = CommandProcessor::new(8);
+        let mut c = ctx();
+        let r = p.handle(&cmd("r-1", "reboot", json!({}), NOW + 1), NOW, &mut c);
+        assert_eq!(r, Handled::Fresh(CmdResult::ok("r-1", json!({"rebooting": true, "delay_s": 0}))));
+        let r = p.handle(&cmd("r-2", "reboot", json!({"delay_s": 60}), NOW + 1), NOW, &mut c);
+        assert_eq!(r.result().unwrap().result, Some(json!({"rebooting": true, "delay_s": 60})));
+        assert_eq!(c.reboots, [0, 60]);
+        // A duplicate does not schedule another reboot.
+        assert!(matches!(p.handle(&cmd("r-2", "reboot", json!({}), NOW + 1), NOW, &mut c), Handled::Duplicate(_)));
+        assert_eq!(c.reboots, [0, 60]);
+    }
+
+    #[test]
+    fn reboot_refuses_a_bad_delay() {
+        let mut p = CommandProcessor::new(8);
+        let mut c = ctx();
+        let bad = [
+            json!({"delay_s": 61}),
+            json!({"delay_s": -1}),
+            json!({"delay_s": "5"}),
+            json!({"delay_s": 1.5}),
+            json!({"delay_s": null}),
+        ];
+        for (i, args) in bad.into_iter().enumerate() {
+            let h = p.handle(&cmd(&format!("r{i}"), "reboot", args, NOW + 1), NOW, &mut c);
+            let e = h.result().unwrap().error.clone().unwrap();
+            assert_eq!(e.code, codes::INVALID_ARGS);
+            assert!(e.message.contains("delay_s"), "{e:?}");
+        }
+        assert!(c.reboots.is_empty());
+    }
+
+    #[test]
+    fn sample_sensors_answers_readings_and_time_or_fails_without_sensors() {
+        let mut p = CommandProcessor::new(8);
+        let mut c = ctx();
+        let r = p.handle(&cmd("s-1", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
+        let e = r.result().unwrap().error.clone().unwrap();
+        assert_eq!(e.code, codes::FAILED);
+        assert!(e.message.contains("no sensors"), "{e:?}");
+
+        c.sensors = Some(Map::new());
+        let r = p.handle(&cmd("s-2", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
+        assert_eq!(r.result().unwrap().error.as_ref().unwrap().code, codes::FAILED);
+
+        let readings = json!({"temperature_c": 21.5, "humidity_pct": 40.0});
+        c.sensors = readings.as_object().cloned();
+        let r = p.handle(&cmd("s-3", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
+        assert_eq!(r.result().unwrap().result, Some(json!({"readings": readings, "at": NOW})));
+    }
+
+    #[test]
+    fn saved_memory_survives_a_reboot_and_keeps_the_newest() {
+        let mut storage = crate::platform::MemStorage::default();
+        let mut p = CommandProcessor::new(2);
+        let mut c = ctx();
+        for cid in ["a", "b", "c"] {
+            p.handle(&cmd(cid, "reboot", json!({}), NOW + 1), NOW, &mut c);
+        }
+        p.save(&mut storage);
+        let mut after = CommandProcessor::new(2);
+        assert_eq!(after.restore(&storage), 2);
+        let dup = after.handle(&cmd("c", "reboot", json!({}), NOW + 1), NOW, &mut c);
+        assert_eq!(dup, Handled::Duplicate(CmdResult::ok("c", json!({"rebooting": true, "delay_s": 0}))));
+        // "a" fell out of the bounded memory before the save: it runs.
+        assert!(matches!(after.handle(&cmd("a", "ping", json!({}), NOW + 1), NOW, &mut c), Handled::Fresh(_)));
+        assert_eq!(c.reboots.len(), 3);
+
+        let mut empty = CommandProcessor::new(4);
+        assert_eq!(empty.restore(&crate::platform::MemStorage::default()), 0);
+        storage.set(MEMORY_KEY, b"garbage");
+        assert_eq!(empty.restore(&storage), 0);
     }
 
     #[test]

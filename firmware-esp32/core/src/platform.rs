@@ -1,7 +1,9 @@
-//! Platform traits: clock, randomness, storage, with simple host implementations.
+//! Platform traits: clock, randomness, storage, sensors, with simple host implementations.
 
 use std::cell::Cell;
 use std::collections::HashMap;
+
+use serde_json::{Map, Value};
 
 /// Monotonic and wall clocks.
 pub trait Clock {
@@ -34,6 +36,12 @@ pub trait Storage {
     fn get(&self, key: &str) -> Option<Vec<u8>>;
     fn set(&mut self, key: &str, value: &[u8]);
     fn remove(&mut self, key: &str);
+}
+
+/// The board's sensors, read on demand (the `sample_sensors` command).
+pub trait Sensors {
+    /// Read every sensor now: one member per quantity, e.g. `{"temperature_c": 21.4}`.
+    fn sample(&mut self) -> Result<Map<String, Value>, String>;
 }
 
 /// Manually driven clock for tests.

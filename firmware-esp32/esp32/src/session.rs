@@ -2,6 +2,11 @@
 //! fleetwire-core → heartbeats, commands, OTA offers, sys notices; reconnect with the
 //! core's full-jitter backoff. esp_websocket_client delivers frames on its own task,
 //! so they reach this loop through a channel.
+//!
+//! A `reboot` command only schedules: the result is published, and the board resets
+//! once its PUBACK arrived (at most [`REBOOT_FLUSH_MS`] of waiting) and the delay has
+//! passed, after saving the command memory to NVS so a redelivered `reboot` is
+//! answered from it instead of rebooting again.
 
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
@@ -15,7 +20,7 @@ use fleetwire_core::heartbeat::HeartbeatScheduler;
 use fleetwire_core::mqtt::{self, Connect, Decoder, Packet, Publish, QoS};
 use fleetwire_core::platform::Clock;
 use fleetwire_core::topics::{DeviceTopics, TopicMap};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::platform::{EspClock, EspRng, NvsStorage};
 use crate::provisioning::Provisioning;
@@ -25,6 +30,8 @@ use crate::wifi::Wifi;
 
 const KEEPALIVE_S: u16 = 60;
 const MAX_PACKET: usize = 64 * 1024;
+/// How long a due reboot waits for the PUBACK of the `reboot` command's result.
+const REBOOT_FLUSH_MS: u64 = 5_000;
 
 enum Event {
     Open,
@@ -39,9 +46,21 @@ enum Ended {
     Stop(String),
 }
 
+/// A reboot a `reboot` command scheduled.
+struct PlannedReboot {
+    /// Monotonic ms after which to reboot.
+    at_ms: u64,
+    /// Packet id of the command's result on the current connection.
+    result_id: Option<u16>,
+    /// The result was acknowledged, or can no longer be (its connection is gone).
+    acked: bool,
+}
+
 struct Ctx<'a> {
     heartbeat: &'a mut HeartbeatScheduler,
     device_id: &'a str,
+    now_ms: u64,
+    reboot: &'a mut Option<PlannedReboot>,
 }
 
 impl CommandContext for Ctx<'_> {
@@ -54,6 +73,29 @@ impl CommandContext for Ctx<'_> {
             "heartbeat_s": self.heartbeat.interval_s(), "keepalive_s": KEEPALIVE_S,
         })
     }
+    fn reboot(&mut self, delay_s: u32) -> Result<(), String> {
+        let at_ms = self.now_ms + u64::from(delay_s) * 1000;
+        // An already planned reboot that comes sooner stays.
+        if !matches!(self.reboot.as_ref(), Some(p) if p.at_ms <= at_ms) {
+            *self.reboot = Some(PlannedReboot { at_ms, result_id: None, acked: false });
+        }
+        Ok(())
+    }
+    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+        // This board glue has no sensor configured. To add one: implement
+        // `fleetwire_core::platform::Sensors` for its driver (in platform.rs, built from
+        // the `Peripherals` taken in main.rs, e.g. an I2C temperature/humidity chip),
+        // hand it to `run` → `connect_once` → this `Ctx`, and return its `sample()` here
+        // (merge the maps when there are several).
+        Err("no sensors on this board".into())
+    }
+}
+
+/// Reset the chip for a planned reboot, keeping the command memory in NVS first.
+fn restart(commands: &CommandProcessor, storage: &mut NvsStorage) -> ! {
+    commands.save(storage);
+    log::info!("rebooting (reboot command)");
+    esp_idf_svc::hal::reset::restart()
 }
 
 pub fn run(p: &Provisioning, wifi: &mut Wifi, ota: &mut Updater, storage: &mut NvsStorage) -> anyhow::Result<()> {
@@ -62,11 +104,18 @@ pub fn run(p: &Provisioning, wifi: &mut Wifi, ota: &mut Updater, storage: &mut N
     let mut backoff = Backoff::new(BackoffConfig::default());
     let mut heartbeat = HeartbeatScheduler::new(update::RUNNING_VERSION);
     let mut commands = CommandProcessor::new(32);
+    // Results of commands run before the last planned reboot: a redelivered one is not run again.
+    commands.restore(storage);
+    let mut planned_reboot: Option<PlannedReboot> = None;
     let mut token: Option<token::DeviceToken> = None;
     let mut rng = EspRng;
 
     loop {
         ota.roll_back_if_unconfirmed(storage, EspClock.monotonic_ms());
+        // Offline with a reboot due: its result went with the lost connection.
+        if planned_reboot.as_ref().is_some_and(|r| EspClock.monotonic_ms() >= r.at_ms) {
+            restart(&commands, storage);
+        }
         let wait = |backoff: &mut Backoff, rng: &mut EspRng, floor_s: Option<u64>| {
             let ms = backoff.next_delay_ms(rng).max(floor_s.unwrap_or(0) * 1000);
             log::info!("reconnecting in {ms} ms (attempt {})", backoff.attempt());
@@ -91,7 +140,7 @@ pub fn run(p: &Provisioning, wifi: &mut Wifi, ota: &mut Updater, storage: &mut N
             }
         }
         let jwt = &token.as_ref().expect("token fetched above").jwt;
-        match connect_once(p, jwt, &topics, &close_codes, &mut backoff, &mut heartbeat, &mut commands, ota, storage, wifi) {
+        match connect_once(p, jwt, &topics, &close_codes, &mut backoff, &mut heartbeat, &mut commands, &mut planned_reboot, ota, storage, wifi) {
             Ended::Stop(why) => return halt(&why),
             Ended::RefreshToken => token = None,
             Ended::Reconnect => {}
@@ -112,8 +161,14 @@ fn halt(why: &str) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn connect_once(
     p: &Provisioning, jwt: &str, topics: &DeviceTopics, close_codes: &CloseCodes, backoff: &mut Backoff,
-    heartbeat: &mut HeartbeatScheduler, commands: &mut CommandProcessor, ota: &mut Updater, storage: &mut NvsStorage, wifi: &Wifi,
+    heartbeat: &mut HeartbeatScheduler, commands: &mut CommandProcessor, planned_reboot: &mut Option<PlannedReboot>,
+    ota: &mut Updater, storage: &mut NvsStorage, wifi: &Wifi,
 ) -> Ended {
+    // A result published on an earlier connection can no longer be acknowledged.
+    if let Some(r) = planned_reboot.as_mut() {
+        r.result_id = None;
+        r.acked = true;
+    }
     let ws_url = format!("{}/mqtt", p.server_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1));
     // esp_websocket_client sends this value as is; the server answers `mqtt` only.
     let subprotocols = format!("mqtt, auth.{jwt}");
@@ -196,6 +251,14 @@ fn connect_once(
             send(&mqtt::encode_pingreq());
             last_sent = now;
         }
+        if let Some(r) = planned_reboot.as_ref() {
+            if now >= r.at_ms && (r.acked || now >= r.at_ms + REBOOT_FLUSH_MS) {
+                send(&mqtt::encode_disconnect());
+                // Let the DISCONNECT frame leave before the reset.
+                std::thread::sleep(Duration::from_millis(100));
+                restart(commands, storage);
+            }
+        }
         if refresh_after_this {
             send(&mqtt::encode_disconnect());
             return Ended::RefreshToken;
@@ -240,12 +303,15 @@ fn connect_once(
                     return if return_code == 4 || return_code == 5 { Ended::RefreshToken } else { Ended::Reconnect };
                 }
                 Packet::PubAck { packet_id } => {
+                    if let Some(r) = planned_reboot.as_mut().filter(|r| r.result_id == Some(packet_id)) {
+                        r.acked = true;
+                    }
                     if let Some((id, sent)) = pending_heartbeat {
                         if id == packet_id {
                             pending_heartbeat = None;
                             backoff.on_heartbeat_acked(clock.monotonic_ms().saturating_sub(sent));
                             // A new image is confirmed by its first stable connection.
-                            ota.confirm_if_pending(storage, &mut |topic, payload| publish_qos1(&mut send, &mut alloc_id, topic, payload), &topics.ota_status);
+                            ota.confirm_if_pending(storage, &mut |topic, payload| { publish_qos1(&mut send, &mut alloc_id, topic, payload); }, &topics.ota_status);
                         }
                     }
                 }
@@ -254,13 +320,17 @@ fn connect_once(
                         send(&mqtt::encode_puback(id));
                     }
                     if msg.topic == topics.cmd {
-                        let mut ctx = Ctx { heartbeat: &mut *heartbeat, device_id: &p.device_id };
+                        let mut ctx = Ctx { heartbeat: &mut *heartbeat, device_id: &p.device_id, now_ms: clock.monotonic_ms(), reboot: &mut *planned_reboot };
                         let result = match commands.handle(&msg.payload, clock.unix_ms(), &mut ctx) {
                             Handled::Fresh(r) | Handled::Duplicate(r) => Some(r),
                             _ => None,
                         };
                         if let Some(r) = result {
-                            publish_qos1(&mut send, &mut alloc_id, &topics.cmd_result, &r.to_json());
+                            let id = publish_qos1(&mut send, &mut alloc_id, &topics.cmd_result, &r.to_json());
+                            // A reboot this command just scheduled waits for this PUBACK.
+                            if let Some(planned) = planned_reboot.as_mut().filter(|pr| pr.result_id.is_none() && !pr.acked) {
+                                planned.result_id = Some(id);
+                            }
                         }
                     } else if msg.topic == topics.sys {
                         let v: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
@@ -272,7 +342,7 @@ fn connect_once(
                     } else if msg.topic == topics.ota {
                         // Blocking: the download holds the loop, keepalive pings aside; the broker
                         // keeps the session, and a lost connection is simply re-established after.
-                        let mut report = |topic: &str, payload: &[u8]| publish_qos1(&mut send, &mut alloc_id, topic, payload);
+                        let mut report = |topic: &str, payload: &[u8]| { publish_qos1(&mut send, &mut alloc_id, topic, payload); };
                         ota.handle_offer(&msg.payload, p, storage, &mut report, &topics.ota_status);
                     }
                 }
@@ -282,9 +352,12 @@ fn connect_once(
     }
 }
 
-fn publish_qos1(send: &mut impl FnMut(&[u8]) -> bool, alloc_id: &mut impl FnMut() -> u16, topic: &str, payload: &[u8]) {
-    let publish = Publish { topic: topic.to_string(), qos: QoS::AtLeastOnce, retain: false, dup: false, packet_id: Some(alloc_id()), payload: payload.to_vec() };
+/// Returns the packet id used.
+fn publish_qos1(send: &mut impl FnMut(&[u8]) -> bool, alloc_id: &mut impl FnMut() -> u16, topic: &str, payload: &[u8]) -> u16 {
+    let id = alloc_id();
+    let publish = Publish { topic: topic.to_string(), qos: QoS::AtLeastOnce, retain: false, dup: false, packet_id: Some(id), payload: payload.to_vec() };
     if let Ok(b) = mqtt::encode_publish(&publish) {
         send(&b);
     }
+    id
 }

@@ -4,8 +4,8 @@
 
 use fleetwire_core::commands::{CommandContext, CommandProcessor, Handled};
 use fleetwire_core::heartbeat::{Heartbeat, HeartbeatScheduler};
-use fleetwire_core::platform::{Rng, XorShiftRng};
-use serde_json::{json, Value};
+use fleetwire_core::platform::{Rng, Sensors, Storage, XorShiftRng};
+use serde_json::{json, Map, Value};
 
 /// How many recent command ids are remembered for duplicate detection.
 const RECENT_COMMANDS: usize = 64;
@@ -24,6 +24,9 @@ pub struct DeviceSettings {
 pub struct DeviceState {
     pub heartbeat: HeartbeatScheduler,
     pub settings: DeviceSettings,
+    pub sensor: Sensor,
+    /// Delay of a reboot a `reboot` command scheduled; the session performs it.
+    reboot_requested: Option<u32>,
 }
 
 impl CommandContext for DeviceState {
@@ -38,6 +41,14 @@ impl CommandContext for DeviceState {
             "fw": self.settings.fw,
             "simulated": true,
         })
+    }
+    fn reboot(&mut self, delay_s: u32) -> Result<(), String> {
+        // Two reboot commands before the first happens: the sooner wins.
+        self.reboot_requested = Some(self.reboot_requested.map_or(delay_s, |d| d.min(delay_s)));
+        Ok(())
+    }
+    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+        self.sensor.sample()
     }
 }
 
@@ -69,12 +80,22 @@ impl Sensor {
         (self.rng.gen_range_inclusive(2000) as f64 / 1000.0 - 1.0) * max
     }
 
-    /// Advance the walk and return one telemetry reading (`telemetry.schema.json`: any object).
-    pub fn read(&mut self, unix_ms: u64) -> Value {
+    /// Advance the walk: `{temperature_c, humidity_pct}`, one decimal.
+    fn measure(&mut self) -> Map<String, Value> {
         self.temperature_c = (self.temperature_c + self.step(0.2)).clamp(-10.0, 45.0);
         self.humidity_pct = (self.humidity_pct + self.step(0.5)).clamp(5.0, 95.0);
         let round1 = |v: f64| (v * 10.0).round() / 10.0;
-        json!({ "temperature_c": round1(self.temperature_c), "humidity_pct": round1(self.humidity_pct), "at": unix_ms })
+        let mut m = Map::new();
+        m.insert("temperature_c".into(), json!(round1(self.temperature_c)));
+        m.insert("humidity_pct".into(), json!(round1(self.humidity_pct)));
+        m
+    }
+
+    /// Advance the walk and return one telemetry reading (`telemetry.schema.json`: any object).
+    pub fn read(&mut self, unix_ms: u64) -> Value {
+        let mut m = self.measure();
+        m.insert("at".into(), json!(unix_ms));
+        Value::Object(m)
     }
 
     /// RSSI in dBm, wandering around -60.
@@ -92,9 +113,15 @@ impl Sensor {
     }
 }
 
+/// The `sample_sensors` command reads the same walk telemetry publishes.
+impl Sensors for Sensor {
+    fn sample(&mut self) -> Result<Map<String, Value>, String> {
+        Ok(self.measure())
+    }
+}
+
 pub struct SimDevice {
     pub state: DeviceState,
-    pub sensor: Sensor,
     commands: CommandProcessor,
 }
 
@@ -106,10 +133,25 @@ impl SimDevice {
             heartbeat.set_interval_s(s).map_err(|e| format!("--heartbeat-s: {e}"))?;
         }
         Ok(SimDevice {
-            state: DeviceState { heartbeat, settings },
-            sensor: Sensor::new(seed),
+            state: DeviceState { heartbeat, settings, sensor: Sensor::new(seed), reboot_requested: None },
             commands: CommandProcessor::new(RECENT_COMMANDS),
         })
+    }
+
+    /// At boot: the command memory saved before the last planned reboot (NVS).
+    pub fn restore_commands(&mut self, nvs: &dyn Storage) -> usize {
+        self.commands.restore(nvs)
+    }
+
+    /// Right before a reboot: keep the command memory in NVS, so a command redelivered
+    /// after the reboot (a `reboot` above all) is answered, not run again.
+    pub fn save_commands(&self, nvs: &mut dyn Storage) {
+        self.commands.save(nvs)
+    }
+
+    /// The delay of a reboot a `reboot` command asked for since the last call.
+    pub fn take_reboot_request(&mut self) -> Option<u32> {
+        self.state.reboot_requested.take()
     }
 
     /// Run a `cmd` payload through the core's processor.
@@ -122,7 +164,7 @@ impl SimDevice {
         if !self.state.heartbeat.is_due(now_ms) {
             return None;
         }
-        let (rssi, heap) = (self.sensor.rssi(), self.sensor.heap_free());
+        let (rssi, heap) = (self.state.sensor.rssi(), self.state.sensor.heap_free());
         Some(self.state.heartbeat.next(now_ms, rssi, heap))
     }
 }
@@ -159,6 +201,30 @@ mod tests {
         let r = d.handle_command(rep, 1).result().unwrap().result.clone().unwrap();
         assert_eq!(r["heartbeat_interval_s"], 120);
         assert_eq!(r["simulated"], true);
+    }
+
+    #[test]
+    fn reboot_is_only_requested_and_command_memory_survives_through_storage() {
+        let mut d = SimDevice::new(settings(), None, 1).unwrap();
+        let cmd = br#"{"cid":"r1","name":"reboot","args":{"delay_s":3},"expires_at":99999999999999}"#;
+        assert!(d.handle_command(cmd, 1).result().unwrap().ok);
+        assert_eq!(d.take_reboot_request(), Some(3));
+        assert_eq!(d.take_reboot_request(), None);
+        let mut nvs = fleetwire_core::platform::MemStorage::default();
+        d.save_commands(&mut nvs);
+        let mut booted = SimDevice::new(settings(), None, 1).unwrap();
+        assert_eq!(booted.restore_commands(&nvs), 1);
+        assert!(matches!(booted.handle_command(cmd, 2), Handled::Duplicate(_)));
+        assert_eq!(booted.take_reboot_request(), None);
+    }
+
+    #[test]
+    fn sample_sensors_reads_the_simulated_sensor() {
+        let mut d = SimDevice::new(settings(), None, 1).unwrap();
+        let cmd = br#"{"cid":"s1","name":"sample_sensors","args":{},"expires_at":99999999999999}"#;
+        let r = d.handle_command(cmd, 1234).result().unwrap().result.clone().unwrap();
+        assert!(r["readings"]["temperature_c"].is_f64() && r["readings"]["humidity_pct"].is_f64(), "{r}");
+        assert_eq!(r["at"], 1234);
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! full jitter (reset only after CONNACK + first acknowledged heartbeat), close-code
 //! actions, heartbeat payload and schedule, command handling and duplicate detection,
 //! and (through [`crate::ota`]) the whole OTA path including simulated reboots.
+//!
+//! A `reboot` command is one too: its result is published, acknowledged (at most
+//! [`REBOOT_FLUSH`] of waiting) and its delay waited out, then DISCONNECT and the same
+//! in-process reboot as OTA's. The command memory is saved to the emulated NVS first
+//! and restored at boot, so a redelivered `reboot` is answered without rebooting again.
 
 use std::mem;
 use std::sync::Arc;
@@ -25,6 +30,7 @@ use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::auth::{AuthError, Token, TokenSource};
 use crate::device::{DeviceSettings, SimDevice};
+use crate::flash::DeviceFlash;
 use crate::handshake::HandshakeError;
 use crate::log::{Level, Opt};
 use crate::ota::{OtaAgent, OtaConfig};
@@ -46,8 +52,8 @@ const REFRESH_RETRY: Duration = Duration::from_secs(30);
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Bound on one frame send; a broker that stops reading must not freeze the device.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Before a reboot, how long OTA statuses (`rebooting`) get to be acknowledged, so the
-/// server hears about the reboot before the device goes quiet.
+/// Before a reboot, how long OTA statuses (`rebooting`) and a `reboot` command's result
+/// get to be acknowledged, so the server hears about the reboot before the device goes quiet.
 const REBOOT_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -129,7 +135,7 @@ enum End {
     Refused(u8),
     Failed(String),
     Stop(String),
-    /// DISCONNECT sent because the device reboots (OTA install or rollback).
+    /// DISCONNECT sent because the device reboots (OTA install or rollback, `reboot` command).
     Reboot,
 }
 
@@ -154,6 +160,14 @@ struct Conn {
     refresh_warned: bool,
     /// A reboot is due: end the connection once OTA statuses are acknowledged or then.
     reboot_by: Option<Instant>,
+}
+
+/// A reboot a `reboot` command scheduled.
+#[derive(Debug)]
+struct PlannedReboot {
+    cid: String,
+    delay_s: u32,
+    at: Instant,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +197,9 @@ pub struct Session<C: Connector, T: TokenSource> {
     token_obtained_at: Option<Instant>,
     outbox: Outbox,
     ota: OtaAgent,
+    /// The emulated NVS (the same files as the OTA agent's): command memory across reboots.
+    nvs: DeviceFlash,
+    planned_reboot: Option<PlannedReboot>,
     stats: Arc<Stats>,
     shutdown: Shutdown,
     boot: Instant,
@@ -202,7 +219,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             .and_then(|m| m.device_topics(&cfg.device_id))
             .map_err(|e| format!("device {:?}: {e:?}", cfg.device_id))?;
         let ota = OtaAgent::open(&cfg.device_id, cfg.ota.clone(), &cfg.fw, stats.clone(), cfg.seed)?;
-        let device = Self::boot_device(&cfg, ota.running_version())?;
+        let nvs = DeviceFlash::open(&cfg.ota.state_dir, &cfg.device_id)?;
+        let device = Self::boot_device(&cfg, ota.running_version(), &nvs)?;
         Ok(Session {
             topics,
             device,
@@ -215,6 +233,8 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             token_obtained_at: None,
             outbox: Outbox::new(OUTBOX_CAPACITY),
             ota,
+            nvs,
+            planned_reboot: None,
             stats,
             shutdown,
             boot: Instant::now(),
@@ -235,21 +255,54 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
     }
 
     /// What RAM holds after a boot: heartbeat schedule from the configuration (a
-    /// server-set interval is forgotten, as on the board), `fw` = the running version.
-    fn boot_device(cfg: &SessionConfig, fw: &str) -> Result<SimDevice, String> {
+    /// server-set interval is forgotten, as on the board), `fw` = the running version,
+    /// the command memory saved in NVS before the last reboot.
+    fn boot_device(cfg: &SessionConfig, fw: &str, nvs: &DeviceFlash) -> Result<SimDevice, String> {
         let settings = DeviceSettings { fw: fw.to_owned(), keepalive_s: cfg.keepalive_s, telemetry_s: cfg.telemetry_s };
         // A different stream than the jitter's, so sensor values and delays are unrelated.
-        SimDevice::new(settings, cfg.heartbeat_s, cfg.seed ^ 0x5EED_5E45_0000_0001)
+        let mut device = SimDevice::new(settings, cfg.heartbeat_s, cfg.seed ^ 0x5EED_5E45_0000_0001)?;
+        device.restore_commands(nvs);
+        Ok(device)
+    }
+
+    /// An OTA reboot or a `reboot` command waits to be performed.
+    fn reboot_pending(&self) -> bool {
+        self.ota.reboot_due() || self.planned_reboot.is_some()
+    }
+
+    /// A reboot is due now (a commanded one once its delay has passed).
+    fn reboot_due(&self) -> bool {
+        self.ota.reboot_due() || self.planned_reboot.as_ref().is_some_and(|p| p.at <= Instant::now())
+    }
+
+    /// When a commanded reboot's delay ends, if still ahead.
+    fn reboot_wake(&self) -> Option<Instant> {
+        self.planned_reboot.as_ref().map(|p| p.at).filter(|at| *at > Instant::now())
     }
 
     /// A simulated reboot (the connection is already closed): the OTA agent picks the
-    /// slot, and RAM state starts over: heartbeat sequence and uptime, backoff, command
-    /// memory. Unacknowledged OTA statuses stay queued, as firmware keeps its pending
-    /// OTA report in NVS.
+    /// slot, and RAM state starts over: heartbeat sequence and uptime, backoff. The
+    /// command memory is saved to NVS first and restored at boot. Unacknowledged OTA
+    /// statuses and command results stay queued, as firmware keeps its pending OTA
+    /// report in NVS. The token is kept (RAM of the simulator, not of the device: a
+    /// board would fetch one again; it is still valid either way).
     fn reboot(&mut self) {
+        if let Some(p) = self.planned_reboot.take() {
+            let acked = !self.outbox.has_in_flight(&Kind::CmdResult { cid: p.cid.clone() });
+            sim_log!(
+                Level::Info,
+                self.id(),
+                "rebooting",
+                cause = "command",
+                cid = p.cid,
+                delay_s = p.delay_s,
+                result_acked = acked
+            );
+        }
+        self.device.save_commands(&mut self.nvs);
         self.ota.reboot();
         let fw = self.ota.running_version().to_owned();
-        self.device = Self::boot_device(&self.cfg, &fw).expect("the settings were valid at the first boot");
+        self.device = Self::boot_device(&self.cfg, &fw, &self.nvs).expect("the settings were valid at the first boot");
         self.backoff = Backoff::new(self.cfg.backoff);
         self.boot = Instant::now();
         sim_log!(Level::Info, self.id(), "booted", fw = fw, ota = format!("{:?}", self.ota.slot_state()));
@@ -259,11 +312,13 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
     /// confirmation deadline). Returns early when a reboot is due; `Err` on shutdown.
     async fn offline_wait(&mut self, delay: Duration) -> Result<(), Exit> {
         let until = Instant::now() + delay;
-        while !self.ota.reboot_due() {
+        while !self.reboot_due() {
+            let reboot_at = self.reboot_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return Ok(()),
                 _ = self.shutdown.wait() => return Err(Exit::Shutdown),
                 _ = self.ota.poll() => {}
+                _ = sleep_until_opt(reboot_at) => {}
             }
         }
         Ok(())
@@ -289,7 +344,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             if self.shutdown.is_set() {
                 return Exit::Shutdown;
             }
-            if self.ota.reboot_due() {
+            if self.reboot_due() {
                 self.reboot();
             }
             let jwt = match self.current_token().await {
@@ -533,7 +588,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 Flow::Continue => {}
                 Flow::End(end) => return end,
                 // The reboot reconnects anyway; the refresh can wait for the new boot.
-                Flow::Refresh if self.ota.reboot_due() => {}
+                Flow::Refresh if self.reboot_pending() => {}
                 Flow::Refresh => match self.refresh_while_connected(&mut conn).await {
                     Some(End::Refreshed) => {
                         let _ = Self::send_frame(link, mqtt::encode_disconnect()).await;
@@ -543,7 +598,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     None => {}
                 },
             }
-            if self.ota.reboot_due() && self.ready_to_reboot(&mut conn) {
+            if self.reboot_due() && self.ready_to_reboot(&mut conn) {
                 let _ = Self::send_frame(link, mqtt::encode_disconnect()).await;
                 return End::Reboot;
             }
@@ -551,12 +606,15 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 Link(LinkEvent),
                 Tick,
                 Ota,
+                Reboot,
                 Shutdown,
             }
+            let reboot_at = self.reboot_wake();
             let wake = tokio::select! {
                 ev = link.recv() => Wake::Link(ev),
                 _ = tick.tick() => Wake::Tick,
                 _ = self.ota.poll() => Wake::Ota,
+                _ = sleep_until_opt(reboot_at) => Wake::Reboot,
                 _ = self.shutdown.wait() => Wake::Shutdown,
             };
             flow = match wake {
@@ -572,6 +630,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     self.flush_ota(&mut out);
                     Flow::Continue
                 }
+                Wake::Reboot => Flow::Continue,
                 Wake::Shutdown => {
                     out.extend(mqtt::encode_disconnect());
                     Flow::End(End::Shutdown)
@@ -580,11 +639,15 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         }
     }
 
-    /// A due reboot waits until the OTA statuses in flight (`rebooting`) are
-    /// acknowledged, at most [`REBOOT_FLUSH`].
+    /// A due reboot waits until the OTA statuses in flight (`rebooting`) and the
+    /// `reboot` command's result are acknowledged, at most [`REBOOT_FLUSH`].
     fn ready_to_reboot(&self, conn: &mut Conn) -> bool {
         let by = *conn.reboot_by.get_or_insert_with(|| Instant::now() + REBOOT_FLUSH);
-        !self.outbox.has_in_flight(&Kind::OtaStatus) || Instant::now() >= by
+        let result_in_flight = self
+            .planned_reboot
+            .as_ref()
+            .is_some_and(|p| self.outbox.has_in_flight(&Kind::CmdResult { cid: p.cid.clone() }));
+        !(self.outbox.has_in_flight(&Kind::OtaStatus) || result_in_flight) || Instant::now() >= by
     }
 
     /// Publish the OTA agent's pending status reports (QoS 1, through the outbox).
@@ -741,7 +804,16 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             }
         };
         let (topic, cid, body) = (self.topics.cmd_result.clone(), result.cid.clone(), result.to_json());
-        self.publish_qos1(out, &topic, body, Kind::CmdResult { cid });
+        // Published before anything reboots: the reboot waits for its PUBACK.
+        self.publish_qos1(out, &topic, body, Kind::CmdResult { cid: cid.clone() });
+        if let Some(delay_s) = self.device.take_reboot_request() {
+            let at = Instant::now() + Duration::from_secs(delay_s.into());
+            sim_log!(Level::Info, self.id(), "reboot", cid = cid, delay_s = delay_s);
+            // An earlier planned reboot that comes sooner stays.
+            if self.planned_reboot.as_ref().is_none_or(|p| p.at > at) {
+                self.planned_reboot = Some(PlannedReboot { cid, delay_s, at });
+            }
+        }
     }
 
     fn on_sys(&mut self, payload: &[u8]) -> Flow {
@@ -784,7 +856,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         }
         if self.cfg.telemetry_s > 0 && now >= conn.next_telemetry {
             conn.next_telemetry = now + Duration::from_secs(self.cfg.telemetry_s.into());
-            let reading = self.device.sensor.read(unix_ms());
+            let reading = self.device.state.sensor.read(unix_ms());
             let p = Publish {
                 topic: self.topics.telemetry.clone(),
                 qos: QoS::AtMostOnce,
@@ -856,6 +928,14 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 None
             }
         }
+    }
+}
+
+/// Sleep until `at`; never resolves for `None`.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -359,3 +359,106 @@ async fn a_notice_right_after_a_refresh_is_deferred_not_a_reconnect_storm() {
     assert!(after >= Duration::from_secs(30) && after <= Duration::from_secs(31), "{after:?}");
     assert_eq!(h.stop().await, Exit::Shutdown);
 }
+
+#[tokio::test(start_paused = true)]
+async fn reboot_answers_first_waits_for_the_puback_then_boots_and_a_redelivered_reboot_only_resends() {
+    let mut h =
+        Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.heartbeat_s = Some(10), vec![]);
+    let mut c1 = h.conn().await;
+    c1.accept().await;
+    ack_heartbeat(&mut c1).await;
+    let before = ack_heartbeat(&mut c1).await;
+    assert_eq!((before.seq, before.uptime_s), (1, 10));
+
+    let reboot = cmd("r-1", "reboot", json!({}));
+    c1.send(publish_qos1("devices/esp-01/cmd", 5, &reboot, false));
+    let result = c1.expect_publish_on("devices/esp-01/cmd/result").await;
+    let v: Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!(v, json!({ "cid": "r-1", "ok": true, "result": { "rebooting": true, "delay_s": 0 } }));
+    assert_eq!(c1.expect().await, DevicePacket::PubAck(5));
+    // No PUBACK for the result yet: the device stays connected (up to 5 s).
+    assert!(tokio::time::timeout(Duration::from_secs(2), c1.next()).await.is_err(), "still connected");
+    c1.send(mqtt::encode_puback(result.packet_id.unwrap()));
+    assert_eq!(c1.until_closed().await, vec![DevicePacket::Disconnect], "clean end right after the PUBACK");
+    let closed_at = Instant::now();
+
+    // Booted again: reconnects at once with the same (still valid) token, uptime and
+    // heartbeat sequence start over.
+    let mut c2 = h.conn().await;
+    assert!(c2.opened_at - closed_at < Duration::from_millis(5), "no backoff after a planned reboot");
+    assert_eq!(c2.offered, "mqtt, auth.hdr.tok1.sig");
+    assert_eq!(h.tokens.issued(), 1);
+    c2.accept().await;
+    let after = ack_heartbeat(&mut c2).await;
+    assert_eq!((after.seq, after.uptime_s), (0, 0));
+
+    // The broker redelivers the reboot (its PUBACK was lost, say): answered from the
+    // memory saved before the reboot, not run again.
+    c2.send(publish_qos1("devices/esp-01/cmd", 6, &reboot, true));
+    let again = c2.expect_publish_on("devices/esp-01/cmd/result").await;
+    assert_eq!(serde_json::from_slice::<Value>(&again.payload).unwrap(), v);
+    c2.send(mqtt::encode_puback(again.packet_id.unwrap()));
+    assert_eq!(c2.expect().await, DevicePacket::PubAck(6));
+    let next = ack_heartbeat(&mut c2).await;
+    assert_eq!((next.seq, next.uptime_s), (1, 10), "same boot, same connection");
+    assert!(h.conns.try_recv().is_err(), "no second reboot");
+    assert_eq!(h.stats.commands_run.load(Relaxed), 1);
+    assert_eq!(h.stats.commands_duplicate.load(Relaxed), 1);
+    assert_eq!(h.stats.reconnects.load(Relaxed), 1);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reboot_waits_out_its_delay_and_an_unacknowledged_result_at_most_five_seconds() {
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(3600), vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    ack_heartbeat(&mut c).await;
+    c.send(publish_qos1("devices/esp-01/cmd", 2, &cmd("r-2", "reboot", json!({ "delay_s": 3 })), false));
+    let result = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    let t0 = Instant::now();
+    let v: Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!(v["result"], json!({ "rebooting": true, "delay_s": 3 }));
+    c.send(mqtt::encode_puback(result.packet_id.unwrap()));
+    assert_eq!(c.until_closed().await.last(), Some(&DevicePacket::Disconnect));
+    assert!(approx(Instant::now() - t0, 3_000), "{:?}", Instant::now() - t0);
+
+    // Booted; this time the broker never acknowledges the result.
+    let mut c = h.conn().await;
+    c.accept().await;
+    ack_heartbeat(&mut c).await;
+    c.send(publish_qos1("devices/esp-01/cmd", 3, &cmd("r-3", "reboot", json!({})), false));
+    let unacked = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    let t0 = Instant::now();
+    assert_eq!(c.until_closed().await.last(), Some(&DevicePacket::Disconnect));
+    assert!(approx(Instant::now() - t0, 5_000), "{:?}", Instant::now() - t0);
+    // Still queued across the reboot: re-sent with DUP on the next connection.
+    let mut c = h.conn().await;
+    c.accept().await;
+    let resent = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    assert!(resent.dup);
+    assert_eq!(resent.payload, unacked.payload);
+    assert_eq!(h.stats.reconnects.load(Relaxed), 2);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sample_sensors_answers_the_simulated_readings_with_their_time() {
+    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
+    let mut c = h.conn().await;
+    c.accept().await;
+    let sent_at = unix_ms();
+    c.send(publish_qos1("devices/esp-01/cmd", 4, &cmd("s-1", "sample_sensors", json!({})), false));
+    let result = c.expect_publish_on("devices/esp-01/cmd/result").await;
+    let v: Value = serde_json::from_slice(&result.payload).unwrap();
+    assert_eq!((v["cid"].as_str(), v["ok"].as_bool()), (Some("s-1"), Some(true)), "{v}");
+    let r = &v["result"];
+    let readings = r["readings"].as_object().unwrap();
+    assert_eq!(readings.keys().collect::<Vec<_>>(), ["humidity_pct", "temperature_c"]);
+    let t = readings["temperature_c"].as_f64().unwrap();
+    let hum = readings["humidity_pct"].as_f64().unwrap();
+    assert!((-10.0..=45.0).contains(&t) && (5.0..=95.0).contains(&hum), "{r}");
+    let at = r["at"].as_u64().unwrap();
+    assert!(at >= sent_at && at - sent_at < 60_000, "{at} vs {sent_at}");
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
