@@ -102,7 +102,14 @@ export async function startStack(extraEnv: Record<string, string> = {}): Promise
       req.on('error', reject);
       req.end(data);
     });
-  const admin = async (): Promise<string> => (await api('POST', '/v1/auth/login', ADMIN)).body.access_token as string;
+  // One login per stack: the per-account login limit (10 a minute) applies to tests too.
+  let adminToken: string | undefined;
+  const admin = async (): Promise<string> => {
+    if (adminToken) return adminToken;
+    const res = await api('POST', '/v1/auth/login', ADMIN);
+    if (res.status !== 200) throw new Error(`admin login: ${JSON.stringify(res.body)}`);
+    return (adminToken = res.body.access_token as string);
+  };
   const redis = createRedis(REDIS_URL, { name: 'e2e' });
   const wsUrl = `wss://localhost:${port}/mqtt`;
 
