@@ -8,7 +8,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { FleetwireError, isDeviceId, redisKeys, revokeDevice } from '@fleetwire/common';
+import { FleetwireError, isDeviceId, publishRevocation, redisKeys, revokeDevice } from '@fleetwire/common';
 import { digest, newSecret, safeEqual } from './secrets.js';
 
 export const API_KEY_PREFIX = 'fwk_';
@@ -118,10 +118,19 @@ export class DeviceRegistry {
     return (await this.get(id))!;
   }
 
-  /** A new key; the old one stops working at once. Tokens already issued stay valid until they expire. */
-  async rotateKey(id: string): Promise<string> {
+  /**
+   * A new key; the old one stops working at once. Tokens already issued run until they
+   * expire, unless `revokeTokens` (a leaked key): then they are refused from now on and
+   * the device is disconnected until it is given the new key.
+   */
+  async rotateKey(id: string, revokeTokens = false): Promise<string> {
     const apiKey = newApiKey(id);
-    await this.updateActive(id, { api_key_digest: digest(apiKey), key_created_at: String(Date.now()) });
+    const now = Date.now();
+    await this.updateActive(id, {
+      api_key_digest: digest(apiKey), key_created_at: String(now),
+      ...(revokeTokens ? { tokens_before: String(Math.floor(now / 1000)) } : {}),
+    });
+    if (revokeTokens) await publishRevocation(this.redis, { kind: 'device', id });
     return apiKey;
   }
 

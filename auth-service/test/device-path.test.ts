@@ -54,6 +54,40 @@ describe('register → API key → device token → WebSocket connect → revoke
   });
 });
 
+describe('rotating a leaked device key', () => {
+  it('with revoke_tokens the device is cut off and its old tokens refused; the new key works', async () => {
+    const { id, api_key: oldKey } = (await t.api('POST', '/v1/devices', { token: op, body: { type: 'esp32' } })).body as { id: string; api_key: string };
+    const oldToken = (await t.api('POST', '/v1/devices/token', { body: { api_key: oldKey } })).body.token as string;
+    const device = await connect(wsUrl(), oldToken, id);
+    const closed = closeOf(device);
+    await new Promise((r) => setTimeout(r, 1100)); // tokens issued in earlier seconds are the revoked ones
+
+    const rotatedAt = Date.now();
+    const res = await t.api('POST', `/v1/devices/${id}/keys?revoke_tokens=true`, { token: op });
+    expect(res.status).toBe(200);
+    expect((await closed).code).toBe(4003);
+    expect(Date.now() - rotatedAt).toBeLessThan(1000);
+    expect(await connackCode(wsUrl(), oldToken, id)).toBe(5);
+
+    const newToken = (await t.api('POST', '/v1/devices/token', { body: { api_key: res.body.api_key } })).body.token as string;
+    const again = await connect(wsUrl(), newToken, id);
+    expect(again.connected).toBe(true);
+    await again.endAsync();
+    const { records } = await t.auth.audit.query({ type: 'device.key-rotated', subject: `device:${id}`, limit: 1 });
+    expect(records[0]?.detail).toEqual({ tokens_revoked: true });
+  });
+
+  it('without it, tokens already issued keep working until they expire', async () => {
+    const { id, api_key: oldKey } = (await t.api('POST', '/v1/devices', { token: op, body: { type: 'esp32' } })).body as { id: string; api_key: string };
+    const oldToken = (await t.api('POST', '/v1/devices/token', { body: { api_key: oldKey } })).body.token as string;
+    await new Promise((r) => setTimeout(r, 1100));
+    await t.api('POST', `/v1/devices/${id}/keys`, { token: op });
+    const c = await connect(wsUrl(), oldToken, id);
+    expect(c.connected).toBe(true);
+    await c.endAsync();
+  });
+});
+
 describe('signing-key rotation with overlap', () => {
   it('tokens of the old and the new key are both accepted by a broker that reads the JWKS', async () => {
     const admin = await t.tokenFor('admin');

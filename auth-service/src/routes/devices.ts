@@ -90,16 +90,22 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
     return revoked;
   });
 
-  app.post<{ Params: { id: string } }>('/v1/devices/:id/keys', {
+  app.post<{ Params: { id: string }; Querystring: { revoke_tokens: boolean } }>('/v1/devices/:id/keys', {
     onRequest: operator,
     schema: {
-      tags, security, summary: 'Rotate the API key: the old key stops working now; tokens already issued run until they expire',
+      tags, security,
+      summary: 'Rotate the API key: the old key stops working now; tokens already issued run until they expire, ' +
+        'unless revoke_tokens=true (a leaked key): then they are refused at once and the device is disconnected',
       params: idParam,
+      querystring: { type: 'object', properties: { revoke_tokens: { type: 'boolean', default: false } } },
       response: { 200: { type: 'object', properties: { device_id: { type: 'string' }, api_key: { type: 'string' } } }, 404: errorResponse, 409: errorResponse },
     },
   }, async (req) => {
-    const apiKey = await devices.rotateKey(req.params.id);
-    await audit.record({ type: 'device.key-rotated', actor: actorOf(req.caller!.sub, req.caller!.typ), subject: `device:${req.params.id}`, ip: req.ip });
+    const apiKey = await devices.rotateKey(req.params.id, req.query.revoke_tokens);
+    await audit.record({
+      type: 'device.key-rotated', actor: actorOf(req.caller!.sub, req.caller!.typ), subject: `device:${req.params.id}`, ip: req.ip,
+      detail: { tokens_revoked: req.query.revoke_tokens },
+    });
     return { device_id: req.params.id, api_key: apiKey };
   });
 
