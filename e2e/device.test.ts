@@ -4,7 +4,7 @@
  * reconnection after a broker restart, and token refresh without losing the session.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { consume, flushRedis, startSim, startStack, until, type Stack } from './stack.js';
+import { consume, flushRedis, startDevice, startSim, startStack, until, type Stack } from './stack.js';
 
 let stack: Stack;
 const heartbeats = consume('heartbeats');
@@ -24,15 +24,13 @@ interface Envelope { cid: string; device_id: string; topic_class: string; payloa
 
 describe('a simulated device against the real stack', () => {
   it('trades its key for a token, connects over WSS with the private CA, and its heartbeats reach the queue', async () => {
-    const key = await stack.registerDevice('e2e-dev-1');
-    const sim = startSim(stack, ['--device-id', 'e2e-dev-1', '--heartbeat-s', '5', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });
+    const sim = await startDevice(stack, 'e2e-dev-1', ['--heartbeat-s', '5']);
     try {
-      await sim.waitFor(/device=e2e-dev-1 event=stable/);
       const conn = await stack.api('GET', '/v1/connections/e2e-dev-1', undefined, await stack.admin());
       expect(conn.body).toMatchObject({ client_id: 'e2e-dev-1', kind: 'device', transport: 'ws' });
       const hb = await until(() => (heartbeats.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-1'), (j) => j.length >= 1);
       expect(hb[0]!.payload).toMatchObject({ seq: expect.any(Number), uptime_s: expect.any(Number), fw: expect.any(String) });
-      expect(sim.lines.join('\n')).not.toContain(key);
+      expect(sim.lines.join('\n')).not.toContain(sim.apiKey);
     } finally {
       expect(await sim.stop()).toBe(0);
     }
@@ -47,11 +45,9 @@ describe('a simulated device against the real stack', () => {
   }, 30_000);
 
   it('runs a command once per cid and its result reaches the cmd-results queue', async () => {
-    const key = await stack.registerDevice('e2e-dev-2');
-    const sim = startSim(stack, ['--device-id', 'e2e-dev-2', '--heartbeat-s', '30', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });
+    const sim = await startDevice(stack, 'e2e-dev-2', ['--heartbeat-s', '30']);
     const service = await stack.serviceClient();
     try {
-      await sim.waitFor(/device=e2e-dev-2 event=stable/);
       const cmd = { cid: 'e2e-cmd-1', name: 'ping', args: {}, expires_at: Date.now() + 60_000 };
       await service.publishAsync('devices/e2e-dev-2/cmd', JSON.stringify(cmd), { qos: 1 });
       await service.publishAsync('devices/e2e-dev-2/cmd', JSON.stringify(cmd), { qos: 1 }); // a duplicate delivery
@@ -71,13 +67,11 @@ describe('a simulated device against the real stack', () => {
   }, 30_000);
 
   it('samples its sensors, and reboots once on a reboot command (a redelivery is answered from memory)', async () => {
-    const key = await stack.registerDevice('e2e-dev-5');
-    const sim = startSim(stack, ['--device-id', 'e2e-dev-5', '--heartbeat-s', '5', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });
+    const sim = await startDevice(stack, 'e2e-dev-5', ['--heartbeat-s', '5']);
     const service = await stack.serviceClient();
     const mine = (cid: string): Envelope[] => (results.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-5' && j.payload.cid === cid);
     const send = (cmd: Record<string, unknown>) => service.publishAsync('devices/e2e-dev-5/cmd', JSON.stringify({ args: {}, expires_at: Date.now() + 60_000, ...cmd }), { qos: 1 });
     try {
-      await sim.waitFor(/device=e2e-dev-5 event=stable/);
       await send({ cid: 'e2e-sample', name: 'sample_sensors' });
       const [sample] = await until(() => mine('e2e-sample'), (j) => j.length === 1);
       expect(sample!.payload).toMatchObject({ ok: true, result: { readings: { temperature_c: expect.any(Number), humidity_pct: expect.any(Number) }, at: expect.any(Number) } });
@@ -104,11 +98,9 @@ describe('a simulated device against the real stack', () => {
   }, 40_000);
 
   it('refreshes its token before expiry and reconnects without losing its session', async () => {
-    const key = await stack.registerDevice('e2e-dev-3');
-    const sim = startSim(stack, ['--device-id', 'e2e-dev-3', '--heartbeat-s', '30', '--telemetry-s', '0'], { FLEETWIRE_API_KEY: key });
+    const sim = await startDevice(stack, 'e2e-dev-3', ['--heartbeat-s', '30']);
     const service = await stack.serviceClient();
     try {
-      await sim.waitFor(/device=e2e-dev-3 event=stable/);
       // The notice arrives 5 s in; the device refreshes (planned refreshes are at least 30 s
       // apart, so this one comes 30 s after the first token) and reconnects with the new token.
       const stats = await sim.waitFor(/stats devices=1 connected=1 .*tokens=2/, 45_000);
@@ -128,10 +120,8 @@ describe('a simulated device against the real stack', () => {
   }, 70_000);
 
   it('reconnects after a broker restart within its backoff bounds', async () => {
-    const key = await stack.registerDevice('e2e-dev-4');
-    const sim = startSim(stack, ['--device-id', 'e2e-dev-4', '--heartbeat-s', '30', '--telemetry-s', '0', '--log', 'debug'], { FLEETWIRE_API_KEY: key });
+    const sim = await startDevice(stack, 'e2e-dev-4', ['--heartbeat-s', '30', '--log', 'debug']);
     try {
-      await sim.waitFor(/device=e2e-dev-4 event=stable/);
       const before = sim.lines.length;
       await stack.restart(2000);
       await until(() => sim.lines.slice(before).some((l) => /device=e2e-dev-4 event=stable/.test(l)), Boolean, 40_000);

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
-import { consume, flushRedis, startSim, startStack, until, type Sim, type Stack } from './stack.js';
+import { consume, flushRedis, startDevice, startStack, until, type Sim, type Stack } from './stack.js';
 
 interface Envelope { device_id: string; payload: { rollout: string; state: string; progress: number; error?: string; fw?: string } }
 
@@ -72,10 +72,8 @@ beforeAll(async () => {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   imageBase = `https://localhost:${(server.address() as AddressInfo).port}`;
 
-  const key = await stack.registerDevice('ota-dev-1');
-  sim = startSim(stack, ['--device-id', 'ota-dev-1', '--heartbeat-s', '5', '--telemetry-s', '0', '--fw-version', '1.0.0', '--chip', 'esp32',
-    '--ota-public-key', publicKeyHex, '--fail-boot-version', '1.3.0'], { FLEETWIRE_API_KEY: key });
-  await sim.waitFor(/device=ota-dev-1 event=stable/);
+  sim = await startDevice(stack, 'ota-dev-1', ['--heartbeat-s', '5', '--fw-version', '1.0.0', '--chip', 'esp32',
+    '--ota-public-key', publicKeyHex, '--fail-boot-version', '1.3.0']);
   service = await stack.serviceClient();
 }, 60_000);
 

@@ -196,6 +196,19 @@ export function startSim(stack: Stack, args: string[], env: Record<string, strin
   };
 }
 
+/** Registers a device and runs it until its connection is stable (CONNACK + acknowledged heartbeat). */
+export async function startDevice(stack: Stack, id: string, args: string[] = []): Promise<Sim & { apiKey: string }> {
+  const apiKey = await stack.registerDevice(id);
+  const sim = startSim(stack, ['--device-id', id, '--telemetry-s', '0', ...args], { FLEETWIRE_API_KEY: apiKey });
+  try {
+    await sim.waitFor(new RegExp(`device=${id} event=stable`));
+  } catch (err) {
+    await sim.stop();
+    throw err;
+  }
+  return Object.assign(sim, { apiKey });
+}
+
 /** A real BullMQ consumer of one of the contract's queues, collecting job data. */
 export function consume(queue: string): { jobs: Record<string, unknown>[]; close(): Promise<void> } {
   const jobs: Record<string, unknown>[] = [];
