@@ -10,7 +10,7 @@ import {
 } from '@fleetwire/common';
 import type { AuditLog } from './audit.js';
 import type { AuthConfig } from './config.js';
-import type { Limits, Window } from './limits.js';
+import type { GateResult, Limits, Window } from './limits.js';
 import type { AuthMetrics } from './metrics.js';
 import type { PasswordHasher } from './passwords.js';
 import type { PasswordPolicy } from './password-policy.js';
@@ -22,6 +22,11 @@ import { emailDigest, normalizeEmail, type User, type UserStore } from './users.
 export const RESET_PREFIX = 'fwp_';
 /** Reset messages per address per hour; more are silently dropped (the answer stays 202). */
 const RESETS_PER_ACCOUNT_PER_HOUR = 3;
+
+/** The 429 a closed gate answers: locked account, or a full window. */
+function refusal(gate: Extract<GateResult, { ok: false }>): FleetwireError {
+  return new FleetwireError(gate.locked ? 'AUTH_ACCOUNT_LOCKED' : 'AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+}
 
 export interface TokenPair {
   access_token: string;
@@ -55,14 +60,10 @@ export class Accounts {
     const { config, limits, users, hasher, metrics, audit } = this.d;
     const ed = emailDigest(email);
     // A refused attempt costs this one script call: no lookup, no hash.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [
-      { key: redisKeys.loginPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 },
-      { key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000 },
-    ]);
+    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perIp(redisKeys.loginPerIp(ip)), this.perAccount(ed)]);
     if (!gate.ok) {
       metrics.logins.inc({ outcome: gate.locked ? 'locked' : 'rate_limited' });
-      if (gate.locked) throw new FleetwireError('AUTH_ACCOUNT_LOCKED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
-      throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+      throw refusal(gate);
     }
 
     const timer = metrics.loginSeconds.startTimer();
@@ -72,7 +73,7 @@ export class Accounts {
     else await hasher.dummyVerify(password);
 
     if (!user || !outcome.ok) {
-      const locked = await limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+      const locked = await this.countFailure(ed);
       timer();
       metrics.logins.inc({ outcome: 'failed' });
       await audit.record({ type: 'login.failed', actor: 'anonymous', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip });
@@ -117,19 +118,15 @@ export class Accounts {
   }
 
   async changePassword(userId: string, current: string, next: string, ip: string): Promise<void> {
-    const { config, limits, users, hasher, policy, sessions, audit } = this.d;
+    const { limits, users, hasher, policy, sessions, audit } = this.d;
     const user = await users.byIdWithHash(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', 'This user no longer exists.');
     const ed = emailDigest(user.email);
     // Guessing the current password here is limited like guessing it at login.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [
-      { key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000 },
-    ]);
-    if (!gate.ok) {
-      throw new FleetwireError(gate.locked ? 'AUTH_ACCOUNT_LOCKED' : 'AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
-    }
+    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perAccount(ed)]);
+    if (!gate.ok) throw refusal(gate);
     if (!(await hasher.verify(user.password_hash, current)).ok) {
-      await limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+      await this.countFailure(ed);
       throw new FleetwireError('AUTH_PASSWORD_WRONG');
     }
     policy.check(next, user.email);
@@ -140,9 +137,9 @@ export class Accounts {
 
   /** Answers at once; whether a message is sent happens afterwards, the same way for every address. */
   async requestReset(email: string, ip: string): Promise<void> {
-    const { config, limits } = this.d;
-    const gate = await limits.gate(null, [{ key: redisKeys.resetPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 }]);
-    if (!gate.ok) throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    const { limits } = this.d;
+    const gate = await limits.gate(null, [this.perIp(redisKeys.resetPerIp(ip))]);
+    if (!gate.ok) throw refusal(gate);
     const task = this.sendReset(email, ip).catch((err: unknown) => this.d.log.error({ err }, 'password reset request failed'));
     this.background.add(task);
     void task.finally(() => this.background.delete(task));
@@ -182,9 +179,9 @@ export class Accounts {
   }
 
   async confirmReset(token: string, next: string, ip: string): Promise<void> {
-    const { config, redis, users, hasher, policy, sessions, limits, audit } = this.d;
-    const gate = await limits.gate(null, [{ key: redisKeys.resetPerIp(ip), limit: config.loginPerIp, windowMs: config.loginIpWindowS * 1000 }]);
-    if (!gate.ok) throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: gate.retryAfterMs / 1000 });
+    const { redis, users, hasher, policy, sessions, limits, audit } = this.d;
+    const gate = await limits.gate(null, [this.perIp(redisKeys.resetPerIp(ip))]);
+    if (!gate.ok) throw refusal(gate);
     if (!token.startsWith(RESET_PREFIX) || token.length > 200) throw new FleetwireError('AUTH_RESET_INVALID');
     const key = redisKeys.resetToken(digest(token));
     const stored = (await redis.get(key)) ?? '';
@@ -197,8 +194,7 @@ export class Accounts {
     const hash = await hasher.hash(next);
     if ((await redis.getdel(key)) !== stored) throw new FleetwireError('AUTH_RESET_INVALID');
     await users.setPasswordHash(user.id, hash, true);
-    const ed = emailDigest(user.email);
-    await limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    await this.clearFailures(user.email);
     const ended = await sessions.endAll(user.id);
     await audit.record({ type: 'password.reset-completed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
   }
@@ -258,14 +254,35 @@ export class Accounts {
   async unlock(userId: string, actor: string, ip?: string): Promise<{ was_locked: boolean }> {
     const user = await this.d.users.byId(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
-    const ed = emailDigest(user.email);
-    const wasLocked = await this.d.limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    const wasLocked = await this.clearFailures(user.email);
     await this.d.audit.record({ type: 'account.unlocked', actor, subject: `user:${user.id}`, ...(ip ? { ip } : {}), detail: { was_locked: wasLocked } });
     return { was_locked: wasLocked };
   }
 
   async lockRemainingS(user: User): Promise<number> {
     return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLock(emailDigest(user.email)))) / 1000);
+  }
+
+  /** A sliding window of LOGIN_PER_IP attempts per client address (logins; reset requests and confirmations). */
+  private perIp(key: string): Window {
+    return { key, limit: this.d.config.loginPerIp, windowMs: this.d.config.loginIpWindowS * 1000 };
+  }
+
+  /** A sliding window of LOGIN_PER_ACCOUNT password attempts per email (logins, password changes). */
+  private perAccount(ed: string): Window {
+    return { key: redisKeys.loginPerAccount(ed), limit: this.d.config.loginPerAccount, windowMs: this.d.config.loginAccountWindowS * 1000 };
+  }
+
+  /** One more consecutive wrong password for this email; true when it locked the account. */
+  private countFailure(ed: string): Promise<boolean> {
+    const { config, limits } = this.d;
+    return limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+  }
+
+  /** Forgets the failures and lifts the lock; true when the account was locked. */
+  private clearFailures(email: string): Promise<boolean> {
+    const ed = emailDigest(email);
+    return this.d.limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
   }
 
   /** Waits for reset requests still being handled. */
