@@ -70,6 +70,10 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
       stream.throttle(stream.guard.limiter?.msUntilAllowed(bytes) ?? 0);
       abuse(stream.fw);
     },
+    onHold(stream, limit, bytes) {
+      d.metrics.rateLimitHeld.inc({ limit });
+      stream.throttle(stream.guard.limiter?.msUntilAllowed(bytes) ?? 0);
+    },
   };
   const duplexHooks: DuplexHooks = {
     violation: (stream, err) => violation(stream.fw!, err),

@@ -1,9 +1,15 @@
 /**
  * A streaming scan of MQTT fixed headers (MQTT 3.1.1 §2.2) in front of the
- * parser. It enforces the packet size limit and the per-client publish limits
- * before a byte reaches mqtt-packet or mqemitter, so a flood is dropped at the
- * cost of reading two bytes per packet. The common case (whole packets, all
- * allowed) passes the frame through without a copy.
+ * parser. It enforces the packet size limit, the CONNECT rules and the
+ * per-client publish limits before a byte reaches mqtt-packet or mqemitter, at
+ * the cost of reading two bytes per packet. The common case (whole packets,
+ * all allowed) passes the frame through without a copy.
+ *
+ * Over a publish limit, QoS 0 and QoS 1/2 differ. A QoS 0 publish carries no
+ * delivery promise, so it is dropped. A QoS 1/2 publish must be answered
+ * [MQTT-4.3.2-2], and a 3.1.1 client does not retransmit while connected, so
+ * it is held, with everything after it, until release() finds room for it:
+ * backpressure, not loss.
  */
 import type { LimitHit, PublishLimiter } from './publish-limiter.js';
 
@@ -16,8 +22,10 @@ export class GuardError extends Error {
 }
 
 export interface GuardEvents<Owner> {
-  /** Called for every dropped publish, with its size. One object serves every connection. */
+  /** A QoS 0 publish over a limit was dropped. One object serves every connection. */
   onDrop(owner: Owner, limit: LimitHit, bytes: number): void;
+  /** A QoS 1/2 publish over a limit is held, with all input after it, until release(). */
+  onHold(owner: Owner, limit: LimitHit, bytes: number): void;
 }
 
 const PUBLISH = 3;
@@ -32,6 +40,8 @@ export class MqttIngressGuard<Owner = unknown> {
   private dropLeft = 0;
   /** Bytes of a fixed header that began in an earlier frame, or null (the usual case). */
   private heldHeader: Buffer | null = null;
+  /** Input from a held QoS 1/2 publish on, waiting for release(); null when nothing is held. */
+  private held: Buffer[] | null = null;
   private sawConnect = false;
   /** After a violation nothing more passes: the connection is being closed. */
   private failed = false;
@@ -43,10 +53,32 @@ export class MqttIngressGuard<Owner = unknown> {
   /** Returns the bytes to hand to the MQTT parser (`buf` itself when nothing changed), or null when nothing passes. */
   filter(buf: Buffer): Buffer | null {
     if (this.failed) return null;
+    if (this.held) {
+      this.held.push(buf);
+      return null;
+    }
+    return this.checked(buf);
+  }
+
+  /** Whether a QoS 1/2 publish is waiting for room under the limits. */
+  get holding(): boolean {
+    return this.held !== null;
+  }
+
+  /** Scans the held input again: returns what may pass now; it may hold again (onHold is called then). */
+  release(): Buffer | null {
+    const held = this.held;
+    if (!held || this.failed) return null;
+    this.held = null;
+    return this.checked(held.length === 1 ? held[0]! : Buffer.concat(held));
+  }
+
+  private checked(buf: Buffer): Buffer | null {
     try {
       return this.scan(buf);
     } catch (err) {
       this.failed = true;
+      this.held = null;
       throw err;
     }
   }
@@ -78,18 +110,18 @@ export class MqttIngressGuard<Owner = unknown> {
         continue;
       }
       // A packet boundary: the fixed header is 1 type byte + 1..4 remaining-length bytes.
-      // Parsed in place; only a header split across frames is copied (into `held`).
-      const held = this.heldHeader;
+      // Parsed in place; only a header split across frames is copied (into `partial`).
+      const partial = this.heldHeader;
       const headerStart = i;
       let headerLen = 0;
       let first = 0;
       let remaining = 0;
       let mul = 1;
       let complete = false;
-      const heldLen = held ? held.length : 0;
+      const partialLen = partial ? partial.length : 0;
       for (let k = 0; ;) {
         let b: number;
-        if (k < heldLen) b = held![k++]!;
+        if (k < partialLen) b = partial![k++]!;
         else if (i < len) b = buf[i++]!;
         else break;
         if (++headerLen === 1) {
@@ -106,24 +138,34 @@ export class MqttIngressGuard<Owner = unknown> {
       }
       if (!complete) {
         // Hold the partial header back until its packet's verdict.
-        this.heldHeader = held ? Buffer.concat([held, buf.subarray(headerStart, len)]) : Buffer.from(buf.subarray(headerStart, len));
+        this.heldHeader = partial ? Buffer.concat([partial, buf.subarray(headerStart, len)]) : Buffer.from(buf.subarray(headerStart, len));
         flush(headerStart);
         runStart = len;
         break;
       }
       this.heldHeader = null;
-      const continuing = held !== null;
+      const continuing = partial !== null;
       const total = headerLen + remaining;
       const type = first >> 4;
       if (type === 0 || type === 15) throw new GuardError('malformed', `reserved MQTT packet type ${type}`);
       if (!this.sawConnect) {
         if (type !== CONNECT) throw new GuardError('malformed', 'the first packet must be CONNECT [MQTT-3.1.0-1]');
         this.sawConnect = true;
+      } else if (type === CONNECT) {
+        throw new GuardError('malformed', 'a second CONNECT on one connection is a protocol violation [MQTT-3.1.0-2]');
       }
       if (total > this.maxPacketBytes) {
         throw new GuardError('packet-too-large', `MQTT packet of ${total} bytes exceeds the ${this.maxPacketBytes}-byte limit`);
       }
       const hit = type === PUBLISH && this.limiter ? this.limiter.take(total) : null;
+      if (hit && (first & 0x06) !== 0) {
+        // QoS 1/2: hold this packet and everything after it; what came before passes.
+        flush(headerStart);
+        this.held = partial ? [partial, buf.subarray(headerStart)] : [buf.subarray(headerStart)];
+        runStart = len;
+        this.events.onHold(this.owner!, hit, total);
+        break;
+      }
       if (hit) {
         this.events.onDrop(this.owner!, hit, total);
         flush(headerStart);
@@ -132,7 +174,7 @@ export class MqttIngressGuard<Owner = unknown> {
       } else {
         if (continuing) {
           flush(headerStart);
-          out!.push(held, buf.subarray(headerStart, i));
+          out!.push(partial, buf.subarray(headerStart, i));
           runStart = i;
         }
         this.passLeft = remaining;

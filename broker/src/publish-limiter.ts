@@ -1,6 +1,10 @@
 /**
  * Per-client publish limits over two windows (1 s and 60 s), for messages and
  * for bytes, as token buckets: four numbers to refill per check, no timers.
+ * A byte bucket lets a publish through once it holds the publish's size or is
+ * full, and may then go into debt: a packet larger than the bucket (allowed up
+ * to BROKER_MAX_PACKET_BYTES) passes once the bucket has refilled, instead of
+ * never.
  */
 export interface PublishLimits {
   perS: number;
@@ -39,7 +43,7 @@ export class PublishLimiter {
       this.byteLong = Math.min(l.bytesPerMin, this.byteLong + (dt * l.bytesPerMin) / 60);
     }
     if (this.msgShort < 1 || this.msgLong < 1) return 'publish_messages';
-    if (this.byteShort < bytes || this.byteLong < bytes) return 'publish_bytes';
+    if (this.byteShort < Math.min(bytes, l.bytesPerS) || this.byteLong < Math.min(bytes, l.bytesPerMin)) return 'publish_bytes';
     this.msgShort -= 1;
     this.msgLong -= 1;
     this.byteShort -= bytes;
@@ -53,8 +57,8 @@ export class PublishLimiter {
     const waitS = Math.max(
       (1 - this.msgShort) / l.perS,
       ((1 - this.msgLong) * 60) / l.perMin,
-      (bytes - this.byteShort) / l.bytesPerS,
-      ((bytes - this.byteLong) * 60) / l.bytesPerMin,
+      (Math.min(bytes, l.bytesPerS) - this.byteShort) / l.bytesPerS,
+      ((Math.min(bytes, l.bytesPerMin) - this.byteLong) * 60) / l.bytesPerMin,
       0,
     );
     return Math.ceil(waitS * 1000);

@@ -8,7 +8,9 @@
  * on createWebSocketStream.
  * Incoming frames pass the MQTT ingress guard before the parser sees them, and
  * a client over its publish limit is not read at all for a while: backpressure
- * through TCP costs no CPU, where reading and dropping a flood does.
+ * through TCP costs no CPU, where reading and dropping a flood does. Input the
+ * guard holds (a QoS 1/2 publish over a limit) is offered to it again when the
+ * pause ends.
  */
 import { Duplex } from 'node:stream';
 import type { WebSocket, RawData } from 'ws';
@@ -58,9 +60,14 @@ export class WebSocketDuplex extends Duplex {
       return;
     }
     if (this.fw) this.fw.lastActivity = Date.now();
+    this.forward(() => this.guard.filter(data));
+  }
+
+  /** Hands what the guard lets through to the parser, pausing the socket when the parser is full. */
+  private forward(guarded: () => Buffer | null): void {
     let pass: Buffer | null;
     try {
-      pass = this.guard.filter(data);
+      pass = guarded();
     } catch (err) {
       if (err instanceof GuardError) return this.hooks.violation(this, err);
       throw err;
@@ -83,7 +90,13 @@ export class WebSocketDuplex extends Duplex {
   }
 
   private maybeResume(): void {
-    if (!this.readBlocked && Date.now() >= this.throttledUntil && this.ws.isPaused) this.ws.resume();
+    if (this.readBlocked || Date.now() < this.throttledUntil) return;
+    if (this.guard.holding) {
+      this.forward(() => this.guard.release());
+      // Still over the limit (onHold throttled again) or the parser is full: stay paused.
+      if (this.guard.holding || this.readBlocked || this.destroyed) return;
+    }
+    if (this.ws.isPaused) this.ws.resume();
   }
 
   override _read(): void {

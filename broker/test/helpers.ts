@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import mqtt, { type MqttClient, type IClientOptions } from 'mqtt';
 import WebSocket from 'ws';
+import mqttPacket from 'mqtt-packet';
 import {
   createLogger, createRedis, createTokenVerifier, generateSigningKey, loadOrCreateKeySet, saveDevice, signToken,
   type Redis, type SigningKey, type TokenRequest,
@@ -137,4 +138,58 @@ export async function waitFor<T>(fn: () => Promise<T> | T, ok: (v: T) => boolean
     if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(v)}`);
     await sleep(50);
   }
+}
+
+/**
+ * A raw MQTT 3.1.1 client over WebSocket (mqtt-packet, no client library), for
+ * tests that must see exactly what the broker sends: flags such as DUP, every
+ * PUBACK, the close frame.
+ */
+export interface RawMqtt {
+  ws: WebSocket;
+  /** Every packet received so far, in order. */
+  packets: mqttPacket.Packet[];
+  send(packet: Partial<mqttPacket.Packet> & { cmd: mqttPacket.PacketCmd }): void;
+  /** Resolves with the first received packet (past or future) that matches. */
+  next(match: (p: mqttPacket.Packet) => boolean, timeoutMs?: number): Promise<mqttPacket.Packet>;
+  closed: Promise<{ code: number; reason: string }>;
+}
+
+export async function rawMqtt(url: string, token: string | null): Promise<RawMqtt> {
+  const ws = new WebSocket(url, token === null ? ['mqtt'] : ['mqtt', `auth.${token}`]);
+  ws.on('error', () => undefined);
+  const parser = mqttPacket.parser({ protocolVersion: 4 });
+  const packets: mqttPacket.Packet[] = [];
+  const waiters = new Set<() => void>();
+  parser.on('packet', (p: mqttPacket.Packet) => {
+    packets.push(p);
+    for (const w of waiters) w();
+  });
+  ws.on('message', (data: Buffer) => parser.parse(data));
+  const closed = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('unexpected-response', () => reject(new Error('upgrade refused'))); });
+  return {
+    ws, packets, closed,
+    send: (packet) => ws.send(mqttPacket.generate(packet as mqttPacket.Packet)),
+    next(match, timeoutMs = 5000) {
+      return new Promise((resolve, reject) => {
+        const check = (): void => {
+          const found = packets.find(match);
+          if (!found) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(found);
+        };
+        const timer = setTimeout(() => { waiters.delete(check); reject(new Error(`no matching packet in ${timeoutMs} ms; got ${packets.map((p) => p.cmd).join(',')}`)); }, timeoutMs);
+        waiters.add(check);
+        check();
+      });
+    },
+  };
+}
+
+/** CONNECT as a device would send it; resolves with the CONNACK. */
+export async function rawConnect(c: RawMqtt, clientId: string, extra: Partial<mqttPacket.IConnectPacket> = {}): Promise<mqttPacket.IConnackPacket> {
+  c.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 30, ...extra });
+  return (await c.next((p) => p.cmd === 'connack')) as mqttPacket.IConnackPacket;
 }

@@ -1,7 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import mqttPacket from 'mqtt-packet';
-import { closeOf, connackCode, connect, flushRedis, sleep, startBroker, type TestBroker } from './helpers.js';
+import { Queue } from 'bullmq';
+import { queues } from '@fleetwire/common';
+import { closeOf, connackCode, connect, flushRedis, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeEach(async () => flushRedis());
@@ -122,6 +124,57 @@ describe('publish limits', () => {
     // Penalty refusals are not failed authentications: the address is not banned for the others behind it.
     const neighbour = await connect(t.url, await t.registerDevice('dev-neighbour'), 'dev-neighbour');
     await neighbour.endAsync();
+  });
+});
+
+describe('QoS 1 over the limits', () => {
+  const acked = (c: { packets: { cmd: string; messageId?: number }[] }): Set<number> =>
+    new Set(c.packets.filter((p) => p.cmd === 'puback').map((p) => p.messageId!));
+
+  it('holds QoS 1 publishes over the rate limit until they fit, then acknowledges and queues every one', async () => {
+    t = await startBroker({ publishBurst: 5, publishPerS: 20, abuseDropsBeforeKick: 50 });
+    const c = await rawMqtt(t.url, await t.registerDevice('dev-q1'));
+    expect((await rawConnect(c, 'dev-q1')).returnCode).toBe(0);
+    const n = 60;
+    for (let id = 1; id <= n; id++) {
+      c.send({ cmd: 'publish', topic: 'devices/dev-q1/heartbeat', qos: 1, messageId: id, retain: false, dup: false, payload: JSON.stringify({ seq: id, uptime_s: id, rssi: -50, heap_free: 1000, fw: '1.0.0' }) });
+    }
+    // 5 at once, then 20/s: about 3 s for the rest.
+    await waitFor(() => acked(c).size, (k) => k === n, 10_000);
+    expect(c.ws.readyState).toBe(WebSocket.OPEN);
+    const queue = new Queue('heartbeats', { connection: t.redis, prefix: queues.prefix });
+    expect(await queue.getJobCountByTypes('waiting', 'prioritized', 'delayed')).toBe(n);
+    await queue.close();
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    expect(metrics).toMatch(/fleetwire_broker_rate_limit_held_total\{limit="publish_messages"\} [1-9]/);
+    expect(metrics).not.toMatch(/fleetwire_broker_rate_limit_drops_total\{limit="publish_messages"\} [1-9]/);
+    c.ws.close();
+  });
+
+  it('lets a QoS 1 publish larger than the per-second byte budget through once the budget is full, and acknowledges it', async () => {
+    t = await startBroker({ publishBytesPerS: 2048, publishBytesPerMin: 1_000_000, maxPacketBytes: 16_384 });
+    const c = await rawMqtt(t.url, await t.registerDevice('dev-bigq1'));
+    await rawConnect(c, 'dev-bigq1');
+    const blob = JSON.stringify({ blob: 'x'.repeat(5000) });
+    for (let id = 1; id <= 2; id++) c.send({ cmd: 'publish', topic: 'devices/dev-bigq1/telemetry', qos: 1, messageId: id, retain: false, dup: false, payload: blob });
+    // The first fits a full budget; the second waits until the budget has refilled (about 2.5 s at 2 KiB/s).
+    await waitFor(() => acked(c).size, (k) => k === 2, 8000);
+    expect(c.ws.readyState).toBe(WebSocket.OPEN);
+    c.ws.close();
+  });
+
+  it('still drops QoS 0 publishes over the limit (they carry no delivery promise)', async () => {
+    t = await startBroker({ publishBurst: 3, publishPerS: 1, abuseDropsBeforeKick: 1000 });
+    const c = await rawMqtt(t.url, await t.registerDevice('dev-q0'));
+    await rawConnect(c, 'dev-q0');
+    for (let i = 0; i < 10; i++) c.send({ cmd: 'publish', topic: 'devices/dev-q0/telemetry', qos: 0, retain: false, dup: false, payload: '{"i":1}' });
+    c.send({ cmd: 'pingreq' });
+    await c.next((p) => p.cmd === 'pingresp');
+    const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+    const dropped = Number(/fleetwire_broker_rate_limit_drops_total\{limit="publish_messages"\} (\d+)/.exec(metrics)?.[1]);
+    expect(dropped).toBeGreaterThanOrEqual(5); // 10 offered, a burst of 3, at most a refill or two in between
+    expect(dropped).toBeLessThanOrEqual(7);
+    c.ws.close();
   });
 });
 
