@@ -7,5 +7,7 @@ declare module 'aedes' {
       on(topic: string, fn: (packet: { topic: string; payload: Buffer }, done: () => void) => void, cb?: () => void): void;
     };
     clients: Record<string, Client>;
+    /** The session store (aedes-persistence interface); typed `any` upstream. */
+    persistence: unknown;
   }
 }

@@ -24,6 +24,7 @@ import { createUpgradeHandler } from './handshake.js';
 import { installHooks } from './hooks.js';
 import { lightenParser } from './aedes-tuning.js';
 import { IngressRouter } from './ingress.js';
+import { markRedeliveries } from './redelivery.js';
 import { createBrokerMetrics } from './metrics.js';
 import { ConnectionRegistry } from './registry.js';
 import { connectionRoutes } from './routes/connections.js';
@@ -120,6 +121,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   });
   (aedes as unknown as NodeJS.EventEmitter).on('error', (err: unknown) => log.error({ err }, 'broker error'));
   await aedes.listen();
+  markRedeliveries(aedes); // the persistence exists once listen() has set it up
 
   function noteClientError(client: Client, err: Error): DisconnectReason {
     const state = stateOf(client);
