@@ -2,15 +2,26 @@
  * Per-connection memory trims for Aedes internals, measured with heap
  * snapshots (bench/idle-rss.mjs): they matter at 100,000 idle connections.
  */
-import type { Client } from 'aedes';
+import type { Aedes, Client } from 'aedes';
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import BufferList from 'bl/BufferList.js';
+import { markParserErrors } from './client-errors.js';
+
+/** Hands a connection to Aedes (every transport goes through here): a lighter parser whose errors say what they broke. */
+export function handleConnection(aedes: Aedes, stream: Duplex, req?: IncomingMessage): Client {
+  const client = aedes.handle(stream, req);
+  lightenParser(client);
+  markParserErrors(client);
+  return client;
+}
 
 /**
  * mqtt-packet's parser buffers input in a BufferListStream, a full Duplex
  * stream (two stream states and an event emitter) of which it only uses the
  * BufferList methods. A plain BufferList has them all at a fraction of the size.
  */
-export function lightenParser(client: Client): void {
+function lightenParser(client: Client): void {
   const parser = (client as unknown as { _parser: { _list: { length: number } } })._parser;
   if (parser._list.length === 0) parser._list = new BufferList();
 }

@@ -9,8 +9,6 @@ import type { AddressInfo } from 'node:net';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
-import MQEmitterRedis from 'mqemitter-redis';
-import aedesPersistenceRedis from 'aedes-persistence-redis';
 import {
   createHttpApp, createLogger, createMetricsRegistry, createRedis, healthRoutes, parseRevocation, redisKeys, requireRole, topicFor, topics,
   type Logger, type Registry, type TokenVerifier,
@@ -18,11 +16,13 @@ import {
 import type { BrokerConfig } from './config.js';
 import { normalizeIp, trustedProxyList } from './client-ip.js';
 import { newConnState, setCloseIntent, stateOf, type DisconnectReason } from './conn-state.js';
+import { clusterEngines } from './cluster.js';
 import { ConnectGate } from './connect-gate.js';
 import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
 import { installHooks } from './hooks.js';
-import { lightenParser } from './aedes-tuning.js';
+import { handleConnection } from './aedes-tuning.js';
+import { classifyClientError } from './client-errors.js';
 import { IngressRouter } from './ingress.js';
 import { markRedeliveries } from './redelivery.js';
 import { createBrokerMetrics } from './metrics.js';
@@ -72,16 +72,13 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const queueRedis = createRedis(config.redisUrl, { name: `broker-queues:${nodeId}`, maxRetriesPerRequest: null });
   for (const r of [redis, sub, queueRedis]) r.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
 
-  const clustered = config.cluster === 'redis';
+  const cluster = config.cluster === 'redis' ? clusterEngines(config.redisUrl, nodeId) : null;
   const aedes = new Aedes({
     id: nodeId,
     connectTimeout: config.connectTimeoutMs,
     maxTopicLevels: config.maxTopicLevels,
     drainTimeout: config.drainTimeoutMs,
-    ...(clustered ? {
-      mq: MQEmitterRedis({ connectionString: config.redisUrl }),
-      persistence: aedesPersistenceRedis({ conn: createRedis(config.redisUrl, { name: `broker-persistence:${nodeId}` }) }),
-    } : {}),
+    ...(cluster ? { mq: cluster.mq, persistence: cluster.persistence } : {}),
   });
 
   let draining = false;
@@ -123,19 +120,22 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   await aedes.listen();
   markRedeliveries(aedes); // the persistence exists once listen() has set it up
 
+  /** Records why Aedes ended a connection with an error; a deliberate close that came first keeps its own reason. */
   function noteClientError(client: Client, err: Error): DisconnectReason {
     const state = stateOf(client);
-    let reason: DisconnectReason;
-    if (err.message === 'keep alive timeout') reason = 'keepalive-timeout';
-    else if (err.message === 'connect did not arrive in time') reason = 'connect-timeout';
-    else if ((err as NodeJS.ErrnoException).code) reason = 'socket-closed';
-    else reason = state?.closeReason ?? 'malformed';
-    if (reason === 'malformed' && !state?.closeReason) {
-      metrics.malformed.inc({ kind: 'parser' });
-      log.warn({ client_id: client.id, ip: state?.ip, err: err.message }, 'closing connection: malformed MQTT input');
+    if (state?.closeReason) return state.closeReason;
+    const verdict = classifyClientError(err);
+    const fields = { client_id: client.id, ip: state?.ip, err: err.message };
+    if (verdict.malformed) {
+      metrics.malformed.inc({ kind: verdict.malformed });
+      log.warn(fields, `closing connection: ${verdict.text}`);
+    } else if (verdict.reason === 'client-error') {
+      log.warn(fields, 'connection ended by an unexpected error');
+    } else {
+      log.info(fields, `connection ended: ${verdict.reason}`);
     }
-    if (state && !state.closeReason) state.closeReason = reason;
-    return state?.closeReason ?? reason;
+    if (state) state.closeReason = verdict.reason;
+    return verdict.reason;
   }
 
   // Revocations and kicks reach every node; the node holding the connection acts.
@@ -228,7 +228,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const state = newConnState('tcp', normalizeIp(socket.remoteAddress), socket);
     connections.opened(state);
     socket.once('close', () => connections.closed(state));
-    lightenParser(aedes.handle(socket));
+    handleConnection(aedes, socket);
   }
 
   async function sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void> {
@@ -263,7 +263,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
       ingress.close(),
     ]);
     await registry.forgetNode().catch(() => undefined);
-    await Promise.all([redis, sub, queueRedis].map((r) => r.quit().catch(() => r.disconnect())));
+    await Promise.all([...[redis, sub, queueRedis].map((r) => r.quit().catch(() => r.disconnect())), cluster?.close()]);
   }
 
   async function drain(): Promise<{ leftOpen: number }> {

@@ -19,7 +19,8 @@ import { WebSocketDuplex } from './ws-stream.js';
 export type DisconnectReason =
   | 'client-disconnect' | 'socket-closed' | 'keepalive-timeout' | 'connect-timeout' | 'auth-failed'
   | 'kicked' | 'revoked' | 'token-expired' | 'server-shutdown' | 'rate-limited' | 'malformed'
-  | 'packet-too-large' | 'taken-over' | 'acl-denied' | 'keepalive-out-of-bounds' | 'queue-unavailable';
+  | 'packet-too-large' | 'taken-over' | 'acl-denied' | 'keepalive-out-of-bounds' | 'queue-unavailable'
+  | 'drain-timeout' | 'client-error';
 
 export interface ConnState {
   readonly transport: 'ws' | 'tcp';

@@ -106,11 +106,12 @@ export class Connections {
     const state = stateOf(client);
     if (!state?.claims) return;
     this.metrics.connects.inc({ kind: state.claims.typ });
+    // Logged before the registry write, so it precedes every later line about this connection.
+    this.log.info({ client_id: client.id, kind: state.claims.typ, ip: state.ip, transport: state.transport }, 'client connected');
     try {
       const seq = await this.registry.register(client.id, state);
       state.registered = true;
       if (seq !== null) this.publishPresence(state.claims.sub, { online: true, seq, node: this.registry.nodeId, at: Date.now() });
-      this.log.info({ client_id: client.id, kind: state.claims.typ, ip: state.ip, transport: state.transport }, 'client connected');
     } catch (err) {
       this.log.error({ err, client_id: client.id }, 'connection registry write failed');
     }

@@ -11,14 +11,15 @@ import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
 import { errorCatalogue, jwtContract, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
-import { newConnState, type ConnState } from './conn-state.js';
+import { newConnState, setCloseIntent, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import type { BrokerMetrics } from './metrics.js';
 import { GuardError, MqttIngressGuard, type GuardEvents } from './mqtt-guard.js';
 import { PublishLimiter, type PublishLimits } from './publish-limiter.js';
 import { WebSocketDuplex, type DuplexHooks } from './ws-stream.js';
-import { lightenParser } from './aedes-tuning.js';
+import { handleConnection } from './aedes-tuning.js';
+import { classifyClientError, closeFrameFor } from './client-errors.js';
 
 export interface HandshakeDeps {
   aedes: Aedes;
@@ -78,6 +79,12 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
   const duplexHooks: DuplexHooks = {
     violation: (stream, err) => violation(stream.fw!, err),
     closed: (stream) => d.connections.closed(stream.fw!),
+    // Aedes destroys the stream with the error before it reports it: choose the close frame now.
+    errored: (stream, err) => {
+      if (stream.closeIntent) return; // a deliberate close came first
+      const frame = closeFrameFor(classifyClientError(err));
+      if (frame) setCloseIntent(stream.fw!, frame.reason, frame.text);
+    },
   };
 
   return function onUpgrade(req, socket, head) {
@@ -120,7 +127,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
     const state = newConnState('ws', ip, stream);
     d.connections.opened(state);
     const slimRequest = { headers: { 'sec-websocket-protocol': offeredProtocols } } as unknown as IncomingMessage;
-    lightenParser(d.aedes.handle(stream, slimRequest));
+    handleConnection(d.aedes, stream, slimRequest);
   }
 
   function abuse(state: ConnState): void {

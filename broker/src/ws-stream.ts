@@ -26,6 +26,8 @@ export interface CloseIntent {
 export interface DuplexHooks {
   violation(stream: WebSocketDuplex, err: GuardError): void;
   closed(stream: WebSocketDuplex): void;
+  /** The stream is being destroyed with this error; set closeIntent here to choose the close frame. */
+  errored(stream: WebSocketDuplex, err: Error): void;
 }
 
 export class WebSocketDuplex extends Duplex {
@@ -35,6 +37,7 @@ export class WebSocketDuplex extends Duplex {
   fw: ConnState | undefined;
   private readBlocked = false; // the parser has not taken what we pushed
   private throttledUntil = 0;
+  private throttleTimer: NodeJS.Timeout | null = null;
   private corked = false;
 
   constructor(
@@ -84,9 +87,17 @@ export class WebSocketDuplex extends Duplex {
     if (until <= this.throttledUntil) return;
     this.throttledUntil = until;
     this.ws.pause();
-    setTimeout(() => {
-      if (Date.now() >= this.throttledUntil) this.maybeResume();
-    }, until - Date.now()).unref();
+    if (!this.throttleTimer) this.armThrottleTimer();
+  }
+
+  /** One timer per paused connection, re-armed when the pause was extended or the timer fired early by Date.now(). */
+  private armThrottleTimer(): void {
+    this.throttleTimer = setTimeout(() => {
+      this.throttleTimer = null;
+      if (Date.now() < this.throttledUntil) this.armThrottleTimer();
+      else this.maybeResume();
+    }, Math.max(1, this.throttledUntil - Date.now()));
+    this.throttleTimer.unref();
   }
 
   private maybeResume(): void {
@@ -105,14 +116,25 @@ export class WebSocketDuplex extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    if (this.peerGone()) return cb();
     this.corkUntilTurnEnds();
     this.ws.send(chunk, { binary: true }, cb);
   }
 
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    if (this.peerGone()) return cb();
     this.corkUntilTurnEnds();
     const frame = chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk));
     this.ws.send(frame, { binary: true }, cb);
+  }
+
+  /**
+   * Once the WebSocket is closing nothing more reaches the peer. Writes made
+   * then (a PUBACK for a client that closed right after publishing) are
+   * dropped quietly: an error would read as a fault of the client.
+   */
+  private peerGone(): boolean {
+    return this.ws.readyState !== this.ws.OPEN;
   }
 
   private corkUntilTurnEnds(): void {
@@ -133,6 +155,7 @@ export class WebSocketDuplex extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err: Error | null) => void): void {
+    if (err) this.hooks.errored(this, err);
     this.closeSocket();
     cb(err);
   }
