@@ -9,6 +9,7 @@ import swagger from '@fastify/swagger';
 export type {} from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { FleetwireError } from './errors.js';
+import { refuseNonFiniteNumbers } from './query-numbers.js';
 import type { Logger } from './logger.js';
 import type { Registry } from './metrics.js';
 
@@ -30,6 +31,7 @@ export async function createHttpApp({ log, tls, version, trustedProxies = [] }: 
     ...(tls ? { https: tls } : {}),
   };
   const app = Fastify(opts) as unknown as FastifyInstance;
+  refuseNonFiniteNumbers(app);
   app.addSchema({
     $id: 'error', type: 'object',
     properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } },

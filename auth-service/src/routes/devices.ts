@@ -1,6 +1,6 @@
 /** /v1/devices: registration, metadata, key rotation, revocation, and the API-key → token exchange. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
+import { FleetwireError, pageQuery, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
 import type { AuditLog } from '../audit.js';
 import type { AuthConfig } from '../config.js';
 import type { DeviceMetadata, DeviceRegistry } from '../devices.js';
@@ -48,7 +48,7 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
       querystring: {
         type: 'object',
         properties: {
-          offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+          ...pageQuery(1000),
           status: { type: 'string', enum: ['active', 'revoked'] }, type: { type: 'string', maxLength: 64 },
         },
       },

@@ -1,6 +1,6 @@
 /** /v1/users: admins create, list and unlock users. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, type Guard, type UserRole } from '@fleetwire/common';
+import { FleetwireError, pageQuery, type Guard, type UserRole } from '@fleetwire/common';
 import type { Accounts } from '../accounts.js';
 import type { UserStore } from '../users.js';
 import { email, errorResponse, idParam, password, role, user } from './schemas.js';
@@ -24,7 +24,7 @@ export function userRoutes(app: FastifyInstance, { accounts, users, admin }: Use
     onRequest: admin,
     schema: {
       tags, security, summary: 'List users, oldest first',
-      querystring: { type: 'object', properties: { offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } } },
+      querystring: { type: 'object', properties: pageQuery(500) },
       response: { 200: { type: 'object', properties: { users: { type: 'array', items: user }, total: { type: 'integer' } } } },
     },
   }, async (req) => users.list(req.query.offset, req.query.limit));
