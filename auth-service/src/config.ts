@@ -37,7 +37,7 @@ export const authSpec = {
   loginAccountWindowS: int('LOGIN_ACCOUNT_WINDOW_S', 60, 'sliding window for LOGIN_PER_ACCOUNT', { min: 1 }),
   lockoutFailures: int('LOCKOUT_FAILURES', 10, 'consecutive failed logins that lock an account', { min: 1 }),
   lockoutS: int('LOCKOUT_S', 900, 'how long a locked account stays locked (an admin can unlock sooner)', { min: 1 }),
-  deviceTokenPerIp: int('DEVICE_TOKEN_FAILURES_PER_IP', 60, 'failed API-key exchanges per IP per minute before 429', { min: 1 }),
+  deviceTokenPerIp: int('DEVICE_TOKEN_FAILURES_PER_IP', 60, 'failed API-key exchanges per IP per minute; past it every exchange from that IP gets 429, a right key included', { min: 1 }),
   // password reset
   resetTokenTtlS: int('RESET_TOKEN_TTL_S', 1800, 'password-reset link lifetime', { min: 60, max: 86_400 }),
   resetSender: oneOf('RESET_SENDER', 'outbox', ['outbox', 'webhook'] as const,

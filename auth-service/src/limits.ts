@@ -90,7 +90,12 @@ export class Limits {
     return Math.max(0, await this.redis.pttl(lockKey));
   }
 
-  /** Adds one event to a window without checking it (failures counted after the fact). */
+  /** Events in a window now, without recording one (checked before an attempt whose failure is then recorded). */
+  async count(w: Window): Promise<number> {
+    return this.redis.zcount(w.key, `(${Date.now() - w.windowMs}`, '+inf');
+  }
+
+  /** Adds one event to a window without checking it (a failure, recorded once it happened). */
   async record(w: Window): Promise<number> {
     const now = Date.now();
     const res = await this.redis.multi()

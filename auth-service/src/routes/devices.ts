@@ -119,18 +119,24 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
       },
     },
   }, async (req) => {
-    let id: string;
-    try {
-      id = await devices.authenticate(req.body.api_key);
-    } catch (err) {
+    const failures = { key: redisKeys.deviceTokenFailures(req.ip), limit: config.deviceTokenPerIp, windowMs: 60_000 };
+    // The address's failures are read together with the key's record: both commands leave in the
+    // same tick, so ioredis auto-pipelining sends them in one round trip, as the success path was.
+    const [recent, checked] = await Promise.allSettled([limits.count(failures), devices.authenticate(req.body.api_key)]);
+    if (recent.status === 'rejected') throw recent.reason;
+    // An address over its limit is refused whatever it sends, a right key included: otherwise its
+    // next guesses would still be told which one was right.
+    if (recent.value >= config.deviceTokenPerIp) {
+      metrics.deviceTokens.inc({ outcome: 'AUTH_RATE_LIMITED' });
+      throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: 60 });
+    }
+    if (checked.status === 'rejected') {
+      const err: unknown = checked.reason;
       metrics.deviceTokens.inc({ outcome: err instanceof FleetwireError ? err.code : 'error' });
-      // Failures are counted per IP after the fact: success costs no extra round trip.
-      const window = { key: redisKeys.deviceTokenFailures(req.ip), limit: config.deviceTokenPerIp, windowMs: 60_000 };
-      if ((await limits.record(window)) > config.deviceTokenPerIp) {
-        throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: 60 });
-      }
+      await limits.record(failures);
       throw err;
     }
+    const id = checked.value;
     metrics.deviceTokens.inc({ outcome: 'issued' });
     const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS });
     return { token, device_id: id, expires_in: config.deviceTokenTtlS };
