@@ -5,7 +5,7 @@
  */
 import type { Redis } from 'ioredis';
 import {
-  FleetwireError, jwtContract, redisKeys, revokeToken, revokeUserTokens, signToken,
+  FleetwireError, jwtContract, publishRevocation, redisKeys, revokeSession, revokeToken, signToken,
   type FleetwireClaims, type KeyRing, type Logger, type UserRole,
 } from '@fleetwire/common';
 import type { AuditLog } from './audit.js';
@@ -67,7 +67,10 @@ export class Accounts {
     }
 
     const timer = metrics.loginSeconds.startTimer();
-    const user = await users.byEmail(email);
+    // The user and its token generation in one step: the session and token are signed at the
+    // generation of the password checked here, so a change while we hash voids them.
+    const found = await users.loginRecord(email);
+    const user = found?.user ?? null;
     let outcome = { ok: false, rehash: false };
     if (user) outcome = await hasher.verify(user.password_hash, password);
     else await hasher.dummyVerify(password);
@@ -86,7 +89,7 @@ export class Accounts {
 
     // Independent writes, sent together.
     const [pair] = await Promise.all([
-      this.startSession(user),
+      this.startSession(user, found!.tokenGen),
       limits.succeed(redisKeys.loginFailures(ed)),
       audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip }),
       outcome.rehash ? this.rehash(user.id, user.password_hash, password) : undefined,
@@ -97,28 +100,33 @@ export class Accounts {
   }
 
   async refresh(presented: string, ip: string): Promise<TokenPair> {
-    const { sessions, users, metrics, audit } = this.d;
+    const { sessions, metrics, audit } = this.d;
     const res = await sessions.rotate(presented);
     metrics.refreshes.inc({ outcome: res.kind });
     if (res.kind === 'reused') {
+      // The session's refresh tokens died in the rotation script; its access tokens end here, and so do its MQTT connections.
+      await revokeSession(this.d.redis, res.sessionId, this.tokenLifetimeS());
       await audit.record({ type: 'refresh.reused', actor: 'anonymous', subject: `user:${res.userId}`, ip, outcome: 'session-revoked', detail: { session: res.sessionId } });
       throw new FleetwireError('AUTH_REFRESH_REUSED');
     }
     if (res.kind === 'invalid') throw new FleetwireError('AUTH_REFRESH_INVALID');
-    const user = await users.byId(res.userId);
-    if (!user) throw new FleetwireError('AUTH_REFRESH_INVALID');
-    return { access_token: await this.accessToken(user, res.sessionId), refresh_token: res.token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
+    const access = await this.accessToken({ id: res.userId, role: res.role }, res.sessionId, res.tokenGen);
+    return { access_token: access, refresh_token: res.token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
   }
 
-  /** Ends the caller's session and revokes the access token it used. */
-  async logout(claims: FleetwireClaims & { sid?: string }, ip: string): Promise<void> {
-    if (claims.sid) await this.d.sessions.end(claims.sid);
-    await revokeToken(this.d.redis, claims.jti, claims.exp);
+  /** Ends the caller's session: its refresh token and every access token it issued (MQTT connections close). */
+  async logout(claims: FleetwireClaims, ip: string): Promise<void> {
+    if (claims.sid) {
+      await this.d.sessions.end(claims.sid);
+      await revokeSession(this.d.redis, claims.sid, this.tokenLifetimeS());
+    } else {
+      await revokeToken(this.d.redis, claims.jti, claims.exp); // a token minted outside any session (development CLI)
+    }
     await this.d.audit.record({ type: 'session.ended', actor: `user:${claims.sub}`, subject: `user:${claims.sub}`, ip });
   }
 
   async changePassword(userId: string, current: string, next: string, ip: string): Promise<void> {
-    const { limits, users, hasher, policy, sessions, audit } = this.d;
+    const { limits, users, hasher, policy, audit } = this.d;
     const user = await users.byIdWithHash(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', 'This user no longer exists.');
     const ed = emailDigest(user.email);
@@ -131,7 +139,7 @@ export class Accounts {
     }
     policy.check(next, user.email);
     await users.setPasswordHash(user.id, await hasher.hash(next), true);
-    const ended = await sessions.endAll(user.id);
+    const ended = await this.endTokens(user.id);
     await audit.record({ type: 'password.changed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
   }
 
@@ -179,7 +187,7 @@ export class Accounts {
   }
 
   async confirmReset(token: string, next: string, ip: string): Promise<void> {
-    const { redis, users, hasher, policy, sessions, limits, audit } = this.d;
+    const { redis, users, hasher, policy, limits, audit } = this.d;
     const gate = await limits.gate(null, [this.perIp(redisKeys.resetPerIp(ip))]);
     if (!gate.ok) throw refusal(gate);
     if (!token.startsWith(RESET_PREFIX) || token.length > 200) throw new FleetwireError('AUTH_RESET_INVALID');
@@ -195,7 +203,7 @@ export class Accounts {
     if ((await redis.getdel(key)) !== stored) throw new FleetwireError('AUTH_RESET_INVALID');
     await users.setPasswordHash(user.id, hash, true);
     await this.clearFailures(user.email);
-    const ended = await sessions.endAll(user.id);
+    const ended = await this.endTokens(user.id);
     await audit.record({ type: 'password.reset-completed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
   }
 
@@ -229,7 +237,8 @@ export class Accounts {
     const res = await this.d.users.setRole(userId, role);
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
     if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
-    if (before.role !== role) await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    // setRole revoked the tokens (a new generation); the brokers close the live connections.
+    if (res === 'changed') await publishRevocation(this.d.redis, { kind: 'user', id: userId });
     await this.d.audit.record({ type: 'user.role-changed', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { from: before.role, to: role } });
     return (await this.d.users.byId(userId))!;
   }
@@ -238,12 +247,22 @@ export class Accounts {
   async deleteUser(userId: string, actor: string, ip?: string): Promise<void> {
     const user = await this.d.users.byId(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
-    const res = await this.d.users.delete(user);
+    const res = await this.d.users.delete(user, this.tokenLifetimeS() * 1000);
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
     if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
-    const ended = await this.d.sessions.endAll(userId);
-    await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    const ended = await this.endTokens(userId);
     await this.d.audit.record({ type: 'user.deleted', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { email: user.email, role: user.role, sessions_ended: ended } });
+  }
+
+  /**
+   * After the user's token generation was raised (password change or reset, deletion): the
+   * already void sessions are deleted and the brokers close the user's live connections.
+   * Returns how many sessions were deleted.
+   */
+  private async endTokens(userId: string): Promise<number> {
+    const ended = await this.d.sessions.endAll(userId);
+    await publishRevocation(this.d.redis, { kind: 'user', id: userId });
+    return ended;
   }
 
   /** How long a user's access token can live: how long a revocation must be remembered. */
@@ -290,14 +309,17 @@ export class Accounts {
     await Promise.all([...this.background]);
   }
 
-  private async startSession(user: User): Promise<TokenPair> {
+  private async startSession(user: User, tokenGen: number): Promise<TokenPair> {
     const sessionId = this.d.sessions.newId();
-    const [refreshToken, accessToken] = await Promise.all([this.d.sessions.start(user.id, sessionId), this.accessToken(user, sessionId)]);
+    const [refreshToken, accessToken] = await Promise.all([this.d.sessions.start(user.id, sessionId, tokenGen), this.accessToken(user, sessionId, tokenGen)]);
     return { access_token: accessToken, refresh_token: refreshToken, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
   }
 
-  private accessToken(user: User, sessionId: string): Promise<string> {
-    return signToken(this.d.keys.signer, { sub: user.id, typ: 'user', role: user.role, ttlSeconds: this.d.config.accessTokenTtlS, extra: { sid: sessionId } });
+  /** `role` and `tokenGen` must have been read in one step, so a token never pairs an old role with a new generation. */
+  private accessToken(user: Pick<User, 'id' | 'role'>, sessionId: string, tokenGen: number): Promise<string> {
+    return signToken(this.d.keys.signer, {
+      sub: user.id, typ: 'user', role: user.role, ttlSeconds: this.d.config.accessTokenTtlS, extra: { sid: sessionId, gen: tokenGen },
+    });
   }
 
   private async rehash(userId: string, oldHash: string, password: string): Promise<void> {

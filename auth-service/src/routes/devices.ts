@@ -136,9 +136,9 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
       await limits.record(failures);
       throw err;
     }
-    const id = checked.value;
+    const { deviceId: id, tokenGen } = checked.value;
     metrics.deviceTokens.inc({ outcome: 'issued' });
-    const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS });
+    const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS, extra: { gen: tokenGen } });
     return { token, device_id: id, expires_in: config.deviceTokenTtlS };
   });
 }
