@@ -171,4 +171,31 @@ describe('timing does not tell unknown accounts from wrong passwords', () => {
       await prod.close();
     }
   });
+
+  it('after a switch to production parameters, an account still holding an older hash fails as slowly as an unknown email (medians within 25%)', async () => {
+    // Created at the development profile (m=4096, t=1); the service then moves to m=19456, t=2.
+    await t.auth.accounts.createUser({ email: 'old-params@example.com', password: 'old-params-passphrase', role: 'viewer' }, 'test');
+    expect((await t.auth.users.byEmail('old-params@example.com'))!.password_hash).toContain('m=4096,p=1,t=1');
+    const prod = await startAuth({ argon2Profile: 'production', loginPerIp: 1000, loginPerAccount: 1000, lockoutFailures: 1000 }, { dataDir: t.dataDir });
+    try {
+      const time = async (email: string): Promise<number> => {
+        const start = performance.now();
+        expect((await prod.login(email, 'definitely-wrong-password')).status).toBe(401);
+        return performance.now() - start;
+      };
+      const median = (xs: number[]): number => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      const old: number[] = [];
+      const unknown: number[] = [];
+      for (let i = 0; i < 11; i++) {
+        old.push(await time('old-params@example.com'));
+        unknown.push(await time(`stranger-p${i}@example.com`));
+      }
+      const [o, u] = [median(old), median(unknown)];
+      const figures = `medians: older hash ${o.toFixed(1)} ms, unknown email ${u.toFixed(1)} ms`;
+      expect(o / u, figures).toBeGreaterThan(0.75);
+      expect(o / u, figures).toBeLessThan(1.25);
+    } finally {
+      await prod.close();
+    }
+  });
 });
