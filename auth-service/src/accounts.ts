@@ -10,7 +10,7 @@ import {
 } from '@fleetwire/common';
 import type { AuditLog } from './audit.js';
 import type { AuthConfig } from './config.js';
-import type { GateResult, Limits, Window } from './limits.js';
+import type { Entry, GateResult, Limits, Window } from './limits.js';
 import type { AuthMetrics } from './metrics.js';
 import type { PasswordHasher } from './passwords.js';
 import type { PasswordPolicy } from './password-policy.js';
@@ -22,6 +22,8 @@ import { emailDigest, normalizeEmail, type User, type UserStore } from './users.
 export const RESET_PREFIX = 'fwp_';
 /** Reset messages per address per hour; more are silently dropped (the answer stays 202). */
 const RESETS_PER_ACCOUNT_PER_HOUR = 3;
+/** Addresses remembered per account as its owner's (the most recent ones), exempt from its per-account window. */
+const KNOWN_ADDRESSES_PER_ACCOUNT = 20;
 
 /** The 429 a closed gate answers: locked account, or a full window. */
 function refusal(gate: Extract<GateResult, { ok: false }>): FleetwireError {
@@ -60,7 +62,7 @@ export class Accounts {
     const { config, limits, users, hasher, metrics, audit } = this.d;
     const ed = emailDigest(email);
     // A refused attempt costs this one script call: no lookup, no hash.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perIp(redisKeys.loginPerIp(ip)), this.perAccount(ed)]);
+    const gate = await limits.gate(this.lockOf(ed, ip), [this.perIp(redisKeys.loginPerIp(ip)), this.perAccount(ed, ip)]);
     if (!gate.ok) {
       metrics.logins.inc({ outcome: gate.locked ? 'locked' : 'rate_limited' });
       throw refusal(gate);
@@ -76,13 +78,13 @@ export class Accounts {
     else await hasher.dummyVerify(password);
 
     if (!user || !outcome.ok) {
-      const locked = await this.countFailure(ed);
+      const locked = await this.countFailure(ed, ip);
       timer();
       metrics.logins.inc({ outcome: 'failed' });
       await audit.record({ type: 'login.failed', actor: 'anonymous', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip });
       if (locked) {
         metrics.lockouts.inc();
-        await audit.record({ type: 'account.locked', actor: 'system', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip, detail: { lock_s: config.lockoutS } });
+        await audit.record({ type: 'account.locked', actor: 'system', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip, detail: { lock_s: config.lockoutS, scope: 'address' } });
       }
       throw new FleetwireError('AUTH_LOGIN_FAILED');
     }
@@ -90,7 +92,9 @@ export class Accounts {
     // Independent writes, sent together.
     const [pair] = await Promise.all([
       this.startSession(user, found!.tokenGen),
-      limits.succeed(redisKeys.loginFailures(ed)),
+      limits.succeed(this.failuresOf(ed, ip), {
+        key: redisKeys.loginKnownAddresses(ed), keepMs: config.loginKnownAddressS * 1000, keepMax: KNOWN_ADDRESSES_PER_ACCOUNT,
+      }),
       audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip }),
       outcome.rehash ? this.rehash(user.id, user.password_hash, password) : undefined,
     ]);
@@ -131,10 +135,10 @@ export class Accounts {
     if (!user) throw new FleetwireError('NOT_FOUND', 'This user no longer exists.');
     const ed = emailDigest(user.email);
     // Guessing the current password here is limited like guessing it at login.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perAccount(ed)]);
+    const gate = await limits.gate(this.lockOf(ed, ip), [this.perAccount(ed, ip)]);
     if (!gate.ok) throw refusal(gate);
     if (!(await hasher.verify(user.password_hash, current)).ok) {
-      await this.countFailure(ed);
+      await this.countFailure(ed, ip);
       throw new FleetwireError('AUTH_PASSWORD_WRONG');
     }
     policy.check(next, user.email);
@@ -278,8 +282,9 @@ export class Accounts {
     return { was_locked: wasLocked };
   }
 
+  /** The longest lock in force on any address for this account, in seconds (0: none). */
   async lockRemainingS(user: User): Promise<number> {
-    return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLock(emailDigest(user.email)))) / 1000);
+    return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLocks(emailDigest(user.email)))) / 1000);
   }
 
   /** A sliding window of LOGIN_PER_IP attempts per client address (logins; reset requests and confirmations). */
@@ -287,21 +292,42 @@ export class Accounts {
     return { key, limit: this.d.config.loginPerIp, windowMs: this.d.config.loginIpWindowS * 1000 };
   }
 
-  /** A sliding window of LOGIN_PER_ACCOUNT password attempts per email (logins, password changes). */
-  private perAccount(ed: string): Window {
-    return { key: redisKeys.loginPerAccount(ed), limit: this.d.config.loginPerAccount, windowMs: this.d.config.loginAccountWindowS * 1000 };
+  /**
+   * A sliding window of LOGIN_PER_ACCOUNT password attempts per email (logins, password
+   * changes) from addresses other than those the account logged in from within
+   * LOGIN_KNOWN_ADDRESS_S: it bounds guessing from many addresses, and strangers who fill
+   * it do not shut out the owner's usual addresses.
+   */
+  private perAccount(ed: string, ip: string): Window {
+    const { config } = this.d;
+    return {
+      key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000,
+      exempt: { key: redisKeys.loginKnownAddresses(ed), member: ip, withinMs: config.loginKnownAddressS * 1000 },
+    };
   }
 
-  /** One more consecutive wrong password for this email; true when it locked the account. */
-  private countFailure(ed: string): Promise<boolean> {
+  /** The lock of one account for one address: failures elsewhere never lock the owner out. */
+  private lockOf(ed: string, ip: string): Entry {
+    return { key: redisKeys.loginLocks(ed), member: ip };
+  }
+
+  private failuresOf(ed: string, ip: string): Entry {
+    return { key: redisKeys.loginFailures(ed), member: ip };
+  }
+
+  /** One more consecutive wrong password for this email from this address; true when it locked the address out of the account. */
+  private countFailure(ed: string, ip: string): Promise<boolean> {
     const { config, limits } = this.d;
-    return limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+    return limits.fail(this.failuresOf(ed, ip), redisKeys.loginLocks(ed), config.lockoutFailures, config.lockoutS * 1000);
   }
 
-  /** Forgets the failures and lifts the lock; true when the account was locked. */
+  /**
+   * Lifts every address's lock on the account and forgets the failure counts and the
+   * per-account window, so its user can log in at once; true when a lock was in force.
+   */
   private clearFailures(email: string): Promise<boolean> {
     const ed = emailDigest(email);
-    return this.d.limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    return this.d.limits.unlock(redisKeys.loginLocks(ed), [redisKeys.loginFailures(ed), redisKeys.loginPerAccount(ed)]);
   }
 
   /** Waits for reset requests still being handled. */

@@ -47,8 +47,12 @@ export const redisKeys = {
   resetToken: (tokenDigest: string) => `fleetwire:pwreset:${tokenDigest}`,
   loginPerIp: (ip: string) => `fleetwire:rl:login-ip:${ip}`,
   loginPerAccount: (emailDigest: string) => `fleetwire:rl:login-acct:${emailDigest}`,
-  loginFailures: (emailDigest: string) => `fleetwire:login-failures:${emailDigest}`,
-  loginLock: (emailDigest: string) => `fleetwire:login-lock:${emailDigest}`,
+  /** Hash: client address → consecutive failed logins to this account from it. */
+  loginFailures: (emailDigest: string) => `fleetwire:login-failures-by-address:${emailDigest}`,
+  /** Hash: client address → unix ms until which it may not log in to this account. */
+  loginLocks: (emailDigest: string) => `fleetwire:login-locks-by-address:${emailDigest}`,
+  /** Sorted set: addresses this account logged in from, by last success (unix ms); exempt from its per-account window. */
+  loginKnownAddresses: (emailDigest: string) => `fleetwire:login-known-addresses:${emailDigest}`,
   resetPerIp: (ip: string) => `fleetwire:rl:reset-ip:${ip}`,
   resetPerAccount: (emailDigest: string) => `fleetwire:rl:reset-acct:${emailDigest}`,
   deviceTokenFailures: (ip: string) => `fleetwire:rl:devtoken-fail:${ip}`,
