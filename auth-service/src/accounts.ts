@@ -5,12 +5,12 @@
  */
 import type { Redis } from 'ioredis';
 import {
-  FleetwireError, jwtContract, redisKeys, revokeToken, revokeUserTokens, signToken,
+  FleetwireError, jwtContract, publishRevocation, redisKeys, revokeSession, revokeToken, signToken,
   type FleetwireClaims, type KeyRing, type Logger, type UserRole,
 } from '@fleetwire/common';
 import type { AuditLog } from './audit.js';
 import type { AuthConfig } from './config.js';
-import type { GateResult, Limits, Window } from './limits.js';
+import type { Entry, GateResult, Limits, Window } from './limits.js';
 import type { AuthMetrics } from './metrics.js';
 import type { PasswordHasher } from './passwords.js';
 import type { PasswordPolicy } from './password-policy.js';
@@ -22,6 +22,8 @@ import { emailDigest, normalizeEmail, type User, type UserStore } from './users.
 export const RESET_PREFIX = 'fwp_';
 /** Reset messages per address per hour; more are silently dropped (the answer stays 202). */
 const RESETS_PER_ACCOUNT_PER_HOUR = 3;
+/** Addresses remembered per account as its owner's (the most recent ones), exempt from its per-account window. */
+const KNOWN_ADDRESSES_PER_ACCOUNT = 20;
 
 /** The 429 a closed gate answers: locked account, or a full window. */
 function refusal(gate: Extract<GateResult, { ok: false }>): FleetwireError {
@@ -60,34 +62,39 @@ export class Accounts {
     const { config, limits, users, hasher, metrics, audit } = this.d;
     const ed = emailDigest(email);
     // A refused attempt costs this one script call: no lookup, no hash.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perIp(redisKeys.loginPerIp(ip)), this.perAccount(ed)]);
+    const gate = await limits.gate(this.lockOf(ed, ip), [this.perIp(redisKeys.loginPerIp(ip)), this.perAccount(ed, ip)]);
     if (!gate.ok) {
       metrics.logins.inc({ outcome: gate.locked ? 'locked' : 'rate_limited' });
       throw refusal(gate);
     }
 
     const timer = metrics.loginSeconds.startTimer();
-    const user = await users.byEmail(email);
+    // The user and its token generation in one step: the session and token are signed at the
+    // generation of the password checked here, so a change while we hash voids them.
+    const found = await users.loginRecord(email);
+    const user = found?.user ?? null;
     let outcome = { ok: false, rehash: false };
     if (user) outcome = await hasher.verify(user.password_hash, password);
     else await hasher.dummyVerify(password);
 
     if (!user || !outcome.ok) {
-      const locked = await this.countFailure(ed);
+      const locked = await this.countFailure(ed, ip);
       timer();
       metrics.logins.inc({ outcome: 'failed' });
       await audit.record({ type: 'login.failed', actor: 'anonymous', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip });
       if (locked) {
         metrics.lockouts.inc();
-        await audit.record({ type: 'account.locked', actor: 'system', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip, detail: { lock_s: config.lockoutS } });
+        await audit.record({ type: 'account.locked', actor: 'system', subject: user ? `user:${user.id}` : `email:${normalizeEmail(email)}`, ip, detail: { lock_s: config.lockoutS, scope: 'address' } });
       }
       throw new FleetwireError('AUTH_LOGIN_FAILED');
     }
 
     // Independent writes, sent together.
     const [pair] = await Promise.all([
-      this.startSession(user),
-      limits.succeed(redisKeys.loginFailures(ed)),
+      this.startSession(user, found!.tokenGen),
+      limits.succeed(this.failuresOf(ed, ip), {
+        key: redisKeys.loginKnownAddresses(ed), keepMs: config.loginKnownAddressS * 1000, keepMax: KNOWN_ADDRESSES_PER_ACCOUNT,
+      }),
       audit.record({ type: 'login.succeeded', actor: `user:${user.id}`, subject: `user:${user.id}`, ip }),
       outcome.rehash ? this.rehash(user.id, user.password_hash, password) : undefined,
     ]);
@@ -97,41 +104,46 @@ export class Accounts {
   }
 
   async refresh(presented: string, ip: string): Promise<TokenPair> {
-    const { sessions, users, metrics, audit } = this.d;
+    const { sessions, metrics, audit } = this.d;
     const res = await sessions.rotate(presented);
     metrics.refreshes.inc({ outcome: res.kind });
     if (res.kind === 'reused') {
+      // The session's refresh tokens died in the rotation script; its access tokens end here, and so do its MQTT connections.
+      await revokeSession(this.d.redis, res.sessionId, this.tokenLifetimeS());
       await audit.record({ type: 'refresh.reused', actor: 'anonymous', subject: `user:${res.userId}`, ip, outcome: 'session-revoked', detail: { session: res.sessionId } });
       throw new FleetwireError('AUTH_REFRESH_REUSED');
     }
     if (res.kind === 'invalid') throw new FleetwireError('AUTH_REFRESH_INVALID');
-    const user = await users.byId(res.userId);
-    if (!user) throw new FleetwireError('AUTH_REFRESH_INVALID');
-    return { access_token: await this.accessToken(user, res.sessionId), refresh_token: res.token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
+    const access = await this.accessToken({ id: res.userId, role: res.role }, res.sessionId, res.tokenGen);
+    return { access_token: access, refresh_token: res.token, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
   }
 
-  /** Ends the caller's session and revokes the access token it used. */
-  async logout(claims: FleetwireClaims & { sid?: string }, ip: string): Promise<void> {
-    if (claims.sid) await this.d.sessions.end(claims.sid);
-    await revokeToken(this.d.redis, claims.jti, claims.exp);
+  /** Ends the caller's session: its refresh token and every access token it issued (MQTT connections close). */
+  async logout(claims: FleetwireClaims, ip: string): Promise<void> {
+    if (claims.sid) {
+      await this.d.sessions.end(claims.sid);
+      await revokeSession(this.d.redis, claims.sid, this.tokenLifetimeS());
+    } else {
+      await revokeToken(this.d.redis, claims.jti, claims.exp); // a token minted outside any session (development CLI)
+    }
     await this.d.audit.record({ type: 'session.ended', actor: `user:${claims.sub}`, subject: `user:${claims.sub}`, ip });
   }
 
   async changePassword(userId: string, current: string, next: string, ip: string): Promise<void> {
-    const { limits, users, hasher, policy, sessions, audit } = this.d;
+    const { limits, users, hasher, policy, audit } = this.d;
     const user = await users.byIdWithHash(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', 'This user no longer exists.');
     const ed = emailDigest(user.email);
     // Guessing the current password here is limited like guessing it at login.
-    const gate = await limits.gate(redisKeys.loginLock(ed), [this.perAccount(ed)]);
+    const gate = await limits.gate(this.lockOf(ed, ip), [this.perAccount(ed, ip)]);
     if (!gate.ok) throw refusal(gate);
     if (!(await hasher.verify(user.password_hash, current)).ok) {
-      await this.countFailure(ed);
+      await this.countFailure(ed, ip);
       throw new FleetwireError('AUTH_PASSWORD_WRONG');
     }
     policy.check(next, user.email);
     await users.setPasswordHash(user.id, await hasher.hash(next), true);
-    const ended = await sessions.endAll(user.id);
+    const ended = await this.endTokens(user.id);
     await audit.record({ type: 'password.changed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
   }
 
@@ -179,7 +191,7 @@ export class Accounts {
   }
 
   async confirmReset(token: string, next: string, ip: string): Promise<void> {
-    const { redis, users, hasher, policy, sessions, limits, audit } = this.d;
+    const { redis, users, hasher, policy, limits, audit } = this.d;
     const gate = await limits.gate(null, [this.perIp(redisKeys.resetPerIp(ip))]);
     if (!gate.ok) throw refusal(gate);
     if (!token.startsWith(RESET_PREFIX) || token.length > 200) throw new FleetwireError('AUTH_RESET_INVALID');
@@ -195,7 +207,7 @@ export class Accounts {
     if ((await redis.getdel(key)) !== stored) throw new FleetwireError('AUTH_RESET_INVALID');
     await users.setPasswordHash(user.id, hash, true);
     await this.clearFailures(user.email);
-    const ended = await sessions.endAll(user.id);
+    const ended = await this.endTokens(user.id);
     await audit.record({ type: 'password.reset-completed', actor: `user:${user.id}`, subject: `user:${user.id}`, ip, detail: { sessions_ended: ended } });
   }
 
@@ -229,7 +241,8 @@ export class Accounts {
     const res = await this.d.users.setRole(userId, role);
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
     if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
-    if (before.role !== role) await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    // setRole revoked the tokens (a new generation); the brokers close the live connections.
+    if (res === 'changed') await publishRevocation(this.d.redis, { kind: 'user', id: userId });
     await this.d.audit.record({ type: 'user.role-changed', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { from: before.role, to: role } });
     return (await this.d.users.byId(userId))!;
   }
@@ -238,12 +251,22 @@ export class Accounts {
   async deleteUser(userId: string, actor: string, ip?: string): Promise<void> {
     const user = await this.d.users.byId(userId);
     if (!user) throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
-    const res = await this.d.users.delete(user);
+    const res = await this.d.users.delete(user, this.tokenLifetimeS() * 1000);
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No user ${userId}.`);
     if (res === 'last-admin') throw new FleetwireError('AUTH_LAST_ADMIN');
-    const ended = await this.d.sessions.endAll(userId);
-    await revokeUserTokens(this.d.redis, userId, this.tokenLifetimeS());
+    const ended = await this.endTokens(userId);
     await this.d.audit.record({ type: 'user.deleted', actor, subject: `user:${userId}`, ...(ip ? { ip } : {}), detail: { email: user.email, role: user.role, sessions_ended: ended } });
+  }
+
+  /**
+   * After the user's token generation was raised (password change or reset, deletion): the
+   * already void sessions are deleted and the brokers close the user's live connections.
+   * Returns how many sessions were deleted.
+   */
+  private async endTokens(userId: string): Promise<number> {
+    const ended = await this.d.sessions.endAll(userId);
+    await publishRevocation(this.d.redis, { kind: 'user', id: userId });
+    return ended;
   }
 
   /** How long a user's access token can live: how long a revocation must be remembered. */
@@ -259,8 +282,9 @@ export class Accounts {
     return { was_locked: wasLocked };
   }
 
+  /** The longest lock in force on any address for this account, in seconds (0: none). */
   async lockRemainingS(user: User): Promise<number> {
-    return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLock(emailDigest(user.email)))) / 1000);
+    return Math.ceil((await this.d.limits.lockRemainingMs(redisKeys.loginLocks(emailDigest(user.email)))) / 1000);
   }
 
   /** A sliding window of LOGIN_PER_IP attempts per client address (logins; reset requests and confirmations). */
@@ -268,21 +292,42 @@ export class Accounts {
     return { key, limit: this.d.config.loginPerIp, windowMs: this.d.config.loginIpWindowS * 1000 };
   }
 
-  /** A sliding window of LOGIN_PER_ACCOUNT password attempts per email (logins, password changes). */
-  private perAccount(ed: string): Window {
-    return { key: redisKeys.loginPerAccount(ed), limit: this.d.config.loginPerAccount, windowMs: this.d.config.loginAccountWindowS * 1000 };
+  /**
+   * A sliding window of LOGIN_PER_ACCOUNT password attempts per email (logins, password
+   * changes) from addresses other than those the account logged in from within
+   * LOGIN_KNOWN_ADDRESS_S: it bounds guessing from many addresses, and strangers who fill
+   * it do not shut out the owner's usual addresses.
+   */
+  private perAccount(ed: string, ip: string): Window {
+    const { config } = this.d;
+    return {
+      key: redisKeys.loginPerAccount(ed), limit: config.loginPerAccount, windowMs: config.loginAccountWindowS * 1000,
+      exempt: { key: redisKeys.loginKnownAddresses(ed), member: ip, withinMs: config.loginKnownAddressS * 1000 },
+    };
   }
 
-  /** One more consecutive wrong password for this email; true when it locked the account. */
-  private countFailure(ed: string): Promise<boolean> {
+  /** The lock of one account for one address: failures elsewhere never lock the owner out. */
+  private lockOf(ed: string, ip: string): Entry {
+    return { key: redisKeys.loginLocks(ed), member: ip };
+  }
+
+  private failuresOf(ed: string, ip: string): Entry {
+    return { key: redisKeys.loginFailures(ed), member: ip };
+  }
+
+  /** One more consecutive wrong password for this email from this address; true when it locked the address out of the account. */
+  private countFailure(ed: string, ip: string): Promise<boolean> {
     const { config, limits } = this.d;
-    return limits.fail(redisKeys.loginFailures(ed), redisKeys.loginLock(ed), config.lockoutFailures, config.lockoutS * 1000);
+    return limits.fail(this.failuresOf(ed, ip), redisKeys.loginLocks(ed), config.lockoutFailures, config.lockoutS * 1000);
   }
 
-  /** Forgets the failures and lifts the lock; true when the account was locked. */
+  /**
+   * Lifts every address's lock on the account and forgets the failure counts and the
+   * per-account window, so its user can log in at once; true when a lock was in force.
+   */
   private clearFailures(email: string): Promise<boolean> {
     const ed = emailDigest(email);
-    return this.d.limits.unlock(redisKeys.loginFailures(ed), redisKeys.loginLock(ed));
+    return this.d.limits.unlock(redisKeys.loginLocks(ed), [redisKeys.loginFailures(ed), redisKeys.loginPerAccount(ed)]);
   }
 
   /** Waits for reset requests still being handled. */
@@ -290,14 +335,17 @@ export class Accounts {
     await Promise.all([...this.background]);
   }
 
-  private async startSession(user: User): Promise<TokenPair> {
+  private async startSession(user: User, tokenGen: number): Promise<TokenPair> {
     const sessionId = this.d.sessions.newId();
-    const [refreshToken, accessToken] = await Promise.all([this.d.sessions.start(user.id, sessionId), this.accessToken(user, sessionId)]);
+    const [refreshToken, accessToken] = await Promise.all([this.d.sessions.start(user.id, sessionId, tokenGen), this.accessToken(user, sessionId, tokenGen)]);
     return { access_token: accessToken, refresh_token: refreshToken, token_type: 'Bearer', expires_in: this.d.config.accessTokenTtlS };
   }
 
-  private accessToken(user: User, sessionId: string): Promise<string> {
-    return signToken(this.d.keys.signer, { sub: user.id, typ: 'user', role: user.role, ttlSeconds: this.d.config.accessTokenTtlS, extra: { sid: sessionId } });
+  /** `role` and `tokenGen` must have been read in one step, so a token never pairs an old role with a new generation. */
+  private accessToken(user: Pick<User, 'id' | 'role'>, sessionId: string, tokenGen: number): Promise<string> {
+    return signToken(this.d.keys.signer, {
+      sub: user.id, typ: 'user', role: user.role, ttlSeconds: this.d.config.accessTokenTtlS, extra: { sid: sessionId, gen: tokenGen },
+    });
   }
 
   private async rehash(userId: string, oldHash: string, password: string): Promise<void> {

@@ -33,11 +33,12 @@ export const authSpec = {
   // login protections
   loginPerIp: int('LOGIN_PER_IP', 30, 'login attempts per client IP per LOGIN_IP_WINDOW_S', { min: 1 }),
   loginIpWindowS: int('LOGIN_IP_WINDOW_S', 60, 'sliding window for LOGIN_PER_IP', { min: 1 }),
-  loginPerAccount: int('LOGIN_PER_ACCOUNT', 10, 'login attempts per email per LOGIN_ACCOUNT_WINDOW_S', { min: 1 }),
+  loginPerAccount: int('LOGIN_PER_ACCOUNT', 10, 'login attempts per email per LOGIN_ACCOUNT_WINDOW_S, from addresses the account has not logged in from within LOGIN_KNOWN_ADDRESS_S', { min: 1 }),
   loginAccountWindowS: int('LOGIN_ACCOUNT_WINDOW_S', 60, 'sliding window for LOGIN_PER_ACCOUNT', { min: 1 }),
-  lockoutFailures: int('LOCKOUT_FAILURES', 10, 'consecutive failed logins that lock an account', { min: 1 }),
-  lockoutS: int('LOCKOUT_S', 900, 'how long a locked account stays locked (an admin can unlock sooner)', { min: 1 }),
-  deviceTokenPerIp: int('DEVICE_TOKEN_FAILURES_PER_IP', 60, 'failed API-key exchanges per IP per minute before 429', { min: 1 }),
+  loginKnownAddressS: int('LOGIN_KNOWN_ADDRESS_S', 2_592_000, 'an address an account logged in from is exempt from LOGIN_PER_ACCOUNT for this long after its last success (the 20 most recent per account)', { min: 0 }),
+  lockoutFailures: int('LOCKOUT_FAILURES', 10, 'consecutive failed logins from one address that lock that address (only) out of the account', { min: 1 }),
+  lockoutS: int('LOCKOUT_S', 900, 'how long an address stays locked out of an account (an admin unlock lifts every address at once)', { min: 1 }),
+  deviceTokenPerIp: int('DEVICE_TOKEN_FAILURES_PER_IP', 60, 'failed API-key exchanges per IP per minute; past it every exchange from that IP gets 429, a right key included', { min: 1 }),
   // password reset
   resetTokenTtlS: int('RESET_TOKEN_TTL_S', 1800, 'password-reset link lifetime', { min: 60, max: 86_400 }),
   resetSender: oneOf('RESET_SENDER', 'outbox', ['outbox', 'webhook'] as const,

@@ -37,12 +37,18 @@ redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
 return 1
 `;
 
-/** KEYS: device hash. ARGV: field/value pairs. Updates only an existing, active device. */
+/**
+ * KEYS: device hash. ARGV: revoke tokens (1/0), then field/value pairs. Updates only an
+ * existing, active device. Revoking tokens raises the device's token generation in the same
+ * step as the new key digest: every token signed before is refused at CONNECT (see
+ * revocation.ts in common), and the exchange reads key digest and generation together.
+ */
 const UPDATE_ACTIVE_LUA = `
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status ~= 'active' then return status end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'token_gen', 1) end
 return 'ok'
 `;
 
@@ -126,10 +132,7 @@ export class DeviceRegistry {
   async rotateKey(id: string, revokeTokens = false): Promise<string> {
     const apiKey = newApiKey(id);
     const now = Date.now();
-    await this.updateActive(id, {
-      api_key_digest: digest(apiKey), key_created_at: String(now),
-      ...(revokeTokens ? { tokens_before: String(Math.floor(now / 1000)) } : {}),
-    });
+    await this.updateActive(id, { api_key_digest: digest(apiKey), key_created_at: String(now) }, revokeTokens);
     if (revokeTokens) await publishRevocation(this.redis, { kind: 'device', id });
     return apiKey;
   }
@@ -143,19 +146,23 @@ export class DeviceRegistry {
     return (await this.get(id))!;
   }
 
-  /** The device an API key belongs to, when the key is right and the device active. */
-  async authenticate(apiKey: string): Promise<string> {
+  /**
+   * The device an API key belongs to, when the key is right and the device active, with the
+   * device's token generation (read with the key digest, so a token is never signed with a
+   * generation newer than the key it was exchanged for).
+   */
+  async authenticate(apiKey: string): Promise<{ deviceId: string; tokenGen: number }> {
     const parsed = parseApiKey(apiKey);
     if (!parsed) throw new FleetwireError('AUTH_API_KEY_INVALID');
-    const [status, stored] = await this.redis.hmget(redisKeys.device(parsed.deviceId), 'status', 'api_key_digest');
+    const [status, stored, gen] = await this.redis.hmget(redisKeys.device(parsed.deviceId), 'status', 'api_key_digest', 'token_gen');
     // Compare first, then look at the status: a revoked device is only named to a caller holding its key.
     if (!safeEqual(digest(apiKey), stored ?? '')) throw new FleetwireError('AUTH_API_KEY_INVALID');
     if (status !== 'active') throw new FleetwireError('AUTH_DEVICE_REVOKED');
-    return parsed.deviceId;
+    return { deviceId: parsed.deviceId, tokenGen: Number(gen ?? 0) };
   }
 
-  private async updateActive(id: string, fields: Record<string, string>): Promise<void> {
-    const res = await (this.redis as unknown as DeviceCommands).fwUpdateActiveDevice(redisKeys.device(id), ...Object.entries(fields).flat());
+  private async updateActive(id: string, fields: Record<string, string>, revokeTokens = false): Promise<void> {
+    const res = await (this.redis as unknown as DeviceCommands).fwUpdateActiveDevice(redisKeys.device(id), revokeTokens ? '1' : '0', ...Object.entries(fields).flat());
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
     if (res !== 'ok') throw new FleetwireError('DEVICE_REVOKED', `Device ${id} is revoked; register it again under a new id.`);
   }

@@ -13,7 +13,7 @@ export function createAuthMetrics(registry: Registry, legacyAccounts: () => Prom
       name: 'fleetwire_auth_login_seconds', help: 'Time to answer a login that reached password verification',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers: [registry],
     }),
-    lockouts: new Counter({ name: 'fleetwire_auth_lockouts_total', help: 'Accounts locked after too many failed logins', registers: [registry] }),
+    lockouts: new Counter({ name: 'fleetwire_auth_lockouts_total', help: 'Addresses locked out of an account after too many failed logins from them', registers: [registry] }),
     refreshes: new Counter({
       name: 'fleetwire_auth_refreshes_total', help: 'Refresh-token uses by outcome (reused = a rotated token came back)',
       labelNames: ['outcome'] as const, registers: [registry],

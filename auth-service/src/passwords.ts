@@ -37,6 +37,7 @@ export class PasswordHasher {
   async verify(stored: string, password: string): Promise<VerifyOutcome> {
     if (stored.startsWith('$argon2')) {
       const ok = await argon2.verify(stored, password).catch(() => false);
+      if (!ok) await this.padToCurrentCost(stored, password);
       return { ok, rehash: ok && argon2.needsRehash(stored, this.options) };
     }
     const ok = verifyLegacy(stored, password);
@@ -44,6 +45,27 @@ export class PasswordHasher {
     // timing does not tell which accounts are still on legacy hashes.
     if (!ok) await this.dummyVerify(password);
     return { ok, rehash: ok };
+  }
+
+  /**
+   * After a failed check against a hash made with cheaper parameters than the current ones
+   * (say, before a switch to the production profile), spends the work the check fell short
+   * of, so a wrong password costs what an unknown email costs (dummyVerify, at the current
+   * parameters) whatever hash the account still holds: Django's harden_runtime. The padding
+   * is an argon2id hash at the current passes and lanes with memory = missing work ÷ passes,
+   * so it never needs more memory than a current hash. A hash with dearer parameters (the
+   * profile was lowered) cannot be made cheaper: such an account answers a wrong password
+   * more slowly than an unknown email until its next successful login re-hashes it.
+   */
+  private async padToCurrentCost(stored: string, password: string): Promise<void> {
+    const storedParams = argon2Work(stored);
+    if (!storedParams) return;
+    const missing = workOf(this.params) - workOf(storedParams);
+    if (missing <= 0) return;
+    const { timeCost, parallelism } = this.params;
+    // argon2 needs at least 8 KiB per lane.
+    const memoryCost = Math.max(8 * parallelism, Math.round(missing / timeCost));
+    await argon2.hash(password, { type: argon2.argon2id, memoryCost, timeCost, parallelism, raw: true });
   }
 
   /** As costly as a real verification, for unknown accounts (no user enumeration by timing). */
@@ -56,6 +78,18 @@ export class PasswordHasher {
   async warm(): Promise<void> {
     await this.dummyVerify('');
   }
+}
+
+/** Argon2 work: memory (KiB, one block each) × passes; lanes only divide the same work. */
+function workOf(p: { memoryKib: number; timeCost: number }): number {
+  return p.memoryKib * p.timeCost;
+}
+
+/** The memory and passes in a PHC string such as `$argon2id$v=19$m=4096,p=1,t=1$…`, or null. */
+function argon2Work(stored: string): { memoryKib: number; timeCost: number } | null {
+  const m = /[$,]m=(\d+)/.exec(stored);
+  const t = /[$,]t=(\d+)/.exec(stored);
+  return m && t ? { memoryKib: Number(m[1]), timeCost: Number(t[1]) } : null;
 }
 
 function verifyLegacy(stored: string, password: string): boolean {

@@ -2,17 +2,23 @@
  * Refresh tokens: opaque, stored as digests, rotated on every use. Tokens of
  * one login form a session (a family). Presenting a token that was already
  * rotated means it was copied, so the whole session is revoked.
+ *
+ * A session remembers the user's token generation at its login; a password change
+ * sets a floor (`sessions_from_gen` on the user) below which sessions are void. A
+ * rotation reads the user's role and current generation in the same step, so the
+ * access token signed with them cannot carry a role that was already replaced.
  */
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { redisKeys } from '@fleetwire/common';
+import { redisKeys, type UserRole } from '@fleetwire/common';
 import { digest, newSecret } from './secrets.js';
 
 export const REFRESH_PREFIX = 'fwr_';
 
 /**
- * KEYS: presented token, new token. ARGV: session key prefix, new token's ttl ms.
- * Returns {'ok', sid, user} | {'reused', sid, user} | {'invalid'}.
+ * KEYS: presented token, new token. ARGV: session key prefix, new token's ttl ms, user key
+ * prefix, token generation key prefix.
+ * Returns {'ok', sid, user, role, gen} | {'reused', sid, user} | {'invalid'}.
  */
 const ROTATE_LUA = `
 local t = redis.call('HMGET', KEYS[1], 'sid', 'user_id', 'used')
@@ -23,15 +29,21 @@ if t[3] == '1' then
   redis.call('DEL', session)
   return {'reused', t[1], t[2]}
 end
+local user = redis.call('HMGET', ARGV[3] .. t[2], 'role', 'sessions_from_gen')
+if not user[1] then return {'invalid'} end
+if (tonumber(redis.call('HGET', session, 'gen')) or 0) < (tonumber(user[2]) or 0) then
+  redis.call('DEL', session)
+  return {'invalid'}
+end
 redis.call('HSET', KEYS[1], 'used', '1')
 redis.call('HSET', KEYS[2], 'sid', t[1], 'user_id', t[2], 'used', '0')
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
 redis.call('PEXPIRE', session, tonumber(ARGV[2]))
-return {'ok', t[1], t[2]}
+return {'ok', t[1], t[2], user[1], redis.call('GET', ARGV[4] .. t[2]) or '0'}
 `;
 
 export type RotateResult =
-  | { kind: 'ok'; token: string; sessionId: string; userId: string }
+  | { kind: 'ok'; token: string; sessionId: string; userId: string; role: UserRole; tokenGen: number }
   | { kind: 'reused'; sessionId: string; userId: string }
   | { kind: 'invalid' };
 
@@ -45,11 +57,11 @@ export class SessionStore {
     return randomUUID();
   }
 
-  /** Starts a session for a fresh login; returns its first refresh token. */
-  async start(userId: string, sessionId: string): Promise<string> {
+  /** Starts a session for a fresh login at the user's token generation `tokenGen`; returns its first refresh token. */
+  async start(userId: string, sessionId: string, tokenGen: number): Promise<string> {
     const token = newSecret(REFRESH_PREFIX);
     await this.redis.multi()
-      .hset(redisKeys.sessionPrefix + sessionId, { user_id: userId, created_at: String(Date.now()) })
+      .hset(redisKeys.sessionPrefix + sessionId, { user_id: userId, created_at: String(Date.now()), gen: String(tokenGen) })
       .pexpire(redisKeys.sessionPrefix + sessionId, this.ttlMs)
       .hset(redisKeys.refreshToken(digest(token)), { sid: sessionId, user_id: userId, used: '0' })
       .pexpire(redisKeys.refreshToken(digest(token)), this.ttlMs)
@@ -62,10 +74,11 @@ export class SessionStore {
   async rotate(presented: string): Promise<RotateResult> {
     if (!presented.startsWith(REFRESH_PREFIX) || presented.length > 200) return { kind: 'invalid' };
     const next = newSecret(REFRESH_PREFIX);
-    const [kind, sessionId, userId] = await (this.redis as unknown as SessionCommands).fwRotateRefresh(
+    const [kind, sessionId, userId, role, gen] = await (this.redis as unknown as SessionCommands).fwRotateRefresh(
       redisKeys.refreshToken(digest(presented)), redisKeys.refreshToken(digest(next)), redisKeys.sessionPrefix, this.ttlMs,
+      redisKeys.user(''), redisKeys.userTokenGen(''),
     );
-    if (kind === 'ok') return { kind, token: next, sessionId: sessionId!, userId: userId! };
+    if (kind === 'ok') return { kind, token: next, sessionId: sessionId!, userId: userId!, role: role as UserRole, tokenGen: Number(gen) };
     if (kind === 'reused') return { kind, sessionId: sessionId!, userId: userId! };
     return { kind: 'invalid' };
   }
@@ -74,7 +87,7 @@ export class SessionStore {
     await this.redis.del(redisKeys.sessionPrefix + sessionId);
   }
 
-  /** Ends every session of a user (password change or reset). */
+  /** Deletes every session of a user (after a password change or reset, which already voided them; or a deletion). */
   async endAll(userId: string): Promise<number> {
     const ids = await this.redis.smembers(redisKeys.userSessions(userId));
     if (ids.length === 0) return 0;
@@ -85,5 +98,5 @@ export class SessionStore {
 }
 
 interface SessionCommands {
-  fwRotateRefresh(...args: (string | number)[]): Promise<[string, string?, string?]>;
+  fwRotateRefresh(...args: (string | number)[]): Promise<[string, string?, string?, string?, string?]>;
 }

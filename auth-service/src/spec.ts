@@ -24,8 +24,8 @@ export function authSpecReport(config: AuthConfig, counts: AccountCounts | null)
     signing_keys: { algorithm: 'EdDSA (Ed25519)', activation_delay_s: config.keyActivationDelayS, retire_after_s: config.keyRetireAfterS },
     limits: {
       login_per_ip: `${config.loginPerIp} per ${config.loginIpWindowS} s`,
-      login_per_account: `${config.loginPerAccount} per ${config.loginAccountWindowS} s`,
-      lockout: `${config.lockoutFailures} consecutive failures lock for ${config.lockoutS} s`,
+      login_per_account: `${config.loginPerAccount} per ${config.loginAccountWindowS} s, except from addresses that logged in to the account within ${config.loginKnownAddressS} s`,
+      lockout: `${config.lockoutFailures} consecutive failures from one address lock that address out of the account for ${config.lockoutS} s`,
       device_token_failures_per_ip: `${config.deviceTokenPerIp} per 60 s`,
     },
     reset_sender: config.resetSender,

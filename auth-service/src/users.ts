@@ -41,19 +41,27 @@ return 1
 `;
 
 /**
- * KEYS: user hash, admin set. ARGV: id, new role, updated_at. Refuses to demote the
- * last admin, atomically, so two admins demoting each other cannot leave none.
+ * KEYS: user hash, admin set, token generation. ARGV: id, new role, updated_at. Refuses to
+ * demote the last admin, atomically, so two admins demoting each other cannot leave none.
+ * A new role raises the token generation in the same step: every token signed with the
+ * old role is revoked, and none can be signed with it afterwards (role and generation are
+ * read together when signing).
  */
 const SET_ROLE_LUA = `
 local role = redis.call('HGET', KEYS[1], 'role')
 if not role then return 'missing' end
-if role == 'admin' and ARGV[2] ~= 'admin' and redis.call('SCARD', KEYS[2]) <= 1 then return 'last-admin' end
+if role == ARGV[2] then return 'unchanged' end
+if role == 'admin' and redis.call('SCARD', KEYS[2]) <= 1 then return 'last-admin' end
 redis.call('HSET', KEYS[1], 'role', ARGV[2], 'updated_at', ARGV[3])
 if ARGV[2] == 'admin' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
-return 'ok'
+redis.call('INCR', KEYS[3])
+return 'changed'
 `;
 
-/** KEYS: user hash, email index, users index, legacy set, admin set. ARGV: id. */
+/**
+ * KEYS: user hash, email index, users index, legacy set, admin set, token generation.
+ * ARGV: id, how long the raised generation must outlive the user (ms: the longest token lifetime).
+ */
 const DELETE_LUA = `
 local role = redis.call('HGET', KEYS[1], 'role')
 if not role then return 'missing' end
@@ -62,22 +70,48 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('INCR', KEYS[6])
+redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[2]))
 return 'ok'
 `;
 
-/** KEYS: email index. ARGV: user key prefix. The user's fields, in one round trip. */
-const BY_EMAIL_LUA = `
+/**
+ * KEYS: user hash, legacy set, token generation. ARGV: id, hash, updated_at, changed (1/0), legacy (1/0).
+ * A changed password raises the token generation and makes it the floor for sessions: the
+ * user's access tokens and refresh sessions end in the same step as the old password, even
+ * a session a login starts after having checked the old password. A re-hash of the same
+ * password changes neither. Returns 0 when the user no longer exists (nothing written).
+ */
+const SET_PASSWORD_LUA = `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'password_hash', ARGV[2], 'updated_at', ARGV[3])
+if ARGV[4] == '1' then
+  local gen = redis.call('INCR', KEYS[3])
+  redis.call('HSET', KEYS[1], 'password_changed_at', ARGV[3], 'sessions_from_gen', gen)
+end
+if ARGV[5] == '1' then redis.call('SADD', KEYS[2], ARGV[1]) else redis.call('SREM', KEYS[2], ARGV[1]) end
+return 1
+`;
+
+/** KEYS: email index. ARGV: user key prefix, token generation key prefix. The generation, then the user's fields. */
+const LOGIN_RECORD_LUA = `
 local id = redis.call('GET', KEYS[1])
 if not id then return {} end
-return redis.call('HGETALL', ARGV[1] .. id)
+local fields = redis.call('HGETALL', ARGV[1] .. id)
+table.insert(fields, 1, redis.call('GET', ARGV[2] .. id) or '0')
+return fields
 `;
+
+/** What a login needs, read in one step: the user (role included), its hash, and its token generation. */
+export interface LoginRecord { user: UserWithHash; tokenGen: number }
 
 export class UserStore {
   constructor(private readonly redis: Redis) {
     redis.defineCommand('fwCreateUser', { numberOfKeys: 5, lua: CREATE_LUA });
-    redis.defineCommand('fwSetUserRole', { numberOfKeys: 2, lua: SET_ROLE_LUA });
-    redis.defineCommand('fwDeleteUser', { numberOfKeys: 5, lua: DELETE_LUA });
-    redis.defineCommand('fwUserByEmail', { numberOfKeys: 1, lua: BY_EMAIL_LUA });
+    redis.defineCommand('fwSetUserRole', { numberOfKeys: 3, lua: SET_ROLE_LUA });
+    redis.defineCommand('fwDeleteUser', { numberOfKeys: 6, lua: DELETE_LUA });
+    redis.defineCommand('fwSetPassword', { numberOfKeys: 3, lua: SET_PASSWORD_LUA });
+    redis.defineCommand('fwLoginRecord', { numberOfKeys: 1, lua: LOGIN_RECORD_LUA });
   }
 
   /** Creates the user with an already computed hash; null when the email is taken. */
@@ -96,10 +130,17 @@ export class UserStore {
   }
 
   async byEmail(email: string): Promise<UserWithHash | null> {
-    const flat = await (this.redis as unknown as UserCommands).fwUserByEmail(redisKeys.userByEmail(emailDigest(email)), redisKeys.user(''));
+    return (await this.loginRecord(email))?.user ?? null;
+  }
+
+  async loginRecord(email: string): Promise<LoginRecord | null> {
+    const [gen = '0', ...flat] = await (this.redis as unknown as UserCommands).fwLoginRecord(
+      redisKeys.userByEmail(emailDigest(email)), redisKeys.user(''), redisKeys.userTokenGen(''),
+    );
     const h: Record<string, string> = {};
     for (let i = 0; i < flat.length; i += 2) h[flat[i]!] = flat[i + 1]!;
-    return toUser(h);
+    const user = toUser(h);
+    return user ? { user, tokenGen: Number(gen) } : null;
   }
 
   async byId(id: string): Promise<User | null> {
@@ -111,24 +152,28 @@ export class UserStore {
     return toUser(await this.redis.hgetall(redisKeys.user(id)));
   }
 
-  /** Replaces the hash; `changed` = the password itself changed (not just re-hashed). */
-  async setPasswordHash(id: string, hash: string, changed: boolean): Promise<void> {
-    const now = String(Date.now());
-    const tx = this.redis.multi().hset(redisKeys.user(id), { password_hash: hash, updated_at: now, ...(changed ? { password_changed_at: now } : {}) });
-    if (isLegacyHash(hash)) tx.sadd(redisKeys.legacyUsers, id);
-    else tx.srem(redisKeys.legacyUsers, id);
-    await tx.exec();
+  /**
+   * Replaces the hash. `changed` = the password itself changed (not just re-hashed): then every
+   * access token and refresh session of the user ends in the same step. False when the user is gone.
+   */
+  async setPasswordHash(id: string, hash: string, changed: boolean): Promise<boolean> {
+    const done = await (this.redis as unknown as UserCommands).fwSetPassword(
+      redisKeys.user(id), redisKeys.legacyUsers, redisKeys.userTokenGen(id),
+      id, hash, Date.now(), changed ? '1' : '0', isLegacyHash(hash) ? '1' : '0',
+    );
+    return done === 1;
   }
 
-  /** 'missing' | 'last-admin' | 'ok' */
+  /** 'missing' | 'last-admin' | 'unchanged' | 'changed' (the user's tokens are then revoked) */
   async setRole(id: string, role: UserRole): Promise<string> {
-    return (this.redis as unknown as UserCommands).fwSetUserRole(redisKeys.user(id), redisKeys.adminUsers, id, role, Date.now());
+    return (this.redis as unknown as UserCommands).fwSetUserRole(redisKeys.user(id), redisKeys.adminUsers, redisKeys.userTokenGen(id), id, role, Date.now());
   }
 
-  /** 'missing' | 'last-admin' | 'ok' */
-  async delete(user: User): Promise<string> {
+  /** 'missing' | 'last-admin' | 'ok'. The user's tokens are revoked; the revocation is kept `tokenLifetimeMs`. */
+  async delete(user: User, tokenLifetimeMs: number): Promise<string> {
     return (this.redis as unknown as UserCommands).fwDeleteUser(
-      redisKeys.user(user.id), redisKeys.userByEmail(emailDigest(user.email)), redisKeys.users, redisKeys.legacyUsers, redisKeys.adminUsers, user.id,
+      redisKeys.user(user.id), redisKeys.userByEmail(emailDigest(user.email)), redisKeys.users, redisKeys.legacyUsers, redisKeys.adminUsers,
+      redisKeys.userTokenGen(user.id), user.id, tokenLifetimeMs,
     );
   }
 
@@ -166,6 +211,7 @@ function publicUser(u: UserWithHash): User {
 interface UserCommands {
   fwCreateUser(...args: (string | number)[]): Promise<number>;
   fwSetUserRole(...args: (string | number)[]): Promise<string>;
-  fwDeleteUser(...args: string[]): Promise<string>;
-  fwUserByEmail(...args: string[]): Promise<string[]>;
+  fwDeleteUser(...args: (string | number)[]): Promise<string>;
+  fwSetPassword(...args: (string | number)[]): Promise<number>;
+  fwLoginRecord(...args: string[]): Promise<string[]>;
 }

@@ -108,7 +108,7 @@ describe('API key → device token', () => {
     expect(claims.exp - claims.iat).toBe(86_400);
   });
 
-  it('refuses wrong, truncated and foreign keys with 401, then 429 after 5 failures from one IP', async () => {
+  it('refuses wrong, truncated and foreign keys with 401, then every exchange from that IP with 429 after 5 failures, even a right key', async () => {
     const { api_key: key } = (await register()).body as { api_key: string };
     const ip = '10.7.7.7';
     const bad = [`${key.slice(0, -1)}A`, key.slice(0, 20), 'fwk_nope', 'sk_live_123'];
@@ -117,8 +117,14 @@ describe('API key → device token', () => {
     const limited = await exchange('fwk_x', ip);
     expect(limited.status).toBe(429);
     expect(limited.headers.get('retry-after')).toBe('60');
-    // A right key from the same address still works: one broken device must not block a whole site.
-    expect((await exchange(key, ip)).status).toBe(200);
+    // A right key from that address is refused too: an address over its limit learns nothing more,
+    // not even which of its guesses was right.
+    const right = await exchange(key, ip);
+    expect(right.status).toBe(429);
+    expect(right.body.token).toBeUndefined();
+    expect(right.headers.get('retry-after')).toBe('60');
+    // Other addresses are not affected.
+    expect((await exchange(key, '10.7.7.8')).status).toBe(200);
   });
 
   it('refuses a body without api_key with 400', async () => {

@@ -8,10 +8,10 @@ beforeAll(async () => {
   await t.auth.accounts.createUser({ email: 'carol@example.com', password: 'carols-long-passphrase', role: 'operator' }, 'test');
 });
 afterAll(async () => t.close());
-// Each test starts with empty windows and no locks.
+// Each test starts with empty windows, no locks and no known addresses.
 afterEach(async () => {
   const keys = await t.redis.keys('fleetwire:*l*-*');
-  const limitKeys = keys.filter((k) => /:rl:|login-failures|login-lock/.test(k));
+  const limitKeys = keys.filter((k) => /:rl:|login-failures|login-lock|login-known/.test(k));
   if (limitKeys.length) await t.redis.del(...limitKeys);
 });
 
@@ -81,11 +81,12 @@ describe('login rate limits (checked before any hashing)', () => {
   });
 });
 
-describe('account lockout', () => {
-  it('locks after 3 consecutive failures, even for the right password, then unlocks on its own', async () => {
-    for (let i = 0; i < 3; i++) expect((await t.login('carol@example.com', 'wrong-password-here', freshIp())).status).toBe(401);
+describe('account lockout (per account and address)', () => {
+  it('locks the address after 3 consecutive failures from it, even for the right password, then unlocks on its own', async () => {
+    const ip = freshIp();
+    for (let i = 0; i < 3; i++) expect((await t.login('carol@example.com', 'wrong-password-here', ip)).status).toBe(401);
     const before = await hashedLogins();
-    const locked = await t.login('carol@example.com', 'carols-long-passphrase', freshIp());
+    const locked = await t.login('carol@example.com', 'carols-long-passphrase', ip);
     expect(locked.status).toBe(429);
     expect(locked.body.error?.code).toBe('AUTH_ACCOUNT_LOCKED');
     expect(Number(locked.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
@@ -94,33 +95,47 @@ describe('account lockout', () => {
     expect(records[0]?.subject).toMatch(/^user:/);
 
     await sleep(2100); // LOCKOUT_S=2
-    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).status).toBe(200);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', ip)).status).toBe(200);
+  });
+
+  it('a lock holds only the address the failures came from', async () => {
+    const home = freshIp();
+    const attacker = freshIp();
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', home)).status).toBe(200);
+    for (let i = 0; i < 3; i++) expect((await t.login('carol@example.com', 'wrong-password-here', attacker)).status).toBe(401);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', attacker)).body.error?.code).toBe('AUTH_ACCOUNT_LOCKED');
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', home)).status).toBe(200);
+    // Other addresses are not locked, but share the per-account window (4 a minute: the home login and 3 failures).
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).body.error?.code).toBe('AUTH_RATE_LIMITED');
   });
 
   it('a success resets the failure count', async () => {
-    for (let i = 0; i < 2; i++) await t.login('carol@example.com', 'wrong-password-here', freshIp());
-    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).status).toBe(200);
-    await t.redis.del(...await t.redis.keys('fleetwire:rl:login-acct:*')); // the attempt window moves on
-    for (let i = 0; i < 2; i++) await t.login('carol@example.com', 'wrong-password-here', freshIp());
-    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).status).toBe(200);
+    const ip = freshIp();
+    for (let i = 0; i < 2; i++) await t.login('carol@example.com', 'wrong-password-here', ip);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', ip)).status).toBe(200);
+    await t.redis.del(...await t.redis.keys('fleetwire:rl:login-*')); // the attempt windows move on
+    for (let i = 0; i < 2; i++) await t.login('carol@example.com', 'wrong-password-here', ip);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', ip)).status).toBe(200);
   });
 
   it('an admin can unlock at once; the unlock is audited', async () => {
     const admin = await t.tokenFor('admin');
-    for (let i = 0; i < 3; i++) await t.login('carol@example.com', 'wrong-password-here', freshIp());
-    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).status).toBe(429);
+    const ip = freshIp();
+    for (let i = 0; i < 3; i++) await t.login('carol@example.com', 'wrong-password-here', ip);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', ip)).status).toBe(429);
     const carol = (await t.auth.users.byEmail('carol@example.com'))!;
     expect((await t.api('GET', `/v1/users/${carol.id}`, { token: admin })).body.locked_for_s).toBeGreaterThan(0);
     const res = await t.api('POST', `/v1/users/${carol.id}/unlock`, { token: admin });
     expect(res.body).toEqual({ was_locked: true });
-    expect((await t.login('carol@example.com', 'carols-long-passphrase', freshIp())).status).toBe(200);
+    expect((await t.login('carol@example.com', 'carols-long-passphrase', ip)).status).toBe(200);
     const { records } = await t.auth.audit.query({ type: 'account.unlocked', limit: 1 });
     expect(records[0]).toMatchObject({ subject: `user:${carol.id}`, detail: { was_locked: true } });
   });
 
   it('unknown accounts lock like real ones', async () => {
-    for (let i = 0; i < 3; i++) expect((await t.login('ghost2@example.com', 'wrong-password-here', freshIp())).status).toBe(401);
-    expect((await t.login('ghost2@example.com', 'wrong-password-here', freshIp())).body.error?.code).toBe('AUTH_ACCOUNT_LOCKED');
+    const ip = freshIp();
+    for (let i = 0; i < 3; i++) expect((await t.login('ghost2@example.com', 'wrong-password-here', ip)).status).toBe(401);
+    expect((await t.login('ghost2@example.com', 'wrong-password-here', ip)).body.error?.code).toBe('AUTH_ACCOUNT_LOCKED');
   });
 });
 
@@ -167,6 +182,33 @@ describe('timing does not tell unknown accounts from wrong passwords', () => {
       // Without the dummy hash an unknown account answers in well under a millisecond, against about 20 ms.
       expect(median(unknown)).toBeGreaterThan(median(known) / 2);
       expect(median(legacy)).toBeGreaterThan(median(known) / 2);
+    } finally {
+      await prod.close();
+    }
+  });
+
+  it('after a switch to production parameters, an account still holding an older hash fails as slowly as an unknown email (medians within 25%)', async () => {
+    // Created at the development profile (m=4096, t=1); the service then moves to m=19456, t=2.
+    await t.auth.accounts.createUser({ email: 'old-params@example.com', password: 'old-params-passphrase', role: 'viewer' }, 'test');
+    expect((await t.auth.users.byEmail('old-params@example.com'))!.password_hash).toContain('m=4096,p=1,t=1');
+    const prod = await startAuth({ argon2Profile: 'production', loginPerIp: 1000, loginPerAccount: 1000, lockoutFailures: 1000 }, { dataDir: t.dataDir });
+    try {
+      const time = async (email: string): Promise<number> => {
+        const start = performance.now();
+        expect((await prod.login(email, 'definitely-wrong-password')).status).toBe(401);
+        return performance.now() - start;
+      };
+      const median = (xs: number[]): number => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      const old: number[] = [];
+      const unknown: number[] = [];
+      for (let i = 0; i < 11; i++) {
+        old.push(await time('old-params@example.com'));
+        unknown.push(await time(`stranger-p${i}@example.com`));
+      }
+      const [o, u] = [median(old), median(unknown)];
+      const figures = `medians: older hash ${o.toFixed(1)} ms, unknown email ${u.toFixed(1)} ms`;
+      expect(o / u, figures).toBeGreaterThan(0.75);
+      expect(o / u, figures).toBeLessThan(1.25);
     } finally {
       await prod.close();
     }

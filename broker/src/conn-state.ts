@@ -4,10 +4,14 @@ import type { Socket } from 'node:net';
 import { closeCodes, type CloseReason, type FleetwireClaims } from '@fleetwire/common';
 
 /** The claims a connection keeps: only what the ACL, registry, expiry and revocation need. */
-export type ConnClaims = Pick<FleetwireClaims, 'sub' | 'typ' | 'exp' | 'jti' | 'role'>;
+export type ConnClaims = Pick<FleetwireClaims, 'sub' | 'typ' | 'exp' | 'jti' | 'role' | 'sid'>;
 
 export function connClaims(c: FleetwireClaims): ConnClaims {
-  return c.role === undefined ? { sub: c.sub, typ: c.typ, exp: c.exp, jti: c.jti } : { sub: c.sub, typ: c.typ, exp: c.exp, jti: c.jti, role: c.role };
+  const kept: ConnClaims = { sub: c.sub, typ: c.typ, exp: c.exp, jti: c.jti };
+  // Only user tokens carry these; a device connection keeps no field it does not need.
+  if (c.role !== undefined) kept.role = c.role;
+  if (c.sid !== undefined) kept.sid = c.sid;
+  return kept;
 }
 
 /** Connection ids: unique per process start plus a counter; short, since one is kept per connection. */

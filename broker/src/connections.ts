@@ -171,9 +171,10 @@ export class Connections {
 
   revoke(ev: RevocationEvent): number {
     let targets: ConnState[];
-    if (ev.kind === 'token') {
-      // Token revocations are rare: a scan beats an index kept for every connection.
-      targets = [...this.live].filter((s) => s.claims?.jti === ev.id);
+    if (ev.kind === 'token' || ev.kind === 'session') {
+      // Token and session revocations are rare: a scan beats an index kept for every connection.
+      const matches = ev.kind === 'token' ? (s: ConnState) => s.claims?.jti === ev.id : (s: ConnState) => s.claims?.sid === ev.id;
+      targets = [...this.live].filter(matches);
     } else if (ev.kind === 'device') {
       const s = this.byClientId.get(ev.id);
       targets = s?.claims?.typ === 'device' ? [s] : [];

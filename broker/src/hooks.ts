@@ -5,11 +5,10 @@
  */
 import type { Aedes, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
 import {
-  FleetwireError, isDeviceId, parseDeviceTopic, tokenFromSubprotocols, topicFor,
+  FleetwireError, isDeviceId, parseDeviceTopic, redisKeys, tokenFromSubprotocols, tokenState, topicFor,
   type FleetwireClaims, type Logger, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import { authorizePublishTopic, authorizeSubscribeFilter } from './acl.js';
-import { createConnectChecks } from './connect-checks.js';
 import { connClaims, setCloseIntent, stateOf, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
@@ -35,7 +34,6 @@ const sinkTopic = (nodeId: string): string => `$SYS/${nodeId}/fleetwire/dropped`
 
 export function installHooks(d: HookDeps): void {
   const { aedes, log, metrics } = d;
-  const connectChecks = createConnectChecks(d.redis);
 
   aedes.preConnect = (client, packet, done) => {
     const state = stateOf(client);
@@ -98,7 +96,8 @@ export function installHooks(d: HookDeps): void {
     if (state.transport === 'tcp' && claims.typ !== 'service') {
       throw new FleetwireError('AUTH_FORBIDDEN', 'the TCP listener accepts service tokens only');
     }
-    const { revoked, deviceStatus, penalized } = await connectChecks(claims, client.id);
+    // The HTTP guard's revocation rule, plus the device's status and the client's flood penalty: one round trip.
+    const { revoked, deviceStatus, penalized } = await tokenState(d.redis, claims, { penaltyKey: redisKeys.floodPenalty(client.id) });
     if (revoked) throw new FleetwireError('AUTH_TOKEN_REVOKED');
     if (penalized) throw new FleetwireError('BROKER_FLOOD_PENALTY');
     if (claims.typ === 'device') {

@@ -31,6 +31,7 @@ interface TopicsFile { device_id_pattern: string; topics: TopicEntry[] }
 interface QueuesFile { prefix: string; queues: Record<string, { consumer: string; attempts: number; remove_on_complete: number; remove_on_fail: number }> }
 interface JwtFile {
   alg: string[]; iss: string; aud: string; required_claims: string[]; types: string[]; user_roles: string[];
+  optional_claims: Record<string, string>;
   subprotocol: string; token_subprotocol_prefix: string; clock_tolerance_s: number;
 }
 interface CloseCodesFile { codes: Record<string, { code: number; reason: string }> }
@@ -57,6 +58,10 @@ export interface FleetwireClaims {
   jti: string;
   nbf?: number;
   role?: UserRole;
+  /** User tokens: the session (refresh-token family) the token belongs to. */
+  sid?: string;
+  /** User and device tokens: the subject's token generation when signed (absent = 0). */
+  gen?: number;
 }
 
 /** The concrete topic for a device, e.g. topicFor('cmd', 'dev-1') → 'devices/dev-1/cmd'. */

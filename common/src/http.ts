@@ -9,6 +9,8 @@ import swagger from '@fastify/swagger';
 export type {} from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import { FleetwireError } from './errors.js';
+import { refuseNonFiniteNumbers } from './query-numbers.js';
+import { DOCS_CSP, securityHeaders } from './security-headers.js';
 import type { Logger } from './logger.js';
 import type { Registry } from './metrics.js';
 
@@ -30,6 +32,8 @@ export async function createHttpApp({ log, tls, version, trustedProxies = [] }: 
     ...(tls ? { https: tls } : {}),
   };
   const app = Fastify(opts) as unknown as FastifyInstance;
+  securityHeaders(app, { tls: tls !== null });
+  refuseNonFiniteNumbers(app);
   app.addSchema({
     $id: 'error', type: 'object',
     properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } },
@@ -40,7 +44,7 @@ export async function createHttpApp({ log, tls, version, trustedProxies = [] }: 
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
     },
   });
-  await app.register(swaggerUi, { routePrefix: '/docs' });
+  await app.register(swaggerUi, { routePrefix: '/docs', staticCSP: DOCS_CSP, uiConfig: { validatorUrl: null } });
 
   app.setErrorHandler((err, req, reply) => {
     if (err instanceof FleetwireError) {

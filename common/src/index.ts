@@ -11,6 +11,8 @@ export * from './keys.js';
 export * from './jwt.js';
 export * from './schemas.js';
 export * from './http.js';
+export * from './query-numbers.js';
+export * from './security-headers.js';
 export * from './http-auth.js';
 export * from './build-info.js';
 export * from './shutdown.js';

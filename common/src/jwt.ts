@@ -104,6 +104,13 @@ export function createTokenVerifier(opts: VerifierOptions): TokenVerifier {
     if (typeof payload.sub !== 'string' || payload.sub.length === 0 || typeof payload.jti !== 'string') {
       throw new FleetwireError('AUTH_TOKEN_INVALID', 'token sub and jti must be strings');
     }
+    // Revocation compares these; a token we signed always has them in this shape.
+    if (payload.gen !== undefined && !(Number.isSafeInteger(payload.gen) && (payload.gen as number) >= 0)) {
+      throw new FleetwireError('AUTH_TOKEN_INVALID', 'token gen must be a whole number');
+    }
+    if (payload.sid !== undefined && (typeof payload.sid !== 'string' || payload.sid.length === 0)) {
+      throw new FleetwireError('AUTH_TOKEN_INVALID', 'token sid must be a string');
+    }
     const claims = payload as unknown as FleetwireClaims;
     cache.set(token, claims);
     return claims;

@@ -3,10 +3,16 @@
  * that writes a device record and the broker that reads it agree.
  */
 export const redisKeys = {
+  /** A device's record: status, API key digest, token_gen (see revocation.ts), metadata. */
   device: (id: string) => `fleetwire:device:${id}`,
   revokedJti: (jti: string) => `fleetwire:revoked-jti:${jti}`,
-  /** Unix seconds: a user's tokens issued before this are revoked (role change, deletion). */
-  userTokensBefore: (userId: string) => `fleetwire:user-tokens-before:${userId}`,
+  /** Exists while the access tokens of an ended session could still be alive (logout, reused refresh token). */
+  revokedSession: (sessionId: string) => `fleetwire:revoked-sid:${sessionId}`,
+  /**
+   * A user's token generation (absent = 0): tokens signed at a lower one are revoked. Its own
+   * key, not a field of the user, so that it outlives a deleted user as long as their tokens could.
+   */
+  userTokenGen: (userId: string) => `fleetwire:user-token-gen:${userId}`,
   /** Pub/sub channel: every broker node listens and drops matching connections. */
   revocations: 'fleetwire:revocations',
   /** Pub/sub channel for node-to-node control (kick). */
@@ -41,8 +47,12 @@ export const redisKeys = {
   resetToken: (tokenDigest: string) => `fleetwire:pwreset:${tokenDigest}`,
   loginPerIp: (ip: string) => `fleetwire:rl:login-ip:${ip}`,
   loginPerAccount: (emailDigest: string) => `fleetwire:rl:login-acct:${emailDigest}`,
-  loginFailures: (emailDigest: string) => `fleetwire:login-failures:${emailDigest}`,
-  loginLock: (emailDigest: string) => `fleetwire:login-lock:${emailDigest}`,
+  /** Hash: client address → consecutive failed logins to this account from it. */
+  loginFailures: (emailDigest: string) => `fleetwire:login-failures-by-address:${emailDigest}`,
+  /** Hash: client address → unix ms until which it may not log in to this account. */
+  loginLocks: (emailDigest: string) => `fleetwire:login-locks-by-address:${emailDigest}`,
+  /** Sorted set: addresses this account logged in from, by last success (unix ms); exempt from its per-account window. */
+  loginKnownAddresses: (emailDigest: string) => `fleetwire:login-known-addresses:${emailDigest}`,
   resetPerIp: (ip: string) => `fleetwire:rl:reset-ip:${ip}`,
   resetPerAccount: (emailDigest: string) => `fleetwire:rl:reset-acct:${emailDigest}`,
   deviceTokenFailures: (ip: string) => `fleetwire:rl:devtoken-fail:${ip}`,

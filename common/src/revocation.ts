@@ -1,18 +1,30 @@
 /**
- * Device identity status and revocation. The auth service writes, brokers
- * read at CONNECT and listen on the revocation channel so that a revoked
- * device or token is disconnected within a second on whichever node holds it.
+ * Device identity status and token revocation. The auth service writes; the HTTP guard
+ * and the broker's CONNECT read through one rule (tokenState); brokers listen on the
+ * revocation channel so that live connections holding a revoked token close within a
+ * second on whichever node holds them.
+ *
+ * A token is revoked when its jti is, when its session is (logout, a reused refresh
+ * token), or when its `gen` claim is below its subject's current token generation: a
+ * counter the auth service raises in the same atomic step as the change that ends the
+ * tokens (password change or reset, role change, deletion; a device key rotation with
+ * revoke_tokens). A counter, unlike a revocation time, has no granularity to slip
+ * through, and reading it together with the role when signing closes the race of a
+ * refresh that read the old role just before the change.
  */
 import type { Redis } from 'ioredis';
 import { redisKeys } from './redis-keys.js';
+import type { FleetwireClaims } from './contracts.js';
 
 export type DeviceStatus = 'active' | 'revoked';
 
 export interface RevocationEvent {
-  readonly kind: 'device' | 'user' | 'token';
-  /** device id, user id or jti */
+  readonly kind: 'device' | 'user' | 'token' | 'session';
+  /** device id, user id, jti or session id */
   readonly id: string;
 }
+
+const KINDS: readonly string[] = ['device', 'user', 'token', 'session'];
 
 /** Creates or updates the identity record the broker checks at CONNECT. */
 export async function saveDevice(redis: Redis, deviceId: string, fields: Record<string, string> = {}): Promise<void> {
@@ -35,25 +47,65 @@ export async function revokeToken(redis: Redis, jti: string, expUnixSeconds: num
   await publishRevocation(redis, { kind: 'token', id: jti });
 }
 
+/** Revokes every access token of a session, for `ttlS`: the longest one of them could still live. */
+export async function revokeSession(redis: Redis, sessionId: string, ttlS: number): Promise<void> {
+  await redis.set(redisKeys.revokedSession(sessionId), '1', 'EX', Math.max(1, Math.ceil(ttlS)));
+  await publishRevocation(redis, { kind: 'session', id: sessionId });
+}
+
 /**
- * Revokes every token of a user issued until now (role change, deletion), for
- * `ttlS` seconds: the longest such a token could still live. Tokens issued
- * afterwards (a refresh with the new role) are not affected.
+ * KEYS: revoked jti, revoked session, the generation's holder (a user's generation key, a
+ * device's record, or a key that never exists), an extra key whose existence is reported
+ * (the broker's flood penalty, or one that never exists).
+ * ARGV: token type, the token's gen. Returns {revoked 0/1, device status or '', extra 0/1}.
  */
-export async function revokeUserTokens(redis: Redis, userId: string, ttlS: number): Promise<void> {
-  await redis.set(redisKeys.userTokensBefore(userId), String(Math.floor(Date.now() / 1000)), 'EX', Math.max(1, ttlS));
-  await publishRevocation(redis, { kind: 'user', id: userId });
+const TOKEN_STATE_LUA = `
+local current, status = 0, ''
+if ARGV[1] == 'device' then
+  local d = redis.call('HMGET', KEYS[3], 'status', 'token_gen')
+  status = d[1] or ''
+  current = tonumber(d[2]) or 0
+elseif ARGV[1] == 'user' then
+  current = tonumber(redis.call('GET', KEYS[3])) or 0
+end
+local revoked = redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 or tonumber(ARGV[2]) < current
+return { revoked and 1 or 0, status, redis.call('EXISTS', KEYS[4]) }`;
+
+export type RevocableClaims = Pick<FleetwireClaims, 'jti' | 'typ' | 'sub' | 'sid' | 'gen'>;
+
+export interface TokenState {
+  revoked: boolean;
+  /** A device token's device record status; null for a missing or unreadable record, or another kind of token. */
+  deviceStatus: DeviceStatus | null;
+  /** Whether `penaltyKey` exists; false when none was given. */
+  penalized: boolean;
 }
 
-/** Whether this token was revoked, by its jti or, for a user, by a revocation of all their older tokens. */
-export async function isTokenRevoked(redis: Redis, claims: { jti: string; typ: string; sub: string; iat: number }): Promise<boolean> {
-  const [jti, before] = await redis.mget(redisKeys.revokedJti(claims.jti), claims.typ === 'user' ? redisKeys.userTokensBefore(claims.sub) : redisKeys.userTokensBefore('-'));
-  return jti !== null || issuedBefore(claims.iat, before ?? null);
+/** Keys that never exist stand in for those that do not apply, so the script keeps one shape. */
+const NONE = '-';
+const prepared = new WeakSet<Redis>();
+type TokenStateRedis = Redis & { fwTokenState(...args: string[]): Promise<[number, string, number]> };
+
+/**
+ * The one revocation rule, for the HTTP guard and the broker's CONNECT alike, in one
+ * round trip and one command; the broker also asks about a client's flood penalty.
+ */
+export async function tokenState(redis: Redis, claims: RevocableClaims, opts: { penaltyKey?: string } = {}): Promise<TokenState> {
+  if (!prepared.has(redis)) {
+    redis.defineCommand('fwTokenState', { numberOfKeys: 4, lua: TOKEN_STATE_LUA });
+    prepared.add(redis);
+  }
+  const holder = claims.typ === 'device' ? redisKeys.device(claims.sub) : redisKeys.userTokenGen(claims.typ === 'user' ? claims.sub : NONE);
+  const [revoked, status, penalized] = await (redis as TokenStateRedis).fwTokenState(
+    redisKeys.revokedJti(claims.jti), redisKeys.revokedSession(claims.sid ?? NONE), holder, opts.penaltyKey ?? redisKeys.floodPenalty(NONE),
+    claims.typ, String(claims.gen ?? 0),
+  );
+  const deviceStatus = claims.typ === 'device' && (status === 'active' || status === 'revoked') ? status : null;
+  return { revoked: revoked === 1, deviceStatus, penalized: penalized === 1 };
 }
 
-/** `before` is the stored revocation time (unix seconds) or null. */
-export function issuedBefore(iat: number, before: string | null): boolean {
-  return before !== null && iat < Number(before);
+export async function isTokenRevoked(redis: Redis, claims: RevocableClaims): Promise<boolean> {
+  return (await tokenState(redis, claims)).revoked;
 }
 
 export async function publishRevocation(redis: Redis, event: RevocationEvent): Promise<void> {
@@ -63,9 +115,7 @@ export async function publishRevocation(redis: Redis, event: RevocationEvent): P
 export function parseRevocation(message: string): RevocationEvent | null {
   try {
     const v = JSON.parse(message) as Partial<RevocationEvent>;
-    if ((v.kind === 'device' || v.kind === 'user' || v.kind === 'token') && typeof v.id === 'string') {
-      return { kind: v.kind, id: v.id };
-    }
+    if (typeof v.kind === 'string' && KINDS.includes(v.kind) && typeof v.id === 'string') return { kind: v.kind, id: v.id };
   } catch { /* not ours */ }
   return null;
 }

@@ -50,6 +50,18 @@ describe('local signing keys', () => {
   });
 });
 
+describe('revocation claims', () => {
+  it('accepts a whole-number gen and a session id, and refuses any other shape (revocation compares them)', async () => {
+    const { signer, publicJwks } = await loadOrCreateKeySet(join(await mkdtemp(join(tmpdir(), 'fw-keys-')), 'keys'));
+    const verifier = createTokenVerifier({ keys: publicJwks });
+    const user = (extra: Record<string, string | number | boolean>) => signToken(signer, { sub: 'u-1', typ: 'user', role: 'viewer', ttlSeconds: 60, extra });
+    expect(await verifier.verify(await user({ gen: 3, sid: 's-1' }))).toMatchObject({ gen: 3, sid: 's-1' });
+    for (const bad of [{ gen: -1 }, { gen: 1.5 }, { gen: '2' }, { gen: true }, { sid: '' }, { sid: 7 }]) {
+      await expect(verifier.verify(await user(bad)), JSON.stringify(bad)).rejects.toMatchObject({ code: 'AUTH_TOKEN_INVALID' });
+    }
+  });
+});
+
 describe('subprotocol token extraction', () => {
   it('finds auth.<jwt> wherever it is offered, and nothing else', () => {
     expect(tokenFromSubprotocols('mqtt, auth.a.b.c')).toBe('a.b.c');

@@ -1,6 +1,6 @@
 /** JWKS, signing-key rotation, service tokens, the audit log and the spec. */
 import type { FastifyInstance } from 'fastify';
-import { signToken, type Guard, type KeyRing } from '@fleetwire/common';
+import { queryInteger, signToken, type Guard, type KeyRing } from '@fleetwire/common';
 import { AUDIT_TYPES, type AuditLog, type AuditQuery } from '../audit.js';
 import type { AuthConfig } from '../config.js';
 import { errorResponse } from './schemas.js';
@@ -64,8 +64,8 @@ export function adminRoutes(app: FastifyInstance, { config, keys, audit, admin, 
         type: 'object',
         properties: {
           type: { type: 'string', enum: [...AUDIT_TYPES] }, actor: { type: 'string', maxLength: 300 }, subject: { type: 'string', maxLength: 300 },
-          since: { type: 'integer', minimum: 0 }, until: { type: 'integer', minimum: 0 },
-          before: { type: 'string', pattern: '^[0-9]+-[0-9]+$' }, limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+          since: queryInteger({ description: 'Unix ms' }), until: queryInteger({ description: 'Unix ms' }),
+          before: { type: 'string', pattern: '^[0-9]{1,15}-[0-9]{1,15}$' }, limit: queryInteger({ minimum: 1, maximum: 1000, default: 100 }),
         },
       },
       response: {

@@ -13,7 +13,7 @@ export function authRoutes(app: FastifyInstance, { accounts, users, requireUser 
   app.post<{ Body: { email: string; password: string } }>('/v1/auth/login', {
     schema: {
       tags, summary: 'Log in with email and password',
-      description: 'Limited per client IP and per account (429 with Retry-After) before any hashing; an account locks after repeated failures.',
+      description: 'Limited per client IP and per account (429 with Retry-After) before any hashing; repeated failures from one address lock that address out of the account. Addresses the account recently logged in from are exempt from the per-account limit.',
       body: { type: 'object', required: ['email', 'password'], properties: { email: { type: 'string', minLength: 1, maxLength: 254 }, password } },
       response: { 200: tokenPair, 401: errorResponse, 429: errorResponse },
     },

@@ -1,6 +1,6 @@
 /** /v1/devices: registration, metadata, key rotation, revocation, and the API-key → token exchange. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
+import { FleetwireError, pageQuery, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
 import type { AuditLog } from '../audit.js';
 import type { AuthConfig } from '../config.js';
 import type { DeviceMetadata, DeviceRegistry } from '../devices.js';
@@ -48,7 +48,7 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
       querystring: {
         type: 'object',
         properties: {
-          offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+          ...pageQuery(1000),
           status: { type: 'string', enum: ['active', 'revoked'] }, type: { type: 'string', maxLength: 64 },
         },
       },
@@ -119,20 +119,26 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
       },
     },
   }, async (req) => {
-    let id: string;
-    try {
-      id = await devices.authenticate(req.body.api_key);
-    } catch (err) {
+    const failures = { key: redisKeys.deviceTokenFailures(req.ip), limit: config.deviceTokenPerIp, windowMs: 60_000 };
+    // The address's failures are read together with the key's record: both commands leave in the
+    // same tick, so ioredis auto-pipelining sends them in one round trip, as the success path was.
+    const [recent, checked] = await Promise.allSettled([limits.count(failures), devices.authenticate(req.body.api_key)]);
+    if (recent.status === 'rejected') throw recent.reason;
+    // An address over its limit is refused whatever it sends, a right key included: otherwise its
+    // next guesses would still be told which one was right.
+    if (recent.value >= config.deviceTokenPerIp) {
+      metrics.deviceTokens.inc({ outcome: 'AUTH_RATE_LIMITED' });
+      throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: 60 });
+    }
+    if (checked.status === 'rejected') {
+      const err: unknown = checked.reason;
       metrics.deviceTokens.inc({ outcome: err instanceof FleetwireError ? err.code : 'error' });
-      // Failures are counted per IP after the fact: success costs no extra round trip.
-      const window = { key: redisKeys.deviceTokenFailures(req.ip), limit: config.deviceTokenPerIp, windowMs: 60_000 };
-      if ((await limits.record(window)) > config.deviceTokenPerIp) {
-        throw new FleetwireError('AUTH_RATE_LIMITED', undefined, { retryAfterS: 60 });
-      }
+      await limits.record(failures);
       throw err;
     }
+    const { deviceId: id, tokenGen } = checked.value;
     metrics.deviceTokens.inc({ outcome: 'issued' });
-    const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS });
+    const token = await signToken(keys.signer, { sub: id, typ: 'device', ttlSeconds: config.deviceTokenTtlS, extra: { gen: tokenGen } });
     return { token, device_id: id, expires_in: config.deviceTokenTtlS };
   });
 }

@@ -1,6 +1,6 @@
 /** /v1/users: admins create, list and unlock users. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, type Guard, type UserRole } from '@fleetwire/common';
+import { FleetwireError, pageQuery, type Guard, type UserRole } from '@fleetwire/common';
 import type { Accounts } from '../accounts.js';
 import type { UserStore } from '../users.js';
 import { email, errorResponse, idParam, password, role, user } from './schemas.js';
@@ -24,14 +24,14 @@ export function userRoutes(app: FastifyInstance, { accounts, users, admin }: Use
     onRequest: admin,
     schema: {
       tags, security, summary: 'List users, oldest first',
-      querystring: { type: 'object', properties: { offset: { type: 'integer', minimum: 0, default: 0 }, limit: { type: 'integer', minimum: 1, maximum: 500, default: 100 } } },
+      querystring: { type: 'object', properties: pageQuery(500) },
       response: { 200: { type: 'object', properties: { users: { type: 'array', items: user }, total: { type: 'integer' } } } },
     },
   }, async (req) => users.list(req.query.offset, req.query.limit));
 
   app.get<{ Params: { id: string } }>('/v1/users/:id', {
     onRequest: admin,
-    schema: { tags, security, summary: 'One user, with how long its login stays locked', params: idParam, response: { 200: user, 404: errorResponse } },
+    schema: { tags, security, summary: 'One user, with how long the longest lock on any address lasts (locked_for_s)', params: idParam, response: { 200: user, 404: errorResponse } },
   }, async (req) => {
     const u = await users.byId(req.params.id);
     if (!u) throw new FleetwireError('NOT_FOUND', `No user ${req.params.id}.`);
@@ -61,7 +61,7 @@ export function userRoutes(app: FastifyInstance, { accounts, users, admin }: Use
   app.post<{ Params: { id: string } }>('/v1/users/:id/unlock', {
     onRequest: admin,
     schema: {
-      tags, security, summary: 'Unlock a locked account and reset its failure count', params: idParam,
+      tags, security, summary: 'Unlock an account: lifts the lock of every address, resets the failure counts and empties the per-account login window', params: idParam,
       response: { 200: { type: 'object', properties: { was_locked: { type: 'boolean' } } }, 404: errorResponse },
     },
   }, async (req) => accounts.unlock(req.params.id, `user:${req.caller!.sub}`, req.ip));

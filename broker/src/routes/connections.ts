@@ -1,6 +1,6 @@
 /** GET/DELETE /v1/connections: the cluster-wide connection registry and kicks. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, type Guard } from '@fleetwire/common';
+import { FleetwireError, pageQuery, type Guard } from '@fleetwire/common';
 import type { ConnectionRegistry } from '../registry.js';
 
 const connection = {
@@ -31,8 +31,7 @@ export function connectionRoutes(app: FastifyInstance, d: ConnectionRoutesDeps):
       querystring: {
         type: 'object', additionalProperties: false,
         properties: {
-          offset: { type: 'integer', minimum: 0, default: 0 },
-          limit: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+          ...pageQuery(1000),
           kind: { type: 'string', enum: ['device', 'user', 'service'] },
         },
       },
