@@ -1,6 +1,7 @@
 """The real stack for Python client tests: `fleetwire up` as a child process on a free
-port, with a private data folder, the Redis at REDIS_URL and a first admin, plus the
-README's Paho example imported from examples/paho_device.py."""
+port, with a private data folder and the Redis at REDIS_URL, an admin of its own, plus
+the README's Paho example imported from examples/paho_device.py. Nothing is flushed:
+device ids and the admin's email are unique per run, so a Redis in use is fine."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 CLI = ROOT / "cli" / "dist" / "main.js"
-ADMIN = {"email": "py-e2e-admin@example.com", "password": "py-e2e-admin-passphrase"}
+ADMIN = {"email": f"py-e2e-{secrets.token_hex(4)}@example.com", "password": "py-e2e-admin-passphrase"}
 
 
 @dataclass
@@ -97,14 +98,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PORT": "0",
         "HOST": "127.0.0.1",
         "LOG_LEVEL": "info",
-        "FLEETWIRE_ADMIN_EMAIL": ADMIN["email"],
-        "FLEETWIRE_ADMIN_PASSWORD": ADMIN["password"],
         # Every test connects from 127.0.0.1; the production limits per address would throttle the suite.
         "LOGIN_PER_IP": "1000",
         "BROKER_CONNECT_ATTEMPTS_PER_IP": "1000",
         "BROKER_SHUTDOWN_SPREAD_MS": "200",
         "BROKER_SHUTDOWN_TIMEOUT_MS": "3000",
     }
+    # The CLI, not FLEETWIRE_ADMIN_EMAIL: that one only acts when the Redis holds no user yet.
+    created = subprocess.run(
+        [node, str(CLI), "users", "create", "--email", ADMIN["email"], "--role", "admin", "--password-stdin"],
+        input=ADMIN["password"] + "\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if created.returncode != 0:
+        pytest.fail(f"fleetwire users create failed (is Redis at {env['REDIS_URL']}?):\n{created.stderr}")
     proc = subprocess.Popen([node, str(CLI), "up"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs: list[str] = []
     port_found = threading.Event()
