@@ -4,20 +4,34 @@ SHELL := /bin/bash
 DATA_DIR ?= .data
 PORT ?= 8080
 NODE_BIN := node_modules/.bin
+VENV := .venv
+# Python parts, each a folder with its pyproject.toml, installed into the one $(VENV).
+PY_PROJECTS := e2e/python
+# Python files outside those folders that ruff checks with their settings (README snippets).
+PY_EXTRA := examples
+RUFF_CONFIG := e2e/python/pyproject.toml
 
-.PHONY: help install build run test lint bench clean
+.PHONY: help install build venv run test lint bench clean
 
 help:
 	@echo "make run    install what is missing, start Redis and Fleetwire on port $(PORT)"
 	@echo "make test   install, start a private Redis, run every suite"
 	@echo "make bench  run the broker benchmarks (see bench/README.md)"
-	@echo "make lint   eslint + type check"
+	@echo "make lint   eslint + type check + ruff"
+	@echo "make venv   the Python venv ($(VENV)) with the Python parts: $(PY_PROJECTS)"
 
 node_modules/.package-lock.json: package.json package-lock.json common/package.json broker/package.json auth-service/package.json cli/package.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
 install: node_modules/.package-lock.json build
+
+# Created, and refilled, only when missing or when a pyproject.toml changed.
+$(VENV)/.installed: $(addsuffix /pyproject.toml,$(PY_PROJECTS)) scripts/ensure-venv.sh
+	scripts/ensure-venv.sh $(VENV) $(foreach p,$(PY_PROJECTS),'./$(p)[dev]')
+	@touch $@
+
+venv: $(VENV)/.installed
 
 build: node_modules/.package-lock.json
 	$(NODE_BIN)/tsc -b
@@ -31,7 +45,9 @@ run: install
 	  REDIS_URL=$$REDIS_URL FLEETWIRE_DATA_DIR=$(DATA_DIR) PORT=$(PORT) exec node cli/dist/main.js up
 
 # Every suite writes its result into .test-results/; the last line sums them all.
-test: install
+# Python runs before vitest: vitest files flush Redis as they start, but the last one
+# leaves its per-address counters (connect attempts, bans) behind for 60-300 s.
+test: install venv
 	@rm -rf .test-results .test-data && mkdir -p .test-results .test-data
 	@set -o pipefail; \
 	if [[ -z "$${REDIS_URL:-}" ]]; then \
@@ -41,14 +57,19 @@ test: install
 	echo "test Redis: $$TEST_REDIS_URL"; \
 	echo "building the device simulator for the end-to-end tests"; \
 	cargo build --quiet --manifest-path firmware-esp32/Cargo.toml -p fleetwire-sim || echo "cargo build failed: the e2e tests will fail"; \
+	for p in $(PY_PROJECTS); do \
+	  REDIS_URL=$$TEST_REDIS_URL scripts/run-pytest.sh $$p ".test-results/$${p//\//-}.counts"; \
+	done; \
 	REDIS_URL=$$TEST_REDIS_URL $(NODE_BIN)/vitest run; \
 	if [[ -n "$${STARTED_REDIS:-}" ]]; then redis-cli -u "$$TEST_REDIS_URL" shutdown nosave >/dev/null 2>&1 || true; fi; \
 	scripts/run-cargo-tests.sh .test-results/cargo.counts; \
 	node scripts/test-summary.mjs .test-results
 
-lint: node_modules/.package-lock.json
+lint: node_modules/.package-lock.json venv
 	$(NODE_BIN)/eslint .
 	$(NODE_BIN)/tsc -b
+	$(VENV)/bin/ruff check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
+	$(VENV)/bin/ruff format --check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 
 bench: install
 	bash bench/run-all.sh

@@ -3,7 +3,7 @@ import tseslint from 'typescript-eslint';
 import globals from 'globals';
 
 export default tseslint.config(
-  { ignores: ['**/dist/**', '**/node_modules/**', 'bench/results/**', '.data/**', '.test-data/**', 'firmware-esp32/**', 'python-worker/**'] },
+  { ignores: ['**/dist/**', '**/node_modules/**', 'bench/results/**', '.data/**', '.test-data/**', '.venv/**', 'firmware-esp32/**', 'python-worker/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

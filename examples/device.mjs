@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // A minimal device for the README tour: connects with its token in the subprotocol,
 // sends a heartbeat every 10 s, prints commands and sys notices, and how the connection ended.
+// README.md quotes the lines between the readme: markers; broker/test/readme-clients.test.ts
+// runs this file against a real broker and keeps the quote identical.
 //   node examples/device.mjs <device-id> <token> [ws://localhost:8080/mqtt]
 import mqtt from 'mqtt';
 import WebSocket from 'ws';
@@ -11,12 +13,14 @@ if (!id || !token) {
   process.exit(2);
 }
 
-let socket;
+// readme:start
+let socket; // the WebSocket, to print its close code
 const client = mqtt.connect(url, {
   clientId: id, protocolVersion: 4, keepalive: 60, reconnectPeriod: 0,
-  // The token travels as a second subprotocol; the server answers with "mqtt" only.
+  // The token travels as a second subprotocol; the server answers "mqtt" and never echoes it.
   createWebsocket: (u) => (socket = new WebSocket(u, ['mqtt', `auth.${token}`])),
 });
+// readme:end
 
 let seq = 0;
 const started = Date.now();

@@ -90,7 +90,7 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
   };
 
   const ownsHttp = !deps.http;
-  const http = deps.http ?? await createHttpApp({ log, tls: deps.tls ?? null, version, trustedProxies: config.trustedProxies });
+  const http = deps.http ?? await createHttpApp({ log, tls: deps.tls ?? null, version, trustedProxies: config.trustedProxies, limits: config, metricsRegistry });
   const guard = (roles: Parameters<typeof requireRole>[2], services = true) => requireRole(keys.verifier, redis, roles, { services });
   authRoutes(http, { accounts, users, requireUser: guard(['admin', 'operator', 'viewer'], false) });
   userRoutes(http, { accounts, users, admin: guard(['admin'], false) });

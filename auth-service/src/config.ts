@@ -1,6 +1,6 @@
 /** Auth service settings: one spec, units in the names, validated and frozen at start-up. */
 import {
-  baseSpec, serverSpec, bool, int, oneOf, str, url, loadConfig, defaults, FleetwireError, type ConfigOf,
+  baseSpec, serverSpec, serverConfigProblems, bool, int, oneOf, str, url, loadConfig, defaults, FleetwireError, type ConfigOf,
 } from '@fleetwire/common';
 
 /** OWASP's minimum for argon2id (m=19 MiB, t=2, p=1); production refuses less unless overridden. */
@@ -91,6 +91,7 @@ export function checkAuthConfig(config: AuthConfig): AuthConfig {
   if (Boolean(config.adminEmail) !== Boolean(config.adminPassword)) {
     problems.push('set FLEETWIRE_ADMIN_EMAIL and FLEETWIRE_ADMIN_PASSWORD together');
   }
+  problems.push(...serverConfigProblems(config));
   if (problems.length) throw new FleetwireError('CONFIG_INVALID', `Invalid configuration:\n  - ${problems.join('\n  - ')}`);
   return config;
 }

@@ -24,6 +24,7 @@ describe('argon2id profiles', () => {
     expect(() => loadAuthConfig({ DEVICE_TOKEN_TTL_S: '200000', RESET_SENDER: 'webhook' }))
       .toThrow(/DEVICE_TOKEN_TTL_S=200000 outlives KEY_RETIRE_AFTER_S[\s\S]*RESET_WEBHOOK_URL/);
     expect(() => loadAuthConfig({ FLEETWIRE_ADMIN_EMAIL: 'a@b.c' })).toThrow(/together/);
+    expect(() => loadAuthConfig({ HTTP_HEADERS_TIMEOUT_MS: '40000' })).toThrow(/HTTP_HEADERS_TIMEOUT_MS \(40000\) must not exceed HTTP_REQUEST_TIMEOUT_MS/);
   });
 });
 

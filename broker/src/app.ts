@@ -166,7 +166,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     limits: { ...limits, wsMaxPayloadBytes: config.wsMaxPayloadBytes, maxPacketBytes: config.maxPacketBytes, abuseDropsBeforeKick: config.abuseDropsBeforeKick },
   });
 
-  const http = await createHttpApp({ log, tls: deps.tls ?? null, version: deps.version ?? '0.0.0', trustedProxies: config.trustedProxies });
+  const http = await createHttpApp({ log, tls: deps.tls ?? null, version: deps.version ?? '0.0.0', trustedProxies: config.trustedProxies, limits: config, metricsRegistry });
   http.server.on('upgrade', onUpgrade);
   const operator = requireRole(deps.verifier, redis, ['admin', 'operator']);
   connectionRoutes(http, { registry, operator, kick });

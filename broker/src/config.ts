@@ -1,5 +1,5 @@
 /** Broker settings: one spec, units in the names, validated and frozen at start-up. */
-import { baseSpec, serverSpec, bool, int, oneOf, str, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
+import { baseSpec, serverSpec, serverConfigProblems, configInvalid, bool, int, oneOf, str, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
 
 export const brokerSpec = {
   ...baseSpec,
@@ -43,9 +43,22 @@ export const brokerSpec = {
 export type BrokerConfig = ConfigOf<typeof brokerSpec>;
 
 export function loadBrokerConfig(env: NodeJS.ProcessEnv = process.env): BrokerConfig {
-  return loadConfig(brokerSpec, env);
+  return checkBrokerConfig(loadConfig(brokerSpec, env));
+}
+
+/** Settings that are valid alone but not together; throws one CONFIG_INVALID naming each. */
+export function checkBrokerConfig(config: BrokerConfig): BrokerConfig {
+  const problems = serverConfigProblems(config);
+  // The socket cap counts WebSocket connections too: at or below the broker's own limit,
+  // a device at that limit would see a reset instead of the broker's 429, and HTTP none at all.
+  if (config.httpMaxSocketsPerIp <= config.maxConnectionsPerIp) {
+    problems.push(`HTTP_MAX_SOCKETS_PER_IP (${config.httpMaxSocketsPerIp}) must be larger than BROKER_MAX_CONNECTIONS_PER_IP `
+      + `(${config.maxConnectionsPerIp}): it counts WebSocket and HTTP sockets together; raise it to at least ${config.maxConnectionsPerIp + 100}`);
+  }
+  if (problems.length) throw configInvalid(problems);
+  return config;
 }
 
 export function brokerDefaults(overrides: Partial<BrokerConfig> = {}): BrokerConfig {
-  return defaults(brokerSpec, overrides);
+  return checkBrokerConfig(defaults(brokerSpec, overrides));
 }

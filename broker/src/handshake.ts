@@ -1,15 +1,18 @@
 /**
- * The WebSocket upgrade on /mqtt: gates first (path, subprotocol, draining,
- * per-IP limits, bans), then ws picks the `mqtt` subprotocol so the token
- * offered beside it is never echoed. Query strings are ignored: a token in a
- * URL would end up in proxy logs.
+ * The WebSocket upgrade on /mqtt. Cheap refusals first (path, draining, the
+ * subprotocol list, concurrent connections per IP), then ws's own request checks,
+ * and only then the cluster-wide attempt gate in Redis, from ws's verifyClient: a
+ * request refused for its form never uses up its address's connect attempts. ws
+ * picks `mqtt`, so the token offered beside it is never echoed. Every refusal is one
+ * JSON error body, one metric increment and (throttled) one log line. Query strings
+ * are ignored: a token in a URL would end up in proxy logs.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
+import { WebSocketServer, type VerifyClientCallbackAsync, type WebSocket } from 'ws';
 import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
-import { errorCatalogue, jwtContract, type Logger } from '@fleetwire/common';
+import { errorCatalogue, jwtContract, LogThrottle, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
 import { newConnState, setCloseIntent, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
@@ -17,6 +20,7 @@ import type { Connections } from './connections.js';
 import type { BrokerMetrics } from './metrics.js';
 import { GuardError, MqttIngressGuard, type GuardEvents } from './mqtt-guard.js';
 import { PublishLimiter, type PublishLimits } from './publish-limiter.js';
+import { readOffer } from './subprotocols.js';
 import { WebSocketDuplex, type DuplexHooks } from './ws-stream.js';
 import { handleConnection } from './aedes-tuning.js';
 import { classifyClientError, closeFrameFor } from './client-errors.js';
@@ -42,22 +46,61 @@ function destroySelf(this: Duplex): void {
   this.destroy();
 }
 
-function reject(socket: Duplex, status: number, code: string, extraHeaders: Record<string, string> = {}): void {
-  const body = JSON.stringify({ error: { code, message: errorCatalogue[code]?.message ?? code } });
-  const reason = { 400: 'Bad Request', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' }[status] ?? 'Error';
+const REASONS: Record<number, string> = { 400: 'Bad Request', 404: 'Not Found', 429: 'Too Many Requests', 503: 'Service Unavailable' };
+
+/** Answers a refused upgrade with `{"error": {code, message}}` and closes the socket. */
+function writeRefusal(socket: Duplex, status: number, code: string, message: string, extraHeaders: Record<string, string>): void {
+  const body = JSON.stringify({ error: { code, message } });
   const headers = Object.entries({ 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close', ...extraHeaders })
     .map(([k, v]) => `${k}: ${v}\r\n`).join('');
-  socket.end(`HTTP/1.1 ${status} ${reason}\r\n${headers}\r\n${body}`);
+  socket.end(`HTTP/1.1 ${status} ${REASONS[status] ?? 'Error'}\r\n${headers}\r\n${body}`);
 }
 
 export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
+  // Refusals are client-driven: at most one log line per code and second, the rest counted into it.
+  const refusalLog = new LogThrottle(1000);
+  function refuse(socket: Duplex, ip: string, status: number, code: string, extraHeaders: Record<string, string> = {}, detail?: string): void {
+    d.metrics.handshakeRefusals.inc({ code });
+    const suppressed = refusalLog.take(code);
+    // Never the request's headers: the subprotocol list holds the token.
+    if (suppressed !== null) d.log.info({ ip, status, code, ...(detail ? { detail } : {}), suppressed }, 'WebSocket upgrade refused');
+    const message = errorCatalogue[code]?.message ?? code;
+    writeRefusal(socket, status, code, detail ? `${message} ${detail}.` : message, extraHeaders);
+  }
+
+  /** Runs after ws's own checks of the request, so only well-formed upgrades spend an attempt. */
+  const gateAttempt: VerifyClientCallbackAsync = ({ req }, done) => {
+    const socket = req.socket;
+    const ip = clientIp(req, d.proxies, d.hasProxies);
+    d.gate.check(ip).then(
+      (verdict) => {
+        if (!verdict.ok) {
+          d.metrics.rateLimitDrops.inc({ limit: verdict.why === 'banned' ? 'ip_banned' : 'connect_attempts' });
+          const code = verdict.why === 'banned' ? 'BROKER_IP_BANNED' : 'BROKER_RATE_LIMITED';
+          return refuse(socket, ip, 429, code, { 'Retry-After': String(verdict.retryAfterS) });
+        }
+        if (!socket.destroyed) done(true);
+      },
+      (err: unknown) => {
+        d.log.error({ err }, 'connection gate unavailable');
+        refuse(socket, ip, 503, 'INTERNAL_ERROR', { 'Retry-After': '5' });
+      },
+    );
+  };
+
   const wss = new WebSocketServer({
     noServer: true,
     maxPayload: d.limits.wsMaxPayloadBytes,
     perMessageDeflate: false,
     clientTracking: false,
+    verifyClient: gateAttempt,
     // Choose `mqtt`, never the `auth.<jwt>` entry: without this ws echoes the first offer.
     handleProtocols: (offered) => (offered.has(jwtContract.subprotocol) ? jwtContract.subprotocol : false),
+  });
+  // With a listener, ws leaves its refusals (bad key, version, method, …) to us instead of
+  // answering a bare text/html 400 that nobody logs. RFC 6455 §4.4: name the version spoken.
+  wss.on('wsClientError', (err: Error, socket: Duplex, req: IncomingMessage) => {
+    refuse(socket, clientIp(req, d.proxies, d.hasProxies), 400, 'BROKER_HANDSHAKE_INVALID', { 'Sec-WebSocket-Version': '13' }, err.message);
   });
 
   // Drops per connection within a sliding 10 s window; past the threshold the client is disconnected.
@@ -89,31 +132,18 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
 
   return function onUpgrade(req, socket, head) {
     socket.on('error', destroySelf);
-    const path = (req.url ?? '').split('?', 1)[0];
-    if (path !== MQTT_PATH) return reject(socket, 404, 'NOT_FOUND');
-    if (d.isDraining()) return reject(socket, 503, 'BROKER_DRAINING', { 'Retry-After': '5' });
-    const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((s) => s.trim());
-    if (!offered.includes(jwtContract.subprotocol)) return reject(socket, 400, 'BROKER_SUBPROTOCOL_REQUIRED');
     const ip = clientIp(req, d.proxies, d.hasProxies);
+    const path = (req.url ?? '').split('?', 1)[0];
+    if (path !== MQTT_PATH) return refuse(socket, ip, 404, 'NOT_FOUND');
+    if (d.isDraining()) return refuse(socket, ip, 503, 'BROKER_DRAINING', { 'Retry-After': '5' });
+    const offer = readOffer(req.headers['sec-websocket-protocol']);
+    if (!offer.ok) return refuse(socket, ip, 400, offer.code);
+    req.headers['sec-websocket-protocol'] = offer.header; // each entry once, as ws requires
     if (!d.connections.admit(ip)) {
       d.metrics.rateLimitDrops.inc({ limit: 'ip_connections' });
-      return reject(socket, 429, 'BROKER_TOO_MANY_CONNECTIONS', { 'Retry-After': '10' });
+      return refuse(socket, ip, 429, 'BROKER_TOO_MANY_CONNECTIONS', { 'Retry-After': '10' });
     }
-    d.gate.check(ip).then(
-      (verdict) => {
-        if (!verdict.ok) {
-          d.metrics.rateLimitDrops.inc({ limit: verdict.why === 'banned' ? 'ip_banned' : 'connect_attempts' });
-          const code = verdict.why === 'banned' ? 'BROKER_IP_BANNED' : 'BROKER_RATE_LIMITED';
-          return reject(socket, 429, code, { 'Retry-After': String(verdict.retryAfterS) });
-        }
-        if (socket.destroyed) return;
-        wss.handleUpgrade(req, socket, head, (ws) => accept(ws, req.headers['sec-websocket-protocol'], ip));
-      },
-      (err: unknown) => {
-        d.log.error({ err }, 'connection gate unavailable');
-        reject(socket, 503, 'INTERNAL_ERROR', { 'Retry-After': '5' });
-      },
-    );
+    wss.handleUpgrade(req, socket, head, (ws) => accept(ws, offer.header, ip));
   };
 
   /**
@@ -121,7 +151,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
    * request (headers, the token, the read buffer) stays reachable afterwards,
    * except the header Aedes' authenticate hook reads from client.req once.
    */
-  function accept(ws: WebSocket, offeredProtocols: string | undefined, ip: string): void {
+  function accept(ws: WebSocket, offeredProtocols: string, ip: string): void {
     const guard = new MqttIngressGuard<WebSocketDuplex>(new PublishLimiter(d.limits), d.limits.maxPacketBytes, guardEvents);
     const stream = new WebSocketDuplex(ws, guard, duplexHooks);
     const state = newConnState('ws', ip, stream);

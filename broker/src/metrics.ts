@@ -56,5 +56,6 @@ export function createBrokerMetrics(registry: Registry, localConnections: () => 
     ingressRejected: counter('fleetwire_broker_ingress_rejected_total', 'device messages refused by their topic schema', ['topic_class']),
     malformed: counter('fleetwire_broker_malformed_input_total', 'connections closed for malformed or oversized input', ['kind']),
     aclDenied: counter('fleetwire_broker_acl_denied_total', 'publishes and subscriptions refused by the ACL', ['action']),
+    handshakeRefusals: counter('fleetwire_broker_handshake_refusals_total', 'WebSocket upgrades refused, by error code', ['code']),
   };
 }

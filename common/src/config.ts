@@ -104,9 +104,7 @@ export function loadConfig<S extends Spec>(spec: S, env: NodeJS.ProcessEnv = pro
       problems.push(`${field.env}=${JSON.stringify(raw)}: ${(err as Error).message} (${field.help})`);
     }
   }
-  if (problems.length > 0) {
-    throw new FleetwireError('CONFIG_INVALID', `Invalid configuration:\n  - ${problems.join('\n  - ')}`);
-  }
+  if (problems.length > 0) throw configInvalid(problems);
   return Object.freeze(out) as ConfigOf<S>;
 }
 
@@ -134,7 +132,26 @@ export const serverSpec = {
   tlsKeyFile: str('TLS_KEY_FILE', '', 'PEM private key for TLS_CERT_FILE'),
   trustedProxies: list('TRUSTED_PROXIES', [], 'comma-separated IPs or CIDRs whose X-Forwarded-For is believed'),
   publicUrl: url('FLEETWIRE_PUBLIC_URL', 'http://localhost:8080', 'URL users reach this deployment at (printed, and used in password-reset links)', ['http:', 'https:']),
+  // Sockets that never finish a request hold a descriptor each; these bound how long (upgraded WebSockets are not affected).
+  httpHeadersTimeoutMs: int('HTTP_HEADERS_TIMEOUT_MS', 10_000, 'a socket that has not sent a whole request head (request line and headers) this long after connecting or after its last request is answered 408 and closed; also bounds the TLS handshake', { min: 100 }),
+  httpRequestTimeoutMs: int('HTTP_REQUEST_TIMEOUT_MS', 30_000, 'a request whose body has not fully arrived this long after it started is answered 408 and closed; at least HTTP_HEADERS_TIMEOUT_MS', { min: 100 }),
+  httpKeepAliveTimeoutMs: int('HTTP_KEEPALIVE_TIMEOUT_MS', 72_000, 'an idle keep-alive socket is closed after this long (longer than the 60 s idle timeout of common load balancers)', { min: 100 }),
+  httpConnectionsCheckIntervalMs: int('HTTP_CONNECTIONS_CHECK_INTERVAL_MS', 1000, 'how often sockets are checked against HTTP_HEADERS_TIMEOUT_MS and HTTP_REQUEST_TIMEOUT_MS', { min: 10 }),
+  httpMaxSocketsPerIp: int('HTTP_MAX_SOCKETS_PER_IP', 1100, 'open sockets per remote address on one process, HTTP and WebSocket together, counted when the socket opens; more are closed at once. Peers in TRUSTED_PROXIES are exempt', { min: 1 }),
 } satisfies Spec;
+
+export type ServerConfig = ConfigOf<typeof serverSpec>;
+
+/** Problems between server settings that each look fine alone (Node refuses a headers timeout above the request timeout). */
+export function serverConfigProblems(c: Pick<ServerConfig, 'httpHeadersTimeoutMs' | 'httpRequestTimeoutMs'>): string[] {
+  return c.httpHeadersTimeoutMs > c.httpRequestTimeoutMs
+    ? [`HTTP_HEADERS_TIMEOUT_MS (${c.httpHeadersTimeoutMs}) must not exceed HTTP_REQUEST_TIMEOUT_MS (${c.httpRequestTimeoutMs}): lower the first or raise the second`]
+    : [];
+}
+
+export function configInvalid(problems: string[]): FleetwireError {
+  return new FleetwireError('CONFIG_INVALID', `Invalid configuration:\n  - ${problems.join('\n  - ')}`);
+}
 
 /** The TLS key pair when TLS_CERT_FILE and TLS_KEY_FILE are set, else null. */
 export async function readTls(config: { tlsCertFile: string; tlsKeyFile: string }): Promise<{ key: Buffer; cert: Buffer } | null> {

@@ -8,32 +8,74 @@ import swagger from '@fastify/swagger';
 // Route schemas may carry OpenAPI fields (tags, summary, security) in every service.
 export type {} from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import { isTrustedProxy, trustedProxyList } from './client-address.js';
+import { defaults, serverSpec, type ServerConfig } from './config.js';
 import { FleetwireError } from './errors.js';
 import { refuseNonFiniteNumbers } from './query-numbers.js';
 import { DOCS_CSP, securityHeaders } from './security-headers.js';
 import type { Logger } from './logger.js';
-import type { Registry } from './metrics.js';
+import { LogThrottle } from './log-throttle.js';
+import { Counter, type Registry } from './metrics.js';
+import { capSocketsPerAddress } from './socket-cap.js';
 
 export interface HttpAppOptions {
   log: Logger;
   tls: { key: Buffer; cert: Buffer } | null;
   version: string;
-  /** Proxy addresses/CIDRs whose X-Forwarded-For is believed for req.ip (rate limits, audit). */
+  /** Proxy addresses/CIDRs whose X-Forwarded-For is believed for req.ip (rate limits, audit); exempt from the socket cap. */
   trustedProxies?: readonly string[];
+  /** Timeouts and the per-address socket cap (HTTP_* settings); serverSpec's defaults when left out. */
+  limits?: HttpLimits;
+  /** Where fleetwire_http_sockets_refused_total is registered; none when left out. */
+  metricsRegistry?: Registry;
 }
 
-export async function createHttpApp({ log, tls, version, trustedProxies = [] }: HttpAppOptions): Promise<FastifyInstance> {
-  const opts: FastifyServerOptions & { https?: { key: Buffer; cert: Buffer } } = {
+export type HttpLimits = Pick<ServerConfig,
+  'httpHeadersTimeoutMs' | 'httpRequestTimeoutMs' | 'httpKeepAliveTimeoutMs' | 'httpConnectionsCheckIntervalMs' | 'httpMaxSocketsPerIp'>;
+
+export async function createHttpApp({ log, tls, version, trustedProxies = [], limits, metricsRegistry }: HttpAppOptions): Promise<FastifyInstance> {
+  const l = limits ?? defaults(serverSpec);
+  // Node's defaults let a socket that sends a few bytes of a request line live 90 s
+  // (60 s headers timeout, checked every 30 s); set every timeout explicitly. Node hands
+  // an upgraded socket to ws untouched by these, so MQTT connections are unaffected.
+  const nodeServerOptions = {
+    headersTimeout: l.httpHeadersTimeoutMs,
+    requestTimeout: l.httpRequestTimeoutMs,
+    keepAliveTimeout: l.httpKeepAliveTimeoutMs,
+    connectionsCheckingInterval: l.httpConnectionsCheckIntervalMs,
+  };
+  const opts: FastifyServerOptions & { https?: object; http?: object } = {
     loggerInstance: log,
     trustProxy: trustedProxies.length > 0 ? [...trustedProxies] : false,
     // Per-request lines would drown the broker's own logs; routes log what matters.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1_048_576,
-    ...(tls ? { https: tls } : {}),
+    // Fastify sets these two on the server after creating it; its defaults would undo ours.
+    requestTimeout: l.httpRequestTimeoutMs,
+    keepAliveTimeout: l.httpKeepAliveTimeoutMs,
+    // A TLS client that never finishes its handshake is closed like one that never finishes its request head.
+    ...(tls ? { https: { ...tls, ...nodeServerOptions, handshakeTimeout: l.httpHeadersTimeoutMs } } : { http: nodeServerOptions }),
   };
-  const app = Fastify(opts) as unknown as FastifyInstance;
+  const app = Fastify(opts as FastifyServerOptions) as unknown as FastifyInstance;
   securityHeaders(app, { tls: tls !== null });
   refuseNonFiniteNumbers(app);
+
+  const proxies = trustedProxyList(trustedProxies);
+  const refused = metricsRegistry
+    ? new Counter({ name: 'fleetwire_http_sockets_refused_total', help: 'sockets closed on arrival, by reason', labelNames: ['reason'], registers: [metricsRegistry] })
+    : null;
+  const refusalLog = new LogThrottle(10_000);
+  capSocketsPerAddress(app.server, {
+    maxPerAddress: l.httpMaxSocketsPerIp,
+    exempt: (ip) => isTrustedProxy(proxies, ip),
+    onRefused(ip) {
+      refused?.inc({ reason: 'per_ip' });
+      const suppressed = refusalLog.take('per_ip');
+      if (suppressed !== null) {
+        log.warn({ ip, max: l.httpMaxSocketsPerIp, suppressed }, 'closing a socket: HTTP_MAX_SOCKETS_PER_IP reached for this address');
+      }
+    },
+  });
   app.addSchema({
     $id: 'error', type: 'object',
     properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } },

@@ -16,3 +16,5 @@ export * from './security-headers.js';
 export * from './http-auth.js';
 export * from './build-info.js';
 export * from './shutdown.js';
+export * from './client-address.js';
+export * from './log-throttle.js';

@@ -170,10 +170,12 @@ fn connect_once(
         r.acked = true;
     }
     let ws_url = format!("{}/mqtt", p.server_url.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1));
+    // readme:start (README.md quotes these lines; broker/test/readme-clients.test.ts keeps the quote identical)
     // esp_websocket_client sends this value as is; the server answers `mqtt` only.
     let subprotocols = format!("mqtt, auth.{jwt}");
     let config = EspWebSocketClientConfig {
         subprotocol: Some(&subprotocols),
+        // readme:end
         server_cert: p.ca_pem.as_deref().map(EspWebSocketX509Encoding::PEM),
         use_global_ca_store: false,
         buffer_size: 4096,
