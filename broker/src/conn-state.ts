@@ -33,7 +33,9 @@ export interface ConnState {
   /** Unique per connection, so a late disconnect never removes a newer connection's registry entry. */
   readonly connId: string;
   readonly connectedAt: number;
+  /** Set once authentication succeeded. */
   claims: ConnClaims | null;
+  /** The Aedes client, from the moment its CONNECT reaches authentication. */
   client: Client | null;
   lastActivity: number;
   flushedActivity: number;

@@ -88,8 +88,8 @@ export class Connections {
    * or kick arriving before CONNACK must find it) and schedule its token's end.
    */
   authenticated(client: Client, state: ConnState): void {
+    if (!this.live.has(state)) return; // the socket closed while its token was being checked
     const claims = state.claims!;
-    state.client = client;
     this.byClientId.set(client.id, state);
     if (claims.typ !== 'device') {
       const key = `${claims.typ}:${claims.sub}`;
@@ -98,8 +98,10 @@ export class Connections {
       else if (held instanceof Set) held.add(state);
       else if (held !== state) this.bySubject.set(key, new Set([held, state]));
     }
+    const nowS = Date.now() / 1000;
+    if (claims.exp <= nowS) return; // accepted within the clock tolerance: ready() closes it right after CONNACK
     const notice = claims.exp - this.opts.tokenNoticeS;
-    this.schedule(state, this.opts.tokenNoticeS > 0 && notice > Date.now() / 1000 ? notice : claims.exp);
+    this.schedule(state, this.opts.tokenNoticeS > 0 && notice > nowS ? notice : claims.exp);
   }
 
   async ready(client: Client): Promise<void> {
@@ -108,6 +110,7 @@ export class Connections {
     this.metrics.connects.inc({ kind: state.claims.typ });
     // Logged before the registry write, so it precedes every later line about this connection.
     this.log.info({ client_id: client.id, kind: state.claims.typ, ip: state.ip, transport: state.transport }, 'client connected');
+    if (state.claims.exp <= Date.now() / 1000) return this.disconnect(state, 'token-expired');
     try {
       const seq = await this.registry.register(client.id, state);
       state.registered = true;
@@ -189,7 +192,8 @@ export class Connections {
 
   private schedule(state: ConnState, atS: number): void {
     this.unschedule(state);
-    const bucket = Math.ceil(atS);
+    // A time the wheel has already passed goes into the next bucket it visits, never into one it will not.
+    const bucket = Math.max(Math.ceil(atS), this.lastTickS);
     let set = this.expiry.get(bucket);
     if (!set) this.expiry.set(bucket, (set = new Set()));
     set.add(state);

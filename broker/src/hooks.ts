@@ -56,6 +56,7 @@ export function installHooks(d: HookDeps): void {
       ? tokenFromSubprotocols(client.req?.headers['sec-websocket-protocol'])
       : username === 'service' && password ? password.toString('utf8') : null;
     client.req = undefined; // neither the token nor the request is kept past this point
+    state.client = client; // known from here on: a flood kick during authentication can still penalize it
     authenticate(client, state, token).then(
       (claims) => {
         state.claims = connClaims(claims);
@@ -104,9 +105,8 @@ export function installHooks(d: HookDeps): void {
       if (!isDeviceId(claims.sub) || client.id !== claims.sub) throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH');
       if (deviceStatus === null) throw new FleetwireError('AUTH_DEVICE_UNKNOWN');
       if (deviceStatus !== 'active') throw new FleetwireError('AUTH_DEVICE_REVOKED');
-    } else if (!client.id.startsWith(`${claims.typ}:${claims.sub}`)) {
-      // Only devices may use bare ids, so a user or service can never take over a device's session.
-      throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH', `a ${claims.typ}'s client id must start with "${claims.typ}:${claims.sub}"`);
+    } else if (!ownsClientId(claims, client.id)) {
+      throw new FleetwireError('AUTH_CLIENT_ID_MISMATCH', `a ${claims.typ}'s client id must be "${claims.typ}:${claims.sub}" or start with "${claims.typ}:${claims.sub}:"`);
     }
     const will = (client as unknown as { _will?: { topic: string } })._will;
     if (will && !authorizePublishTopic(claims, will.topic).ok) {
@@ -202,6 +202,16 @@ export function installHooks(d: HookDeps): void {
     metrics.out(p.fwClass, p.payload.length);
     return packet;
   };
+}
+
+/**
+ * Users and services connect as `typ:sub` or `typ:sub:<anything>`. Only devices
+ * use bare ids, so a user or service never takes over a device's session, and
+ * the separator keeps service `pb` out of `service:pb-engine:1`.
+ */
+function ownsClientId(claims: FleetwireClaims, clientId: string): boolean {
+  const own = `${claims.typ}:${claims.sub}`;
+  return clientId === own || clientId.startsWith(`${own}:`);
 }
 
 function authError(fe: FleetwireError): AuthenticateError {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SignJWT, generateKeyPair, exportJWK } from 'jose';
 import { randomUUID } from 'node:crypto';
 import { revokeDevice, revokeToken } from '@fleetwire/common';
-import { connackCode, connect, flushRedis, startBroker, type TestBroker } from './helpers.js';
+import { connackCode, connect, flushRedis, rawConnect, rawMqtt, startBroker, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -47,6 +47,15 @@ describe('device authentication with the token in Sec-WebSocket-Protocol', () =>
   it('answers CONNACK 5 for an expired token', async () => {
     await t.registerDevice('dev-expired');
     expect(await connackCode(t.url, await forge({ sub: 'dev-expired', iat: now() - 600, exp: now() - 60 }), 'dev-expired')).toBe(5);
+  });
+
+  it('closes with 4002 right after CONNACK a token that expired within the clock tolerance', async () => {
+    await t.registerDevice('dev-justexpired');
+    const c = await rawMqtt(t.url, await forge({ sub: 'dev-justexpired', iat: now() - 600, exp: now() - 2 }));
+    const started = Date.now();
+    expect((await rawConnect(c, 'dev-justexpired')).returnCode).toBe(0); // accepted: 2 s late is within the tolerance
+    expect(await c.closed).toEqual({ code: 4002, reason: 'token expired' });
+    expect(Date.now() - started).toBeLessThan(1000);
   });
 
   it('answers CONNACK 5 for a token that is not yet valid', async () => {
@@ -102,6 +111,17 @@ describe('device authentication with the token in Sec-WebSocket-Protocol', () =>
     expect(await connackCode(t.url, token, 'dev-good')).toBe(5);
     const ok = await connect(t.url, token, 'user:alice:1');
     await ok.endAsync();
+  });
+
+  it('does not let a service whose name is a prefix of another\'s take over that service\'s session', async () => {
+    const real = await connect(t.url, await t.mint({ sub: 'pb-engine', typ: 'service' }), 'service:pb-engine:1');
+    const short = await t.mint({ sub: 'pb', typ: 'service' });
+    expect(await connackCode(t.url, short, 'service:pb-engine:1')).toBe(5);
+    expect(await connackCode(t.url, short, 'service:pbx')).toBe(5);
+    expect(real.connected).toBe(true);
+    // Its own ids: exactly typ:sub, or typ:sub: followed by anything.
+    for (const id of ['service:pb', 'service:pb:worker-2']) await (await connect(t.url, short, id)).endAsync();
+    await real.endAsync();
   });
 
   it('counts refused authentications by reason and never logs a token', async () => {

@@ -33,14 +33,25 @@ export async function flushRedis(): Promise<void> {
   r.disconnect();
 }
 
-export async function startBroker(overrides: Partial<BrokerConfig> = {}, tls: { key: Buffer; cert: Buffer } | null = null): Promise<TestBroker> {
+export interface StartOptions {
+  tls?: { key: Buffer; cert: Buffer } | null;
+  /** Token verification answers after this long, as a slow JWKS fetch would. */
+  verifyDelayMs?: number;
+}
+
+export async function startBroker(overrides: Partial<BrokerConfig> = {}, { tls = null, verifyDelayMs = 0 }: StartOptions = {}): Promise<TestBroker> {
   const dataDir = await mkdtemp(join(tmpdir(), 'fw-test-'));
   const { signer, publicJwks } = await loadOrCreateKeySet(join(dataDir, 'keys'));
   const logs: string[] = [];
   const destination = new Writable({ write(chunk, _e, cb) { logs.push(String(chunk)); cb(); } });
   const log = createLogger({ level: 'debug', name: 'broker-test', destination });
   const config = brokerDefaults({ redisUrl: REDIS_URL, port: 0, host: '127.0.0.1', dataDir, ...overrides });
-  const broker = await buildBroker(config, { verifier: createTokenVerifier({ keys: publicJwks }), log, tls });
+  const verifier = createTokenVerifier({ keys: publicJwks });
+  if (verifyDelayMs > 0) {
+    const verify = verifier.verify.bind(verifier);
+    verifier.verify = async (token) => { await sleep(verifyDelayMs); return verify(token); };
+  }
+  const broker = await buildBroker(config, { verifier, log, tls });
   const { port } = await broker.listen();
   const redis = createRedis(REDIS_URL, { name: 'test' });
   const mint = (req: Partial<TokenRequest> & { sub: string }): Promise<string> =>

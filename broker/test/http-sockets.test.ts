@@ -136,7 +136,7 @@ describe('over TLS', () => {
       '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
       '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem')], { stdio: 'ignore' });
     ca = await readFile(join(dir, 'cert.pem'));
-    t = await startBroker({ ...timeouts, httpMaxSocketsPerIp: 3, maxConnectionsPerIp: 2 }, { key: await readFile(join(dir, 'key.pem')), cert: ca });
+    t = await startBroker({ ...timeouts, httpMaxSocketsPerIp: 3, maxConnectionsPerIp: 2 }, { tls: { key: await readFile(join(dir, 'key.pem')), cert: ca } });
   });
   afterAll(async () => t.close());
 

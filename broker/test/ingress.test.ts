@@ -96,6 +96,29 @@ describe('ingress routing to BullMQ', () => {
     await dev.endAsync();
   });
 
+  // Both pass the schema (ML input is free-form) but cannot become a queue job (JSON).
+  const unqueueable: Array<[string, () => Buffer]> = [
+    ['a msgpack integer beyond 2^53', () => pack({ cid: 'm-big', model: 'anomaly', input: [2n ** 63n] })],
+    ['JSON nested 60,000 deep', () => Buffer.from(`{"cid":"m-deep","model":"anomaly","input":${'['.repeat(60_000)}${']'.repeat(60_000)}}`)],
+  ];
+  for (const [what, payload] of unqueueable) {
+    it(`refuses an ML request holding ${what} as invalid input: acknowledged, answered with an error, the device stays connected`, async () => {
+      const dev = await connect(t.url, await t.registerDevice('dev-unq'), 'dev-unq');
+      await dev.subscribeAsync('devices/dev-unq/ml/result', { qos: 1 });
+      const answer = nextMessage(dev, 'devices/dev-unq/ml/result');
+      await dev.publishAsync('devices/dev-unq/ml/infer', payload(), { qos: 1 });
+      const body = JSON.parse((await answer).toString());
+      expect(body).toMatchObject({ ok: false, error: { code: 'BROKER_INGRESS_REJECTED' } });
+      expect(body.error.message).toMatch(/JSON|nest/);
+      await sleep(100);
+      expect(dev.connected).toBe(true);
+      expect(await queue('ml-infer').getJobCounts('waiting')).toMatchObject({ waiting: 1 }); // only the good one from before
+      const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
+      expect(metrics).not.toMatch(/fleetwire_broker_queue_routing_errors_total\{queue="ml-infer"\} [1-9]/);
+      await dev.endAsync();
+    });
+  }
+
   it('counts messages and bytes in and out by topic class', async () => {
     const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
     expect(metrics).toMatch(/fleetwire_broker_messages_in_total\{topic_class="heartbeat"\} \d+/);

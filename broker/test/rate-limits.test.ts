@@ -127,6 +127,19 @@ describe('publish limits', () => {
   });
 });
 
+describe('flood penalty', () => {
+  it('keeps out a client kicked for flooding while its authentication was still running', async () => {
+    t = await startBroker({ publishBurst: 5, publishPerS: 1, abuseDropsBeforeKick: 20, floodPenaltyS: 30 }, { verifyDelayMs: 500 });
+    const token = await t.registerDevice('dev-early');
+    const c = await rawMqtt(t.url, token);
+    c.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId: 'dev-early', keepalive: 30 });
+    await sleep(50); // the CONNECT is being authenticated; the flood follows without waiting for CONNACK
+    for (let i = 0; i < 100; i++) c.send({ cmd: 'publish', topic: 'devices/dev-early/telemetry', qos: 0, retain: false, dup: false, payload: '{"f":1}' });
+    expect((await c.closed).code).toBe(4004);
+    expect(await connackCode(t.url, token, 'dev-early')).toBe(3);
+  });
+});
+
 describe('QoS 1 over the limits', () => {
   const acked = (c: { packets: { cmd: string; messageId?: number }[] }): Set<number> =>
     new Set(c.packets.filter((p) => p.cmd === 'puback').map((p) => p.messageId!));
