@@ -7,16 +7,19 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { consume, flushRedis, startDevice, startSim, startStack, until, type Stack } from './stack.js';
 
 let stack: Stack;
-const heartbeats = consume('heartbeats');
-const results = consume('cmd-results');
+let heartbeats: ReturnType<typeof consume>;
+let results: ReturnType<typeof consume>;
 
 beforeAll(async () => {
   await flushRedis();
+  // Consumers start after the flush: a job left by an earlier suite must not vanish mid-processing.
+  heartbeats = consume('heartbeats');
+  results = consume('cmd-results');
   // A 60 s device token with the expiry notice 55 s early: the refresh happens 5 s after connecting.
   stack = await startStack({ DEVICE_TOKEN_TTL_S: '60', BROKER_TOKEN_NOTICE_S: '55' });
 }, 60_000);
 afterAll(async () => {
-  await Promise.all([heartbeats.close(), results.close()]);
+  await Promise.all([heartbeats?.close(), results?.close()]);
   await stack.stop();
 });
 

@@ -41,13 +41,16 @@ const images = new Map<string, Buffer>();
 const requests: { path: string; range?: string }[] = [];
 /** Paths whose first response is cut after half the bytes. */
 const cutOnce = new Set<string>();
-const statuses = consume('ota-events');
-const heartbeats = consume('heartbeats');
+let statuses: ReturnType<typeof consume>;
+let heartbeats: ReturnType<typeof consume>;
 let sim: Sim;
 let service: MqttClient;
 
 beforeAll(async () => {
   await flushRedis();
+  // Consumers start after the flush: a job left by an earlier suite must not vanish mid-processing.
+  statuses = consume('ota-events');
+  heartbeats = consume('heartbeats');
   stack = await startStack();
   const pki = join(stack.dataDir, 'pki');
   server = https.createServer({ cert: await readFile(join(pki, 'server-cert.pem')), key: await readFile(join(pki, 'server-key.pem')) }, (req, res) => {
@@ -80,7 +83,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await service?.endAsync();
   await sim?.stop();
-  await Promise.all([statuses.close(), heartbeats.close()]);
+  await Promise.all([statuses?.close(), heartbeats?.close()]);
   server?.close();
   await stack?.stop();
 });
