@@ -187,7 +187,7 @@ describe('timing does not tell unknown accounts from wrong passwords', () => {
     }
   });
 
-  it('after a switch to production parameters, an account still holding an older hash fails as slowly as an unknown email (medians within 25%)', async () => {
+  it('after a switch to production parameters, an account still holding an older hash fails as slowly as an unknown email (medians within a factor of 1.5; unpadded they differ about 4x)', async () => {
     // Created at the development profile (m=4096, t=1); the service then moves to m=19456, t=2.
     await t.auth.accounts.createUser({ email: 'old-params@example.com', password: 'old-params-passphrase', role: 'viewer' }, 'test');
     expect((await t.auth.users.byEmail('old-params@example.com'))!.password_hash).toContain('m=4096,p=1,t=1');
@@ -207,8 +207,9 @@ describe('timing does not tell unknown accounts from wrong passwords', () => {
       }
       const [o, u] = [median(old), median(unknown)];
       const figures = `medians: older hash ${o.toFixed(1)} ms, unknown email ${u.toFixed(1)} ms`;
-      expect(o / u, figures).toBeGreaterThan(0.75);
-      expect(o / u, figures).toBeLessThan(1.25);
+      // Wide enough for a shared 2-core machine; without the padding the ratio is 0.23-0.28.
+      expect(o / u, figures).toBeGreaterThan(1 / 1.5);
+      expect(o / u, figures).toBeLessThan(1.5);
     } finally {
       await prod.close();
     }
