@@ -1,6 +1,6 @@
-// Flood: F clients publish QoS0 as fast as their sockets allow while V
-// "victim" clients publish to themselves at a modest rate and measure latency.
-//   node bench/flood.mjs [--flooders 10] [--victims 5] [--flood-seconds 10] [--victim-rate 20]
+// Flood: F clients publish QoS0 (or, with --qos 1, QoS1) as fast as their sockets
+// allow while V "victim" clients publish to themselves at a modest rate and measure latency.
+//   node bench/flood.mjs [--flooders 10] [--victims 5] [--flood-seconds 10] [--victim-rate 20] [--qos 0]
 // Fleetwire runs with its DEFAULT publish limits (the point is that the broker
 // protects itself); connection limits are defaults too (every client uses its
 // own source address 127.5.0.x). Flooders that get disconnected reconnect after
@@ -12,7 +12,7 @@ import { runAcross, setupProcess, hardDeadline, printProfiles } from './lib/runn
 import { MqttConn, publishPacket, publishParts, loopbackAddress } from './lib/conn.mjs';
 import { jsonPayload } from './lib/throughput.mjs';
 
-const D = { targets: 'all', flooders: 10, victims: 5, floodSeconds: 10, victimRate: 20, baseline: 3, after: 5, batch: 100, observer: false, maxQueuedBytes: 262144, profile: false, timeline: true };
+const D = { targets: 'all', qos: 0, flooders: 10, victims: 5, floodSeconds: 10, victimRate: 20, baseline: 3, after: 5, batch: 100, observer: false, maxQueuedBytes: 262144, profile: false, timeline: true };
 const a = parseArgs(D);
 if (a.help) { console.log(usage('flood', 'unthrottled publishers vs. victims; does the broker survive', D)); process.exit(0); }
 setupProcess();
@@ -124,7 +124,7 @@ const rows = await runAcross(a, 'flood', async (t, ctx) => {
     });
     await c.connect();
     f.c = c;
-    f.batchBuf = Buffer.concat(Array(a.batch).fill(c.frameFor(publishPacket(f.topic, payload))));
+    f.batchBuf = Buffer.concat(Array(a.batch).fill(c.frameFor(publishPacket(f.topic, payload, a.qos))));
     c.sock.on('drain', () => pump(f));
   }
   async function reconnect(f) {
@@ -219,7 +219,7 @@ const rows = await runAcross(a, 'flood', async (t, ctx) => {
   return row;
 }, () => ({ limits: 'default' }));
 
-printTable(`flood: ${a.flooders} unthrottled QoS0 publishers for ${a.floodSeconds}s vs ${a.victims} victims at ${a.victimRate} msg/s (latency ms); fleetwire with DEFAULT limits`, rows, [
+printTable(`flood: ${a.flooders} unthrottled QoS${a.qos} publishers for ${a.floodSeconds}s vs ${a.victims} victims at ${a.victimRate} msg/s (latency ms); fleetwire with DEFAULT limits`, rows, [
   { key: 'survived', label: 'survived' },
   { key: 'alive', label: 'alive' },
   { key: 'floodOfferedPerS', label: 'flood_written/s' },
