@@ -1,20 +1,17 @@
 /**
  * How every connection (WebSocket or the service TCP listener) is handed to
- * Aedes, with what we adjust in its internals: a lighter parser buffer
- * (measured with heap snapshots, bench/idle-rss.mjs; it matters at 100,000
- * idle connections) and parser errors that say what they broke.
+ * Aedes, with a lighter parser buffer: measured with heap snapshots
+ * (bench/idle-rss.mjs), it matters at 100,000 idle connections.
  */
 import type { Aedes, Client } from 'aedes';
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import BufferList from 'bl/BufferList.js';
-import { markParserErrors } from './client-errors.js';
 
-/** Hands a connection to Aedes (every transport goes through here): a lighter parser whose errors say what they broke. */
+/** Hands a connection to Aedes; every transport goes through here. */
 export function handleConnection(aedes: Aedes, stream: Duplex, req?: IncomingMessage): Client {
   const client = aedes.handle(stream, req);
   lightenParser(client);
-  markParserErrors(client);
   return client;
 }
 

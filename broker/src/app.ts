@@ -124,7 +124,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   function noteClientError(client: Client, err: Error): DisconnectReason {
     const state = stateOf(client);
     if (state?.closeReason) return state.closeReason;
-    const verdict = classifyClientError(err);
+    const verdict = classifyClientError(err, client);
     const fields = { client_id: client.id, ip: state?.ip, err: err.message };
     if (verdict.malformed) {
       metrics.malformed.inc({ kind: verdict.malformed });
@@ -228,7 +228,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     const state = newConnState('tcp', normalizeIp(socket.remoteAddress), socket);
     connections.opened(state);
     socket.once('close', () => connections.closed(state));
-    handleConnection(aedes, socket);
+    state.client = handleConnection(aedes, socket);
   }
 
   async function sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void> {

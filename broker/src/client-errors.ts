@@ -5,12 +5,8 @@
  * input that broke the protocol counts; a peer that went away does not.
  */
 import type { Client } from 'aedes';
-import type { EventEmitter } from 'node:events';
 import { closeCodes, type CloseReason } from '@fleetwire/common';
 import type { DisconnectReason } from './conn-state.js';
-
-/** Set on errors the MQTT parser raised, by markParserErrors(): the command it was parsing. */
-export interface ParserError extends Error { parsing?: string }
 
 export interface ErrorVerdict {
   reason: DisconnectReason;
@@ -22,10 +18,12 @@ export interface ErrorVerdict {
 
 const SPOKEN = 'this broker speaks MQTT 3.1.1 (protocol level 4) and 3.1 (level 3)';
 
-export function classifyClientError(err: ParserError & { errorCode?: number; code?: string }): ErrorVerdict {
-  if (err.parsing !== undefined) {
-    const connect = err.parsing === 'connect';
-    const text = connect && /protocol/i.test(err.message) ? `${err.message}: ${SPOKEN}` : `malformed ${err.parsing} packet: ${err.message}`;
+/** `client` is the connection's Aedes client, whose parser may be where the error came from. */
+export function classifyClientError(err: Error & { errorCode?: number; code?: string }, client: Client | null): ErrorVerdict {
+  const parsing = client ? parserFailure(client, err) : null;
+  if (parsing !== null) {
+    const connect = parsing === 'connect';
+    const text = connect && /protocol/i.test(err.message) ? `${err.message}: ${SPOKEN}` : `malformed ${parsing} packet: ${err.message}`;
     return { reason: 'malformed', malformed: connect ? 'connect' : 'parser', text };
   }
   // Aedes answered CONNACK 1 (unacceptable protocol version) or 2 (identifier rejected) first [MQTT-3.2.2-4].
@@ -46,14 +44,11 @@ export function closeFrameFor(v: ErrorVerdict): { reason: CloseReason; text?: st
 }
 
 /**
- * Tags this client's MQTT parser errors with the command being parsed. It runs
- * before Aedes' own listener, which closes the socket with the same error.
+ * The command the MQTT parser was reading when it raised `err`, or null when the
+ * error did not come from the parser. mqtt-packet keeps its last error and the
+ * packet it was parsing on the parser, so nothing per connection is needed.
  */
-export function markParserErrors(client: Client): void {
-  (client as unknown as { _parser: EventEmitter })._parser.prependListener('error', markParserError);
-}
-
-// Module level, so no connection carries a closure of its own for it.
-function markParserError(this: { packet?: { cmd?: string } }, err: ParserError): void {
-  err.parsing = this.packet?.cmd ?? 'unknown';
+function parserFailure(client: Client, err: Error): string | null {
+  const parser = (client as unknown as { _parser: { error?: Error; packet?: { cmd?: string } } })._parser;
+  return parser.error === err ? parser.packet?.cmd ?? 'unknown' : null;
 }

@@ -35,7 +35,11 @@ export interface ConnState {
   readonly connectedAt: number;
   /** Set once authentication succeeded. */
   claims: ConnClaims | null;
-  /** The Aedes client, from the moment its CONNECT reaches authentication. */
+  /**
+   * The Aedes client, from the moment Aedes takes the connection; its id once
+   * CONNECT is read, so a flood kick during authentication still knows whom to
+   * penalize.
+   */
   client: Client | null;
   lastActivity: number;
   flushedActivity: number;

@@ -125,7 +125,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
     // Aedes destroys the stream with the error before it reports it: choose the close frame now.
     errored: (stream, err) => {
       if (stream.closeIntent) return; // a deliberate close came first
-      const frame = closeFrameFor(classifyClientError(err));
+      const frame = closeFrameFor(classifyClientError(err, stream.fw!.client));
       if (frame) setCloseIntent(stream.fw!, frame.reason, frame.text);
     },
   };
@@ -157,7 +157,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
     const state = newConnState('ws', ip, stream);
     d.connections.opened(state);
     const slimRequest = { headers: { 'sec-websocket-protocol': offeredProtocols } } as unknown as IncomingMessage;
-    handleConnection(d.aedes, stream, slimRequest);
+    state.client = handleConnection(d.aedes, stream, slimRequest);
   }
 
   function abuse(state: ConnState): void {

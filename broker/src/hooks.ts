@@ -56,7 +56,6 @@ export function installHooks(d: HookDeps): void {
       ? tokenFromSubprotocols(client.req?.headers['sec-websocket-protocol'])
       : username === 'service' && password ? password.toString('utf8') : null;
     client.req = undefined; // neither the token nor the request is kept past this point
-    state.client = client; // known from here on: a flood kick during authentication can still penalize it
     authenticate(client, state, token).then(
       (claims) => {
         state.claims = connClaims(claims);
