@@ -10,11 +10,11 @@ import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import {
-  createHttpApp, createLogger, createMetricsRegistry, createRedis, healthRoutes, parseRevocation, redisKeys, requireRole, topicFor, topics,
+  createHttpApp, createLogger, createMetricsRegistry, createRedis, healthRoutes, normalizeIp, parseRevocation, redisKeys, requireRole, topicFor, topics,
+  trustedProxyList,
   type Logger, type Registry, type TokenVerifier,
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
-import { normalizeIp, trustedProxyList } from './client-ip.js';
 import { newConnState, setCloseIntent, stateOf, type DisconnectReason } from './conn-state.js';
 import { clusterEngines } from './cluster.js';
 import { ConnectGate } from './connect-gate.js';

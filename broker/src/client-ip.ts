@@ -3,8 +3,6 @@ import { isIPv4, isIPv6, type BlockList } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { isTrustedProxy, normalizeIp } from '@fleetwire/common';
 
-export { normalizeIp, trustedProxyList } from '@fleetwire/common';
-
 /** Walks X-Forwarded-For from the right while the hop is a trusted proxy (RFC 7239 §7.4 reasoning). */
 export function clientIp(req: IncomingMessage, proxies: BlockList, hasProxies: boolean): string {
   const peer = normalizeIp(req.socket.remoteAddress);
