@@ -143,15 +143,13 @@ export class Limits {
   }
 
   /** Adds one event to a window without checking it (a failure, recorded once it happened). */
-  async record(w: Window): Promise<number> {
+  async record(w: Window): Promise<void> {
     const now = Date.now();
-    const res = await this.redis.multi()
+    await this.redis.multi()
       .zremrangebyscore(w.key, '-inf', now - w.windowMs)
       .zadd(w.key, now, randomUUID())
       .pexpire(w.key, w.windowMs)
-      .zcard(w.key)
       .exec();
-    return Number(res?.[3]?.[1] ?? 0);
   }
 }
 
