@@ -59,6 +59,7 @@ export async function createHttpApp({ log, tls, version, trustedProxies = [], li
   const app = Fastify(opts as FastifyServerOptions) as unknown as FastifyInstance;
   securityHeaders(app, { tls: tls !== null });
   refuseNonFiniteNumbers(app);
+  ignoreContentTypeOfEmptyBodies(app);
 
   const proxies = trustedProxyList(trustedProxies);
   const refused = metricsRegistry
@@ -101,6 +102,22 @@ export async function createHttpApp({ log, tls, version, trustedProxies = [], li
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: { code: 'NOT_FOUND', message: `No route ${req.method} ${req.url.split('?')[0]}` } }));
   return app;
+}
+
+/**
+ * A request with nothing after its head has no body to parse, whatever its content type
+ * says. Generic JSON clients send `content-type: application/json` on every request,
+ * DELETEs included; Fastify would parse that empty body as JSON and answer 400 (or 415
+ * for other types). Without the header Fastify skips parsing: a route that takes no body
+ * runs, and one whose schema needs a body answers VALIDATION_FAILED.
+ */
+function ignoreContentTypeOfEmptyBodies(app: FastifyInstance): void {
+  app.addHook('onRequest', async (req) => {
+    const h = req.headers;
+    if (h['content-type'] !== undefined && h['transfer-encoding'] === undefined && (h['content-length'] === undefined || h['content-length'] === '0')) {
+      delete h['content-type'];
+    }
+  });
 }
 
 /** Liveness, readiness and Prometheus metrics. */
