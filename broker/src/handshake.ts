@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type VerifyClientCallbackAsync, type WebSocket } from 'ws';
 import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
-import { errorCatalogue, jwtContract, LogThrottle, type Logger } from '@fleetwire/common';
+import { errorCatalogue, jwtContract, LogThrottle, type ErrorCode, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
 import { newConnState, setCloseIntent, type ConnState } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
@@ -59,12 +59,12 @@ function writeRefusal(socket: Duplex, status: number, code: string, message: str
 export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, socket: Duplex, head: Buffer) => void {
   // Refusals are client-driven: at most one log line per code and second, the rest counted into it.
   const refusalLog = new LogThrottle(1000);
-  function refuse(socket: Duplex, ip: string, status: number, code: string, extraHeaders: Record<string, string> = {}, detail?: string): void {
+  function refuse(socket: Duplex, ip: string, status: number, code: ErrorCode, extraHeaders: Record<string, string> = {}, detail?: string): void {
     d.metrics.handshakeRefusals.inc({ code });
     const suppressed = refusalLog.take(code);
     // Never the request's headers: the subprotocol list holds the token.
     if (suppressed !== null) d.log.info({ ip, status, code, ...(detail ? { detail } : {}), suppressed }, 'WebSocket upgrade refused');
-    const message = errorCatalogue[code]?.message ?? code;
+    const message = errorCatalogue[code].message;
     writeRefusal(socket, status, code, detail ? `${message} ${detail}.` : message, extraHeaders);
   }
 

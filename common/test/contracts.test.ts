@@ -1,9 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
 import {
-  contractsDir, errorCatalogue, payloadValidator, parseDeviceTopic, topicFor, topics, queues, closeCodes, FleetwireError,
+  contractsDir, errorCatalogue, payloadValidator, parseDeviceTopic, topicFor, topics, queues, closeCodes, FleetwireError, type ErrorCode,
 } from '../src/index.js';
+// @ts-expect-error: a plain .mjs script without types
+import { errorCodesSource } from '../../scripts/gen-error-codes.mjs';
 
 const fixtures = (kind: 'valid' | 'invalid') =>
   readdirSync(join(contractsDir, 'fixtures', kind)).map((f) => ({ cls: f.replace('.json', ''), body: JSON.parse(readFileSync(join(contractsDir, 'fixtures', kind, f), 'utf8')) }));
@@ -50,8 +54,31 @@ describe('error catalogue', () => {
     for (const [name, c] of Object.entries(closeCodes)) expect(docs, name).toContain(`| ${c.code} | \`${name}\``);
   });
 
-  it('refuses an unknown code so a typo cannot ship', () => {
-    expect(() => new FleetwireError('NO_SUCH_CODE')).toThrow(/unknown error code/);
+  it('has its code type generated from the contract as it is now', () => {
+    const generated = readFileSync(new URL('../src/error-codes.ts', import.meta.url), 'utf8');
+    expect(generated, 'run: node scripts/gen-error-codes.mjs').toBe((errorCodesSource as () => string)());
+  });
+
+  it('makes a typo in a code a compile error', () => {
+    const dir = fileURLToPath(new URL('../src/', import.meta.url));
+    const probe = join(dir, '__error_code_probe.ts');
+    const source = `import { FleetwireError } from './errors.js';\nnew FleetwireError('AUTH_TOKEN_MISING');\nnew FleetwireError('AUTH_TOKEN_MISSING');\n`;
+    const host = ts.createCompilerHost({});
+    const readFile = host.readFile.bind(host);
+    host.readFile = (f) => (f === probe ? source : readFile(f));
+    const fileExists = host.fileExists.bind(host);
+    host.fileExists = (f) => f === probe || fileExists(f);
+    const program = ts.createProgram([probe], {
+      module: ts.ModuleKind.NodeNext, moduleResolution: ts.ModuleResolutionKind.NodeNext, target: ts.ScriptTarget.ES2023,
+      strict: true, noEmit: true, skipLibCheck: true, types: ['node'],
+    }, host);
+    const errors = ts.getPreEmitDiagnostics(program).filter((d) => d.file?.fileName === probe);
+    expect(errors.map((d) => `${d.file!.getLineAndCharacterOfPosition(d.start!).line + 1}: ${ts.flattenDiagnosticMessageText(d.messageText, ' ')}`))
+      .toEqual([expect.stringMatching(/^2: Argument of type '"AUTH_TOKEN_MISING"' is not assignable to parameter of type/)]);
+  });
+
+  it('still refuses an unknown code at run time (one that came around the type, by a cast)', () => {
+    expect(() => new FleetwireError('NO_SUCH_CODE' as ErrorCode)).toThrow(/unknown error code/);
     expect(new FleetwireError('AUTH_TOKEN_MISSING').toJSON()).toEqual({ error: { code: 'AUTH_TOKEN_MISSING', message: 'No token was offered.' } });
   });
 });
