@@ -1,17 +1,22 @@
 # One image for every Fleetwire Node service; the command picks the service.
+# Services are the npm workspaces in package.json: adding one needs no edit here.
+
+# Only the package manifests, so the npm ci layer below is rebuilt when one of them
+# changes and not on every source edit (COPY --from is cached by content).
+FROM node:20-bookworm-slim AS manifests
+WORKDIR /app
+COPY package.json package-lock.json ./
+COPY . /tmp/src
+RUN for w in $(node -p "require('./package.json').workspaces.join(' ')"); do \
+      mkdir -p "$w" && cp "/tmp/src/$w/package.json" "$w/"; \
+    done
+
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
-COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
-COPY common/package.json common/
-COPY broker/package.json broker/
-COPY auth-service/package.json auth-service/
-COPY cli/package.json cli/
+COPY --from=manifests /app ./
 RUN npm ci --no-audit --no-fund
-COPY common common
-COPY broker broker
-COPY auth-service auth-service
-COPY cli cli
-RUN npx tsc -b && npm prune --omit=dev
+COPY . .
+RUN npx tsc -b $(node -p "require('./package.json').workspaces.join(' ')") && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production

@@ -4,6 +4,8 @@ SHELL := /bin/bash
 DATA_DIR ?= .data
 PORT ?= 8080
 NODE_BIN := node_modules/.bin
+# The npm workspaces, in package.json order: the one list of Node packages and services.
+WORKSPACES := $(shell node -p "require('./package.json').workspaces.join(' ')")
 VENV := .venv
 # Python parts, each a folder with its pyproject.toml, installed into the one $(VENV).
 PY_PROJECTS := e2e/python
@@ -20,7 +22,7 @@ help:
 	@echo "make lint   eslint + type check + ruff"
 	@echo "make venv   the Python venv ($(VENV)) with the Python parts: $(PY_PROJECTS)"
 
-node_modules/.package-lock.json: package.json package-lock.json common/package.json broker/package.json auth-service/package.json cli/package.json
+node_modules/.package-lock.json: package.json package-lock.json $(addsuffix /package.json,$(WORKSPACES))
 	npm ci --no-audit --no-fund
 	@touch $@
 
@@ -34,7 +36,7 @@ $(VENV)/.installed: $(addsuffix /pyproject.toml,$(PY_PROJECTS)) scripts/ensure-v
 venv: $(VENV)/.installed
 
 build: node_modules/.package-lock.json
-	$(NODE_BIN)/tsc -b
+	$(NODE_BIN)/tsc -b $(WORKSPACES)
 	@chmod +x cli/dist/main.js
 	@ln -sf ../@fleetwire/cli/dist/main.js node_modules/.bin/fleetwire
 
@@ -67,7 +69,7 @@ test: install venv
 
 lint: node_modules/.package-lock.json venv
 	$(NODE_BIN)/eslint .
-	$(NODE_BIN)/tsc -b
+	$(NODE_BIN)/tsc -b $(WORKSPACES)
 	$(VENV)/bin/ruff check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 	$(VENV)/bin/ruff format --check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 
@@ -75,4 +77,4 @@ bench: install
 	bash bench/run-all.sh
 
 clean:
-	rm -rf common/dist broker/dist auth-service/dist cli/dist */tsconfig.tsbuildinfo .test-results .test-data
+	rm -rf $(addsuffix /dist,$(WORKSPACES)) $(addsuffix /tsconfig.tsbuildinfo,$(WORKSPACES)) .test-results .test-data

@@ -1,15 +1,15 @@
 /**
  * buildAuthService(config, deps): users, sessions, devices, keys and audit on
  * a Fastify app. Constructs without listening and without reading the
- * environment. In `fleetwire up` it adds its routes to the broker's app and
- * shares its key ring, so everything is served on one port.
+ * environment. As a service (service.ts) it adds its routes to the host's app
+ * and shares its key ring and Redis, so everything is served on one port.
  */
 import { join, resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import {
   createHttpApp, createLogger, createMetricsRegistry, createRedis, gitCommit, healthRoutes, openKeyRing, requireRole,
-  type KeyRing, type Logger, type Registry,
+  type KeyRing, type Logger, type Redis, type Registry,
 } from '@fleetwire/common';
 import { Accounts } from './accounts.js';
 import { AuditLog } from './audit.js';
@@ -21,7 +21,7 @@ import { PasswordHasher } from './passwords.js';
 import { PasswordPolicy } from './password-policy.js';
 import { OutboxSender, WebhookSender, type MessageSender } from './senders.js';
 import { SessionStore } from './sessions.js';
-import { accountCounts, authSpecReport } from './spec.js';
+import { accountCounts, authSpecReport, AUTH_SERVICE } from './spec.js';
 import { UserStore } from './users.js';
 import { adminRoutes } from './routes/admin.js';
 import { authRoutes } from './routes/auth.js';
@@ -39,8 +39,10 @@ export interface AuthServiceDeps {
   sender?: MessageSender;
   tls?: { key: Buffer; cert: Buffer } | null;
   version?: string;
-  /** More sections for GET /v1/spec (the broker's, in `fleetwire up`). */
-  specSections?: () => Record<string, unknown>;
+  /** A shared connection for plain commands; by default the service opens its own. */
+  redis?: Redis;
+  /** What GET /v1/spec answers: the host's spec of every service in the process; by default this service's alone. */
+  spec?: () => Promise<Record<string, unknown>>;
 }
 
 export interface AuthService {
@@ -61,8 +63,8 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
   const log = (deps.log ?? createLogger({ level: config.logLevel, name: 'auth' })).child({ service: 'auth' });
   const version = deps.version ?? '0.0.0';
   const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
-  const redis = createRedis(config.redisUrl, { name: 'auth' });
-  redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
+  const redis = deps.redis ?? createRedis(config.redisUrl, { name: 'auth' });
+  if (!deps.redis) redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
   const keys = deps.keys ?? await openKeyRing(join(resolve(config.dataDir), 'keys'), { retireAfterMs: config.keyRetireAfterS * 1000, log });
 
   const hasher = new PasswordHasher(argon2Params(config));
@@ -84,10 +86,10 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
   const admin = await accounts.bootstrapAdmin();
   if (admin) log.info({ user_id: admin.id, email: admin.email }, 'created the first admin from FLEETWIRE_ADMIN_EMAIL');
 
-  const spec = async (): Promise<Record<string, unknown>> => {
+  const spec = deps.spec ?? (async (): Promise<Record<string, unknown>> => {
     const counts = await accountCounts(redis).catch(() => null);
-    return { version, commit: gitCommit(), ...deps.specSections?.(), auth: authSpecReport(config, counts) };
-  };
+    return { version, commit: gitCommit(), [AUTH_SERVICE]: authSpecReport(config, counts) };
+  });
 
   const ownsHttp = !deps.http;
   const http = deps.http ?? await createHttpApp({ log, tls: deps.tls ?? null, version, trustedProxies: config.trustedProxies, limits: config, metricsRegistry });
@@ -115,7 +117,7 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
     await accounts.settled();
     if (ownsHttp) await http.close();
     if (!deps.keys) keys.close();
-    await redis.quit().catch(() => redis.disconnect());
+    if (!deps.redis) await redis.quit().catch(() => redis.disconnect());
   }
 
   return { http, accounts, users, devices, audit, keys, sender, spec, listen, close };

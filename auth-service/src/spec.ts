@@ -3,6 +3,9 @@ import type { Redis } from 'ioredis';
 import { redisKeys } from '@fleetwire/common';
 import { argon2Params, isBelowOwasp, type AuthConfig } from './config.js';
 
+/** The service's name: its CLI command and its section of the spec. */
+export const AUTH_SERVICE = 'auth-service';
+
 export interface AccountCounts { users: number; legacyAccounts: number; devices: number }
 
 export async function accountCounts(redis: Redis): Promise<AccountCounts> {

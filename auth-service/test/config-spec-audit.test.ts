@@ -60,7 +60,7 @@ describe('spec and audit over HTTP', () => {
     const res = await t.api('GET', '/v1/spec', { token: admin });
     expect(res.body).toMatchObject({
       version: expect.any(String), commit: expect.any(String),
-      auth: {
+      'auth-service': {
         argon2id: { memory_kib: 4096, time_cost: 1, parallelism: 1, below_owasp_minimum: true },
         token_lifetimes_s: { access: 900, device: 86_400 },
         accounts: { users: 1, legacy_password_hashes: 0 },

@@ -15,7 +15,7 @@ afterAll(async () => t.close());
 const storedHash = async (email: string): Promise<string> => (await t.auth.users.byEmail(email))!.password_hash;
 const legacyCount = async (): Promise<number> => {
   const admin = await t.tokenFor('admin');
-  return ((await t.api('GET', '/v1/spec', { token: admin })).body.auth as { accounts: { legacy_password_hashes: number } }).accounts.legacy_password_hashes;
+  return ((await t.api('GET', '/v1/spec', { token: admin })).body['auth-service'] as { accounts: { legacy_password_hashes: number } }).accounts.legacy_password_hashes;
 };
 
 describe('legacy import', () => {

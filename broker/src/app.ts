@@ -1,7 +1,8 @@
 /**
  * buildBroker(config, deps): constructs the broker (Aedes + ws + HTTP API)
- * without listening and without reading the environment. main.ts and the
- * `fleetwire` CLI call listen(), and drain() on SIGTERM.
+ * without listening and without reading the environment. As a service
+ * (service.ts) it adds its routes to the host's app and start() runs once the
+ * host listens; alone (tests) it owns its app and listen() does both.
  */
 import { Aedes, type Client } from 'aedes';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
@@ -12,7 +13,7 @@ import type { FastifyInstance } from 'fastify';
 import {
   createHttpApp, createLogger, createMetricsRegistry, createRedis, healthRoutes, normalizeIp, parseRevocation, redisKeys, requireRole, topicFor, topics,
   trustedProxyList,
-  type Logger, type Registry, type TokenVerifier,
+  type Logger, type Redis, type Registry, type TokenVerifier,
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
 import { newConnState, setCloseIntent, stateOf, type DisconnectReason } from './conn-state.js';
@@ -35,6 +36,10 @@ export interface BrokerDeps {
   metricsRegistry?: Registry;
   tls?: { key: Buffer; cert: Buffer } | null;
   version?: string;
+  /** Add the routes and the /mqtt upgrade to this app (the host's, one port) instead of creating one. */
+  http?: FastifyInstance;
+  /** A shared connection for plain commands; by default the broker opens its own. */
+  redis?: Redis;
 }
 
 export interface ListenInfo {
@@ -49,7 +54,12 @@ export interface Broker {
   readonly connections: Connections;
   readonly registry: ConnectionRegistry;
   readonly ingress: IngressRouter;
+  /** Checks for /readyz beyond Redis: not draining. */
+  readonly readiness: Record<string, () => Promise<boolean>>;
+  /** Only when the broker owns its app: listens on config.port, then start(). */
   listen(): Promise<ListenInfo>;
+  /** Once the app listens on `port`: the service TCP listener and the timers. */
+  start(port: number): Promise<ListenInfo>;
   /** Publishes a cloud-to-device message; delivered on whichever node holds the device (cluster mode). */
   sendToDevice(deviceId: string, topicClass: string, payload: unknown): Promise<void>;
   /** Kicks a connection wherever it is; resolves to the node holding it, or null when it is not connected. */
@@ -67,10 +77,11 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const nodeId = config.nodeId || `${hostname()}-${randomBytes(3).toString('hex')}`;
   const log = (deps.log ?? createLogger({ level: config.logLevel, name: 'broker' })).child({ node: nodeId });
   const metricsRegistry = deps.metricsRegistry ?? createMetricsRegistry();
-  const redis = createRedis(config.redisUrl, { name: `broker:${nodeId}` });
+  const redis = deps.redis ?? createRedis(config.redisUrl, { name: `broker:${nodeId}` });
   const sub = createRedis(config.redisUrl, { name: `broker-sub:${nodeId}` });
   const queueRedis = createRedis(config.redisUrl, { name: `broker-queues:${nodeId}`, maxRetriesPerRequest: null });
-  for (const r of [redis, sub, queueRedis]) r.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
+  const ownRedis = deps.redis ? [sub, queueRedis] : [redis, sub, queueRedis];
+  for (const r of ownRedis) r.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
 
   const cluster = config.cluster === 'redis' ? clusterEngines(config.redisUrl, nodeId) : null;
   const aedes = new Aedes({
@@ -166,17 +177,13 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     limits: { ...limits, wsMaxPayloadBytes: config.wsMaxPayloadBytes, maxPacketBytes: config.maxPacketBytes, abuseDropsBeforeKick: config.abuseDropsBeforeKick },
   });
 
-  const http = await createHttpApp({ log, tls: deps.tls ?? null, version: deps.version ?? '0.0.0', trustedProxies: config.trustedProxies, limits: config, metricsRegistry });
+  const ownsHttp = !deps.http;
+  const http = deps.http ?? await createHttpApp({ log, tls: deps.tls ?? null, version: deps.version ?? '0.0.0', trustedProxies: config.trustedProxies, limits: config, metricsRegistry });
   http.server.on('upgrade', onUpgrade);
   const operator = requireRole(deps.verifier, redis, ['admin', 'operator']);
   connectionRoutes(http, { registry, operator, kick });
-  healthRoutes(http, {
-    registry: metricsRegistry,
-    readiness: {
-      redis: async () => (await redis.ping()) === 'PONG',
-      accepting: async () => !draining,
-    },
-  });
+  const readiness = { accepting: async () => !draining };
+  if (ownsHttp) healthRoutes(http, { registry: metricsRegistry, readiness: { redis: async () => (await redis.ping()) === 'PONG', ...readiness } });
 
   let tcpServer: TcpServer | null = null;
   const timers: NodeJS.Timeout[] = [];
@@ -206,8 +213,12 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   }
 
   async function listen(): Promise<ListenInfo> {
+    if (!ownsHttp) throw new Error('this broker shares the host\'s app; the host listens');
     await http.listen({ port: config.port, host: config.host });
-    const port = (http.server.address() as AddressInfo).port;
+    return start((http.server.address() as AddressInfo).port);
+  }
+
+  async function start(port: number): Promise<ListenInfo> {
     let tcpPort: number | null = null;
     if (config.tcpPort > 0) {
       tcpServer = createTcpServer((socket) => acceptTcp(socket));
@@ -258,12 +269,12 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     await new Promise<void>((resolve) => aedes.close(() => resolve()));
     for (const s of connections.live) s.stream.destroy();
     await Promise.all([
-      http.close(),
+      ownsHttp ? http.close() : undefined,
       tcpServer ? new Promise<void>((resolve) => tcpServer!.close(() => resolve())) : undefined,
       ingress.close(),
     ]);
     await registry.forgetNode().catch(() => undefined);
-    await Promise.all([...[redis, sub, queueRedis].map((r) => r.quit().catch(() => r.disconnect())), cluster?.close()]);
+    await Promise.all([...ownRedis.map((r) => r.quit().catch(() => r.disconnect())), cluster?.close()]);
   }
 
   async function drain(): Promise<{ leftOpen: number }> {
@@ -277,6 +288,6 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     return { leftOpen };
   }
 
-  return { nodeId, aedes, http, connections, registry, ingress, listen, sendToDevice, kick, drain, close };
+  return { nodeId, aedes, http, connections, registry, ingress, readiness, listen, start, sendToDevice, kick, drain, close };
 }
 

@@ -63,8 +63,8 @@ describe('fleetwire users', () => {
     expect(r2.stdout).toContain('imported 2, already present (left unchanged) 0');
     expect((await run(['users', 'import', good])).stdout).toContain('imported 0, already present (left unchanged) 2');
 
-    const spec = JSON.parse((await run(['spec'])).stdout) as { auth: { accounts: { legacy_password_hashes: number } } };
-    expect(spec.auth.accounts.legacy_password_hashes).toBe(2);
+    const spec = JSON.parse((await run(['spec'])).stdout) as { 'auth-service': { accounts: { legacy_password_hashes: number } } };
+    expect(spec['auth-service'].accounts.legacy_password_hashes).toBe(2);
   });
 });
 
@@ -84,7 +84,7 @@ describe('fleetwire spec', () => {
     const r = await run(['spec'], { env: { FLEETWIRE_ADMIN_EMAIL: 'boot@example.com', FLEETWIRE_ADMIN_PASSWORD: 'bootstrap-secret-value' } });
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain('bootstrap-secret-value');
-    expect(JSON.parse(r.stdout)).toMatchObject({ auth: { argon2id: { memory_kib: 4096 }, first_admin_from_env: true }, broker: { features: { cluster: 'none' } } });
+    expect(JSON.parse(r.stdout)).toMatchObject({ 'auth-service': { argon2id: { memory_kib: 4096 }, first_admin_from_env: true }, broker: { features: { cluster: 'none' } } });
   });
 });
 

@@ -18,3 +18,5 @@ export * from './build-info.js';
 export * from './shutdown.js';
 export * from './client-address.js';
 export * from './log-throttle.js';
+export * from './service.js';
+export * from './supervisor.js';
