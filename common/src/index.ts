@@ -18,3 +18,7 @@ export * from './build-info.js';
 export * from './shutdown.js';
 export * from './client-address.js';
 export * from './log-throttle.js';
+export * from './ingress-envelope.js';
+export * from './queue-metrics.js';
+export * from './queue-batch.js';
+export * from './queue-consumer.js';
