@@ -167,7 +167,7 @@ export function createQueueConsumer(opts: QueueConsumerOptions): QueueConsumer {
     queue,
 
     async start() {
-      if (worker) throw new Error(`the consumer of ${queue} was already started`);
+      if (worker || draining) throw new Error(`the consumer of ${queue} was already ${draining ? 'drained' : 'started'}`);
       worker = createWorker();
       const w = worker;
       // run() resolves when the worker closes; its errors are also emitted as 'error'.
