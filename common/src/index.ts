@@ -20,3 +20,7 @@ export * from './client-address.js';
 export * from './log-throttle.js';
 export * from './service.js';
 export * from './supervisor.js';
+export * from './ingress-envelope.js';
+export * from './queue-metrics.js';
+export * from './queue-batch.js';
+export * from './queue-consumer.js';

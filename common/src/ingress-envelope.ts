@@ -1,0 +1,59 @@
+/**
+ * The job data on every ingress queue (contracts/schemas/ingress-envelope.schema.json)
+ * and the check a consumer runs before a handler sees it. The broker validates
+ * payloads before it enqueues, but a queue is a shared surface: an older broker,
+ * another producer or a hand-made job can put anything there, so the consumer
+ * checks again against the same contract files.
+ */
+import { UnrecoverableError } from 'bullmq';
+import { queues, topics } from './contracts.js';
+import { describeValidationError, payloadValidator, schemaValidator } from './schemas.js';
+
+export interface IngressEnvelope {
+  readonly cid: string;
+  readonly device_id: string;
+  readonly topic_class: string;
+  /** The decoded device payload; every ingress topic schema describes an object. */
+  readonly payload: Record<string, unknown>;
+  /** Unix time in milliseconds when the broker took the message. */
+  readonly received_at: number;
+  /** The broker node that enqueued it. */
+  readonly node: string;
+}
+
+/**
+ * A job whose data breaks the contract. It is an UnrecoverableError so BullMQ
+ * fails it at once: retrying cannot make the data valid. Its message becomes
+ * the job's failedReason.
+ */
+export class InvalidJobError extends UnrecoverableError {}
+
+const validateEnvelope = schemaValidator('ingress-envelope.schema.json');
+const queueOfClass = new Map(topics.map((t) => [t.class, t.queue]));
+
+/** Throws a clear error when `name` is not a queue in contracts/queues.json. */
+export function assertIngressQueue(name: string): void {
+  if (!Object.hasOwn(queues.queues, name)) {
+    throw new Error(`unknown queue ${JSON.stringify(name)}: the queues in common/contracts/queues.json are ${Object.keys(queues.queues).join(', ')}`);
+  }
+}
+
+/**
+ * Checks job data taken from `queue`: the envelope against its schema, the
+ * topic class against the queue it is routed to (contracts/topics.json), and
+ * the payload against the topic class schema. Throws InvalidJobError.
+ */
+export function checkIngressJob(queue: string, data: unknown): IngressEnvelope {
+  if (!validateEnvelope(data)) throw new InvalidJobError(`invalid ingress envelope: ${describeValidationError(validateEnvelope)}`);
+  const envelope = data as IngressEnvelope;
+  const routedTo = queueOfClass.get(envelope.topic_class);
+  if (routedTo !== queue) {
+    const where = routedTo ? `belongs on queue ${routedTo}` : 'is routed to no queue';
+    throw new InvalidJobError(`topic class ${JSON.stringify(envelope.topic_class)} ${where}, not ${queue} (common/contracts/topics.json)`);
+  }
+  const validatePayload = payloadValidator(envelope.topic_class);
+  if (!validatePayload(envelope.payload)) {
+    throw new InvalidJobError(`invalid ${envelope.topic_class} payload: ${describeValidationError(validatePayload)}`);
+  }
+  return envelope;
+}

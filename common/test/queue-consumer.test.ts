@@ -1,0 +1,341 @@
+/**
+ * The queue consumer against a real Redis, real BullMQ and the real producer:
+ * jobs are enqueued by a real broker, either published by a device over MQTT or
+ * handed to the broker's own IngressRouter, so the envelopes are exactly what
+ * production consumers will read. The queues use the production prefix; each
+ * test starts with them obliterated (no flushdb), so it depends on no other
+ * test's leftovers.
+ */
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { Queue, type Job } from 'bullmq';
+import mqtt from 'mqtt';
+import WebSocket from 'ws';
+import {
+  createLogger, createMetricsRegistry, createQueueConsumer, createRedis, createTokenVerifier, loadOrCreateKeySet,
+  queues, readContract, saveDevice, signToken,
+  type IngressEnvelope, type QueueConsumer, type QueueConsumerOptions, type QueueJob, type Redis, type Registry,
+} from '@fleetwire/common';
+import { brokerDefaults, buildBroker, type Broker } from '@fleetwire/broker';
+
+const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+const heartbeat = readContract<Record<string, unknown>>('fixtures/valid/heartbeat.json');
+const badHeartbeat = readContract<Record<string, unknown>>('fixtures/invalid/heartbeat.json');
+const cmdResult = readContract<Record<string, unknown>>('fixtures/valid/cmd-result.json');
+
+let broker: Broker;
+let brokerUrl: string;
+let signer: Awaited<ReturnType<typeof loadOrCreateKeySet>>['signer'];
+let redis: Redis;
+/** The connection the consumers share, as a service would pass it. */
+let connection: Redis;
+const inspect = new Map<string, Queue>();
+const queue = (name: string): Queue => inspect.get(name)!;
+
+beforeAll(async () => {
+  const dataDir = await mkdtemp(join(tmpdir(), 'fw-queue-'));
+  const keys = await loadOrCreateKeySet(join(dataDir, 'keys'));
+  signer = keys.signer;
+  broker = await buildBroker(
+    brokerDefaults({ redisUrl: REDIS_URL, port: 0, host: '127.0.0.1', dataDir }),
+    { verifier: createTokenVerifier({ keys: keys.publicJwks }), log: createLogger({ level: 'silent' }) },
+  );
+  brokerUrl = `ws://127.0.0.1:${(await broker.listen()).port}/mqtt`;
+  redis = createRedis(REDIS_URL, { name: 'test-queue-consumer' });
+  connection = createRedis(REDIS_URL, { name: 'test-queue-consumer-jobs', maxRetriesPerRequest: null });
+  for (const name of Object.keys(queues.queues)) inspect.set(name, new Queue(name, { connection, prefix: queues.prefix }));
+});
+
+afterAll(async () => {
+  await Promise.all([...inspect.values()].map(async (q) => { await q.obliterate({ force: true }); await q.close(); }));
+  await broker.close();
+  redis.disconnect();
+  connection.disconnect();
+});
+
+const started: QueueConsumer[] = [];
+
+beforeEach(async () => {
+  for (const q of inspect.values()) await q.obliterate({ force: true });
+});
+
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((c) => c.drain()));
+});
+
+interface TestConsumer {
+  consumer: QueueConsumer;
+  registry: Registry;
+  /** The consumer's log lines, parsed. */
+  logs: Array<Record<string, unknown>>;
+}
+
+/** A consumer with its own metrics registry and captured logs; started unless told otherwise. */
+async function consumer(opts: Omit<QueueConsumerOptions, 'connection' | 'log' | 'metricsRegistry'>, start = true): Promise<TestConsumer> {
+  const logs: Array<Record<string, unknown>> = [];
+  const destination = new Writable({ write(chunk, _e, cb) { logs.push(JSON.parse(String(chunk))); cb(); } });
+  const registry = createMetricsRegistry({ defaultMetrics: false });
+  const c = createQueueConsumer({ ...opts, connection, log: createLogger({ level: 'debug', destination }), metricsRegistry: registry } as QueueConsumerOptions);
+  started.push(c);
+  if (start) await c.start();
+  return { consumer: c, registry, logs };
+}
+
+/** Enqueues through the broker's own ingress, as it does for every device message. */
+const enqueue = (queueName: string, deviceId: string, topicClass: string, payload: Record<string, unknown>): Promise<string> =>
+  broker.ingress.route(queueName, deviceId, topicClass, payload);
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor<T>(fn: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (ok(v)) return v;
+    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(v)}`);
+    await sleep(25);
+  }
+}
+
+const stateOf = async (queueName: string, jobId: string): Promise<string> => (await queue(queueName).getJobState(jobId)) as string;
+
+/** The metric's lines in the Prometheus text format, as /metrics shows them. */
+async function metricLines(registry: Registry, name: string): Promise<string[]> {
+  return (await registry.getSingleMetricAsString(name)).split('\n');
+}
+
+describe('queue consumer', () => {
+  it('hands a heartbeat a device publishes over MQTT to the handler, with cid and device_id on its log lines', async () => {
+    await saveDevice(redis, 'dev-q-hb');
+    const token = await signToken(signer, { sub: 'dev-q-hb', typ: 'device', ttlSeconds: 600 });
+    let seen!: (job: QueueJob) => void;
+    const handled = new Promise<QueueJob>((r) => { seen = r; });
+    const { logs } = await consumer({
+      queue: 'heartbeats',
+      handle: async (job) => {
+        job.log.info({ seq: job.envelope.payload.seq }, 'heartbeat stored');
+        seen(job);
+      },
+    });
+
+    const device = await mqtt.connectAsync(brokerUrl, {
+      clientId: 'dev-q-hb', protocolVersion: 4, reconnectPeriod: 0,
+      createWebsocket: (u: string) => new WebSocket(u, ['mqtt', `auth.${token}`]),
+    });
+    await device.publishAsync('devices/dev-q-hb/heartbeat', JSON.stringify(heartbeat), { qos: 1 });
+    const job = await handled;
+    await device.endAsync();
+
+    expect(job.envelope).toMatchObject({ device_id: 'dev-q-hb', topic_class: 'heartbeat', payload: heartbeat, node: broker.nodeId });
+    expect(job.attempt).toBe(1);
+    const line = logs.find((l) => l.msg === 'heartbeat stored');
+    expect(line).toMatchObject({ cid: job.envelope.cid, device_id: 'dev-q-hb', queue: 'heartbeats', job_id: job.id, seq: heartbeat.seq });
+    expect(typeof line!.cid).toBe('string');
+    await waitFor(() => stateOf('heartbeats', job.id), (s) => s === 'completed');
+  });
+
+  it('fails a job that breaks the contract at once, with the reason as failedReason, and goes on to the next job', async () => {
+    const handled: IngressEnvelope[] = [];
+    const { consumer: c, registry, logs } = await consumer({ queue: 'heartbeats', handle: async (job) => { handled.push(job.envelope); } });
+    // Not the broker: a producer that skipped the checks (an old node, a script). Attempts as the broker sets them.
+    const envelope = { cid: 'c-bad', device_id: 'dev-q-bad', topic_class: 'heartbeat', received_at: Date.now(), node: 'script' };
+    const opts = { attempts: queues.queues.heartbeats!.attempts };
+    const badPayload = await queue('heartbeats').add('heartbeat', { ...envelope, payload: badHeartbeat }, opts);
+    const noDevice = await queue('heartbeats').add('heartbeat', { ...envelope, device_id: undefined, payload: heartbeat }, opts);
+    const wrongQueue = await queue('heartbeats').add('ml-infer', { ...envelope, topic_class: 'ml-infer', payload: { model: 'm', input: [1] } }, opts);
+    await enqueue('heartbeats', 'dev-q-good', 'heartbeat', heartbeat);
+
+    await waitFor(() => handled.length, (n) => n === 1);
+    expect(handled[0]!.device_id).toBe('dev-q-good');
+    const reasons: Record<string, RegExp> = {
+      [badPayload.id!]: /^invalid heartbeat payload: \(root\) must have required property 'heap_free'$/,
+      [noDevice.id!]: /^invalid ingress envelope: \(root\) must have required property 'device_id'$/,
+      [wrongQueue.id!]: /^topic class "ml-infer" belongs on queue ml-infer, not heartbeats/,
+    };
+    for (const [id, reason] of Object.entries(reasons)) {
+      const job = (await queue('heartbeats').getJob(id)) as Job;
+      expect(await job.getState()).toBe('failed');
+      expect(job.failedReason).toMatch(reason);
+      expect(job.attemptsMade).toBe(1); // not retried, although the job allows 3 attempts
+    }
+    expect(c.isRunning()).toBe(true);
+    expect(logs.find((l) => l.msg === 'invalid job failed without retry' && l.cid === 'c-bad')).toMatchObject({ device_id: 'dev-q-bad', level: 40 });
+    expect(await metricLines(registry, 'fleetwire_queue_jobs_total')).toContain('fleetwire_queue_jobs_total{queue="heartbeats",outcome="invalid"} 3');
+  });
+
+  it('retries a job whose handler throws as many times as the contract says, then fails it with the handler\'s message', async () => {
+    const attempts: number[] = [];
+    const { registry, logs } = await consumer({
+      queue: 'heartbeats',
+      handle: async (job) => {
+        attempts.push(job.attempt);
+        throw new Error('device store unavailable');
+      },
+    });
+    await enqueue('heartbeats', 'dev-q-retry', 'heartbeat', heartbeat);
+    const contractAttempts = queues.queues.heartbeats!.attempts;
+
+    const [job] = await waitFor(() => queue('heartbeats').getJobs(['failed']), (jobs) => jobs.length === 1, 15_000);
+    expect(attempts).toEqual(Array.from({ length: contractAttempts }, (_, i) => i + 1));
+    expect(job!.failedReason).toBe('device store unavailable');
+    expect(job!.attemptsMade).toBe(contractAttempts);
+    const counts = await metricLines(registry, 'fleetwire_queue_jobs_total');
+    expect(counts).toContain(`fleetwire_queue_jobs_total{queue="heartbeats",outcome="retried"} ${contractAttempts - 1}`);
+    expect(counts).toContain('fleetwire_queue_jobs_total{queue="heartbeats",outcome="failed"} 1');
+    expect(logs.filter((l) => l.msg === 'job attempt failed; BullMQ will retry it')).toHaveLength(contractAttempts - 1);
+    expect(logs.find((l) => l.msg === 'job failed on its last attempt')).toMatchObject({ device_id: 'dev-q-retry', reason: 'device store unavailable' });
+  });
+
+  it('runs as many jobs at once as its concurrency', async () => {
+    let inFlight = 0;
+    let maxInFlight = 0;
+    let allIn!: () => void;
+    const together = new Promise<void>((r) => { allIn = r; });
+    await consumer({
+      queue: 'cmd-results',
+      concurrency: 3,
+      handle: async () => {
+        inFlight += 1;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        if (inFlight === 3) allIn();
+        // Each job holds its slot until all three are in, so one at a time would time out here.
+        await Promise.race([together, sleep(3000)]);
+        inFlight -= 1;
+      },
+    });
+    for (const cid of ['p-1', 'p-2', 'p-3']) await enqueue('cmd-results', 'dev-q-par', 'cmd-result', { ...cmdResult, cid });
+
+    await waitFor(() => queue('cmd-results').getJobCounts('completed'), (c) => c.completed === 3);
+    expect(maxInFlight).toBe(3);
+  });
+
+  it('in batch mode hands the jobs that are ready in one call, and a lone job at once', async () => {
+    const batches: string[][] = [];
+    let lone!: (at: number) => void;
+    const loneHandled = new Promise<number>((r) => { lone = r; });
+    const { consumer: c, registry } = await consumer({
+      queue: 'heartbeats',
+      concurrency: 8,
+      handleBatch: async (jobs) => {
+        batches.push(jobs.map((j) => j.envelope.device_id));
+        if (jobs[0]!.envelope.device_id === 'dev-q-lone') lone(Date.now());
+      },
+    }, false);
+    // Five messages wait in the queue before the consumer starts.
+    for (const n of [1, 2, 3, 4, 5]) await enqueue('heartbeats', `dev-q-b${n}`, 'heartbeat', heartbeat);
+    await c.start();
+    await waitFor(() => batches.length, (n) => n === 1);
+    expect(batches[0]).toEqual(['dev-q-b1', 'dev-q-b2', 'dev-q-b3', 'dev-q-b4', 'dev-q-b5']);
+
+    const sent = Date.now();
+    await enqueue('heartbeats', 'dev-q-lone', 'heartbeat', heartbeat);
+    const latency = (await loneHandled) - sent;
+    expect(batches[1]).toEqual(['dev-q-lone']);
+    expect(latency).toBeLessThan(250); // no batching window: a few Redis round trips
+    await waitFor(() => queue('heartbeats').getJobCounts('completed'), (n) => n.completed === 6);
+    const sizes = await metricLines(registry, 'fleetwire_queue_batch_size');
+    expect(sizes).toContain('fleetwire_queue_batch_size_count{queue="heartbeats"} 2');
+    expect(sizes).toContain('fleetwire_queue_batch_size_sum{queue="heartbeats"} 6');
+  });
+
+  it('in batch mode retries only the jobs a batch handler reports as failed', async () => {
+    const calls: Array<Array<[string, number]>> = [];
+    const { consumer: c } = await consumer({
+      queue: 'heartbeats',
+      concurrency: 4,
+      handleBatch: async (jobs) => {
+        calls.push(jobs.map((j) => [j.envelope.device_id, j.attempt]));
+        const flaky = jobs.find((j) => j.envelope.device_id === 'dev-q-flaky' && j.attempt === 1);
+        return flaky ? new Map([[flaky, new Error('write refused')]]) : undefined;
+      },
+    }, false);
+    await enqueue('heartbeats', 'dev-q-fine', 'heartbeat', heartbeat);
+    await enqueue('heartbeats', 'dev-q-flaky', 'heartbeat', heartbeat);
+    await c.start();
+
+    await waitFor(() => queue('heartbeats').getJobCounts('completed'), (n) => n.completed === 2, 5000);
+    expect(calls).toEqual([[['dev-q-fine', 1], ['dev-q-flaky', 1]], [['dev-q-flaky', 2]]]);
+  });
+
+  it('drains: the running job finishes, no new job is taken, and the consumer stops', async () => {
+    const handled: string[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    let began!: () => void;
+    const running = new Promise<void>((r) => { began = r; });
+    const { consumer: c } = await consumer({
+      queue: 'heartbeats',
+      concurrency: 2, // a free slot, so "no new job" is the drain's doing
+      handle: async (job) => {
+        handled.push(job.envelope.device_id);
+        began();
+        await gate;
+      },
+    });
+    await enqueue('heartbeats', 'dev-q-first', 'heartbeat', heartbeat);
+    await running;
+
+    const drained = c.drain();
+    expect(c.isRunning()).toBe(false);
+    await enqueue('heartbeats', 'dev-q-late', 'heartbeat', heartbeat);
+    await sleep(200);
+    release();
+    expect(await drained).toEqual({ unfinished: 0 });
+
+    expect(handled).toEqual(['dev-q-first']);
+    const counts = await queue('heartbeats').getJobCounts('completed', 'waiting', 'active');
+    expect(counts).toEqual({ completed: 1, waiting: 1, active: 0 });
+  });
+
+  it('gives up a drain after its timeout, aborts the running job\'s signal, and the job goes back for a retry', async () => {
+    const { consumer: c, logs } = await consumer({
+      queue: 'heartbeats',
+      drainTimeoutMs: 300,
+      handle: async (job) => {
+        await new Promise((resolve) => job.signal.addEventListener('abort', resolve));
+        throw new Error('stopped by drain');
+      },
+    });
+    await enqueue('heartbeats', 'dev-q-stuck', 'heartbeat', heartbeat);
+    await waitFor(() => queue('heartbeats').getJobCounts('active'), (n) => n.active === 1);
+
+    const before = Date.now();
+    expect(await c.drain()).toEqual({ unfinished: 1 });
+    expect(Date.now() - before).toBeGreaterThanOrEqual(290);
+    expect(logs.find((l) => l.msg === 'drain timed out with jobs still running')).toMatchObject({ timeout_ms: 300 });
+    const [job] = await waitFor(() => queue('heartbeats').getJobs(['delayed', 'wait']), (jobs) => jobs.length === 1);
+    expect(job!.failedReason).toBe('stopped by drain');
+    expect(job!.attemptsMade).toBe(1);
+  });
+
+  it('counts completed jobs and shows how long messages waited between the broker and the handler', async () => {
+    const { consumer: c, registry } = await consumer({ queue: 'cmd-results', handle: async () => undefined }, false);
+    await enqueue('cmd-results', 'dev-q-lag', 'cmd-result', { ...cmdResult, cid: 'lag-1' });
+    await enqueue('cmd-results', 'dev-q-lag', 'cmd-result', { ...cmdResult, cid: 'lag-2' });
+    await sleep(400); // the messages wait in the queue: that is the lag
+    await c.start();
+    await waitFor(() => queue('cmd-results').getJobCounts('completed'), (n) => n.completed === 2);
+
+    const counts = await metricLines(registry, 'fleetwire_queue_jobs_total');
+    expect(counts).toContain('fleetwire_queue_jobs_total{queue="cmd-results",outcome="completed"} 2');
+    expect(counts).toContain('fleetwire_queue_jobs_total{queue="cmd-results",outcome="failed"} 0');
+    const lag = await metricLines(registry, 'fleetwire_queue_lag_seconds');
+    expect(lag).toContain('fleetwire_queue_lag_seconds_count{queue="cmd-results"} 2');
+    const lagSum = Number(lag.find((l) => l.startsWith('fleetwire_queue_lag_seconds_sum{queue="cmd-results"}'))!.split(' ')[1]);
+    expect(lagSum).toBeGreaterThanOrEqual(0.8);
+    expect(lagSum).toBeLessThan(5);
+    expect(lag).toContain('fleetwire_queue_lag_seconds_bucket{le="0.25",queue="cmd-results"} 0');
+    expect(await metricLines(registry, 'fleetwire_queue_job_duration_seconds')).toContain('fleetwire_queue_job_duration_seconds_count{queue="cmd-results"} 2');
+  });
+
+  it('accepts only queue names from the contract, and says which ones exist', () => {
+    const registry = createMetricsRegistry({ defaultMetrics: false });
+    const base = { connection, log: createLogger({ level: 'silent' }), metricsRegistry: registry, handle: async () => undefined };
+    expect(() => createQueueConsumer({ ...base, queue: 'telemetry' }))
+      .toThrow('unknown queue "telemetry": the queues in common/contracts/queues.json are heartbeats, cmd-results, ota-events, ml-infer');
+    expect(() => createQueueConsumer({ ...base, queue: 'heartbeats', concurrency: 0 })).toThrow(/concurrency/);
+  });
+});
