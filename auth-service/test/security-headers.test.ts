@@ -73,6 +73,8 @@ describe('security headers', () => {
       const res = await fetch(`${t.url}/docs/static/${asset}`);
       expect(res.status, asset).toBe(200);
       expect(res.headers.get('content-security-policy'), asset).toBe(csp);
+      // Read to the end: a half-read answer keeps its socket busy, and closing the server waits for it.
+      await res.arrayBuffer();
     }
     const spec = await fetch(`${t.url}/docs/json`);
     expect((await spec.json() as { openapi: string }).openapi).toMatch(/^3\./);
