@@ -19,7 +19,7 @@ help:
 	@echo "make run    install what is missing, start Redis and Fleetwire on port $(PORT)"
 	@echo "make test   install, start a private Redis, run every suite"
 	@echo "make bench  run the broker benchmarks (see bench/README.md)"
-	@echo "make lint   eslint + type check + ruff"
+	@echo "make lint   eslint + type check + import cycles + ruff"
 	@echo "make venv   the Python venv ($(VENV)) with the Python parts: $(PY_PROJECTS)"
 
 node_modules/.package-lock.json: package.json package-lock.json $(addsuffix /package.json,$(WORKSPACES))
@@ -67,9 +67,13 @@ test: install venv
 	scripts/run-cargo-tests.sh .test-results/cargo.counts; \
 	node scripts/test-summary.mjs .test-results
 
+# Import cycles: madge reads every package's src/ (type-only imports count too, as the
+# layering forbids them as well) and fails on any cycle. Inside one package only: the
+# packages themselves cannot form one (tsc -b refuses circular project references).
 lint: node_modules/.package-lock.json venv
 	$(NODE_BIN)/eslint .
 	$(NODE_BIN)/tsc -b $(WORKSPACES)
+	$(NODE_BIN)/madge --circular --no-spinner --extensions ts --ts-config tsconfig.base.json --exclude '/dist/' $(addsuffix /src,$(WORKSPACES))
 	$(VENV)/bin/ruff check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 	$(VENV)/bin/ruff format --check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 

@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { FleetwireError, isDeviceId, publishRevocation, redisKeys, revokeDevice } from '@fleetwire/common';
+import { authScripts } from './redis-scripts.js';
 import { digest, newSecret, safeEqual } from './secrets.js';
 
 export const API_KEY_PREFIX = 'fwk_';
@@ -28,29 +29,6 @@ export interface Device extends DeviceMetadata {
   key_created_at?: number;
   revoked_at?: number;
 }
-
-/** KEYS: device hash, devices index. ARGV: id, created_at, field/value pairs. */
-const REGISTER_LUA = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
-return 1
-`;
-
-/**
- * KEYS: device hash. ARGV: revoke tokens (1/0), then field/value pairs. Updates only an
- * existing, active device. Revoking tokens raises the device's token generation in the same
- * step as the new key digest: every token signed before is refused at CONNECT (see
- * revocation.ts in common), and the exchange reads key digest and generation together.
- */
-const UPDATE_ACTIVE_LUA = `
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status ~= 'active' then return status end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-if ARGV[1] == '1' then redis.call('HINCRBY', KEYS[1], 'token_gen', 1) end
-return 'ok'
-`;
 
 /** Splits a key into device id and secret; null when it cannot be one of ours. */
 export function parseApiKey(key: string): { deviceId: string } | null {
@@ -73,9 +51,10 @@ function newDeviceId(): string {
 }
 
 export class DeviceRegistry {
+  private readonly scripts: DeviceScripts;
+
   constructor(private readonly redis: Redis) {
-    redis.defineCommand('fwRegisterDevice', { numberOfKeys: 2, lua: REGISTER_LUA });
-    redis.defineCommand('fwUpdateActiveDevice', { numberOfKeys: 1, lua: UPDATE_ACTIVE_LUA });
+    this.scripts = authScripts<DeviceScripts>(redis);
   }
 
   /** Registers a device; the API key is returned here and never again. */
@@ -87,7 +66,7 @@ export class DeviceRegistry {
       status: 'active', created_at: String(now), updated_at: String(now), key_created_at: String(now),
       created_by: createdBy, api_key_digest: digest(apiKey), ...metadataFields(meta),
     };
-    const ok = await (this.redis as unknown as DeviceCommands).fwRegisterDevice(
+    const ok = await this.scripts.registerDevice(
       redisKeys.device(id), redisKeys.devices, id, now, ...Object.entries(fields).flat(),
     );
     if (ok !== 1) throw new FleetwireError('DEVICE_EXISTS', `A device with id ${id} already exists.`);
@@ -162,7 +141,7 @@ export class DeviceRegistry {
   }
 
   private async updateActive(id: string, fields: Record<string, string>, revokeTokens = false): Promise<void> {
-    const res = await (this.redis as unknown as DeviceCommands).fwUpdateActiveDevice(redisKeys.device(id), revokeTokens ? '1' : '0', ...Object.entries(fields).flat());
+    const res = await this.scripts.updateActiveDevice(redisKeys.device(id), revokeTokens ? '1' : '0', ...Object.entries(fields).flat());
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
     if (res !== 'ok') throw new FleetwireError('DEVICE_REVOKED', `Device ${id} is revoked; register it again under a new id.`);
   }
@@ -191,7 +170,9 @@ function toDevice(id: string, h: Record<string, string>): Device | null {
   };
 }
 
-interface DeviceCommands {
-  fwRegisterDevice(...args: (string | number)[]): Promise<number>;
-  fwUpdateActiveDevice(...args: (string | number)[]): Promise<string>;
+interface DeviceScripts {
+  /** lua/register-device.lua */
+  registerDevice(...args: (string | number)[]): Promise<number>;
+  /** lua/update-active-device.lua */
+  updateActiveDevice(...args: (string | number)[]): Promise<string>;
 }

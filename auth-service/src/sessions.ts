@@ -11,36 +11,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { redisKeys, type UserRole } from '@fleetwire/common';
+import { authScripts } from './redis-scripts.js';
 import { digest, newSecret } from './secrets.js';
 
 export const REFRESH_PREFIX = 'fwr_';
-
-/**
- * KEYS: presented token, new token. ARGV: session key prefix, new token's ttl ms, user key
- * prefix, token generation key prefix.
- * Returns {'ok', sid, user, role, gen} | {'reused', sid, user} | {'invalid'}.
- */
-const ROTATE_LUA = `
-local t = redis.call('HMGET', KEYS[1], 'sid', 'user_id', 'used')
-if not t[1] then return {'invalid'} end
-local session = ARGV[1] .. t[1]
-if redis.call('EXISTS', session) == 0 then return {'invalid'} end
-if t[3] == '1' then
-  redis.call('DEL', session)
-  return {'reused', t[1], t[2]}
-end
-local user = redis.call('HMGET', ARGV[3] .. t[2], 'role', 'sessions_from_gen')
-if not user[1] then return {'invalid'} end
-if (tonumber(redis.call('HGET', session, 'gen')) or 0) < (tonumber(user[2]) or 0) then
-  redis.call('DEL', session)
-  return {'invalid'}
-end
-redis.call('HSET', KEYS[1], 'used', '1')
-redis.call('HSET', KEYS[2], 'sid', t[1], 'user_id', t[2], 'used', '0')
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
-redis.call('PEXPIRE', session, tonumber(ARGV[2]))
-return {'ok', t[1], t[2], user[1], redis.call('GET', ARGV[4] .. t[2]) or '0'}
-`;
 
 export type RotateResult =
   | { kind: 'ok'; token: string; sessionId: string; userId: string; role: UserRole; tokenGen: number }
@@ -48,8 +22,10 @@ export type RotateResult =
   | { kind: 'invalid' };
 
 export class SessionStore {
+  private readonly scripts: SessionScripts;
+
   constructor(private readonly redis: Redis, private readonly ttlMs: number) {
-    redis.defineCommand('fwRotateRefresh', { numberOfKeys: 2, lua: ROTATE_LUA });
+    this.scripts = authScripts<SessionScripts>(redis);
   }
 
   /** A new session id; the caller may sign its access token while start() writes. */
@@ -74,7 +50,7 @@ export class SessionStore {
   async rotate(presented: string): Promise<RotateResult> {
     if (!presented.startsWith(REFRESH_PREFIX) || presented.length > 200) return { kind: 'invalid' };
     const next = newSecret(REFRESH_PREFIX);
-    const [kind, sessionId, userId, role, gen] = await (this.redis as unknown as SessionCommands).fwRotateRefresh(
+    const [kind, sessionId, userId, role, gen] = await this.scripts.rotateRefresh(
       redisKeys.refreshToken(digest(presented)), redisKeys.refreshToken(digest(next)), redisKeys.sessionPrefix, this.ttlMs,
       redisKeys.user(''), redisKeys.userTokenGen(''),
     );
@@ -97,6 +73,7 @@ export class SessionStore {
   }
 }
 
-interface SessionCommands {
-  fwRotateRefresh(...args: (string | number)[]): Promise<[string, string?, string?, string?, string?]>;
+interface SessionScripts {
+  /** lua/rotate-refresh.lua */
+  rotateRefresh(...args: (string | number)[]): Promise<[string, string?, string?, string?, string?]>;
 }

@@ -5,11 +5,12 @@
  * - user: subscribes under devices/ and fleet/; admin and operator may also publish commands.
  * Nobody publishes presence (the broker does) or touches $-topics [MQTT-4.7.2-1].
  */
-import { parseDeviceTopic, type FleetwireClaims } from '@fleetwire/common';
+import { parseDeviceTopic, type FleetwireClaims, type TopicEntry } from '@fleetwire/common';
 
 type AclClaims = Pick<FleetwireClaims, 'sub' | 'typ' | 'role'>;
 
-export type AclVerdict = { ok: true; topicClass: string; deviceId: string | null; queue: string | undefined } | { ok: false; why: string };
+/** Allowed: the topic's class in the topic map and the device in the topic. Where the message goes next is ingress.ts's call. */
+export type AclVerdict = { ok: true; entry: TopicEntry; deviceId: string } | { ok: false; why: string };
 
 export function authorizePublishTopic(claims: AclClaims, topic: string): AclVerdict {
   if (topic.startsWith('$')) return { ok: false, why: '$-topics are reserved' };
@@ -21,7 +22,7 @@ export function authorizePublishTopic(claims: AclClaims, topic: string): AclVerd
       : claims.typ === 'service' ? entry.direction === 'cloud-to-device'
         : (claims.role === 'admin' || claims.role === 'operator') && entry.class === 'cmd';
   if (!allowed) return { ok: false, why: `${claims.typ} ${claims.sub} may not publish to ${topic}` };
-  return { ok: true, topicClass: entry.class, deviceId, queue: claims.typ === 'device' ? entry.queue : undefined };
+  return { ok: true, entry, deviceId };
 }
 
 export function authorizeSubscribeFilter(claims: AclClaims, filter: string): boolean {

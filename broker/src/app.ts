@@ -21,7 +21,7 @@ import { clusterEngines } from './cluster.js';
 import { ConnectGate } from './connect-gate.js';
 import { Connections } from './connections.js';
 import { createUpgradeHandler } from './handshake.js';
-import { installHooks } from './hooks.js';
+import { installHooks } from './hooks/index.js';
 import { handleConnection } from './aedes-tuning.js';
 import { classifyClientError } from './client-errors.js';
 import { IngressRouter } from './ingress.js';

@@ -26,10 +26,13 @@ export type DisconnectReason =
   | 'packet-too-large' | 'taken-over' | 'acl-denied' | 'keepalive-out-of-bounds' | 'queue-unavailable'
   | 'drain-timeout' | 'client-error';
 
+/** A WebSocket connection's stream, which carries the connection's state as `fw`. */
+export type ConnStream = WebSocketDuplex<ConnState>;
+
 export interface ConnState {
   readonly transport: 'ws' | 'tcp';
   readonly ip: string;
-  readonly stream: WebSocketDuplex | Socket;
+  readonly stream: ConnStream | Socket;
   /** Unique per connection, so a late disconnect never removes a newer connection's registry entry. */
   readonly connId: string;
   readonly connectedAt: number;
@@ -63,7 +66,7 @@ export function kindOf(state: ConnState): string {
   return state.claims?.typ ?? 'unauthenticated';
 }
 
-export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: WebSocketDuplex | Socket): ConnState {
+export function newConnState(transport: 'ws' | 'tcp', ip: string, stream: ConnStream | Socket): ConnState {
   const now = Date.now();
   const state: ConnState = {
     transport, ip, stream, connId: `${processTag}${(connCounter++).toString(36)}`, connectedAt: now,

@@ -14,7 +14,7 @@ import type { BlockList } from 'node:net';
 import type { Aedes } from 'aedes';
 import { errorCatalogue, jwtContract, LogThrottle, type ErrorCode, type Logger } from '@fleetwire/common';
 import { clientIp } from './client-ip.js';
-import { newConnState, setCloseIntent, type ConnState } from './conn-state.js';
+import { newConnState, setCloseIntent, type ConnState, type ConnStream } from './conn-state.js';
 import type { ConnectGate } from './connect-gate.js';
 import type { Connections } from './connections.js';
 import type { BrokerMetrics } from './metrics.js';
@@ -107,7 +107,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
   const abuseWindowMs = 10_000;
   const drops = new WeakMap<ConnState, { since: number; n: number }>();
   // One object for every connection: per-connection closures would cost memory at 100k idle sockets.
-  const guardEvents: GuardEvents<WebSocketDuplex> = {
+  const guardEvents: GuardEvents<ConnStream> = {
     onDrop(stream, limit, bytes) {
       d.metrics.rateLimitDrops.inc({ limit });
       if (!stream.fw) return;
@@ -119,7 +119,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
       stream.throttle(stream.guard.limiter?.msUntilAllowed(bytes) ?? 0);
     },
   };
-  const duplexHooks: DuplexHooks = {
+  const duplexHooks: DuplexHooks<ConnState> = {
     violation: (stream, err) => violation(stream.fw!, err),
     closed: (stream) => d.connections.closed(stream.fw!),
     // Aedes destroys the stream with the error before it reports it: choose the close frame now.
@@ -152,7 +152,7 @@ export function createUpgradeHandler(d: HandshakeDeps): (req: IncomingMessage, s
    * except the header Aedes' authenticate hook reads from client.req once.
    */
   function accept(ws: WebSocket, offeredProtocols: string, ip: string): void {
-    const guard = new MqttIngressGuard<WebSocketDuplex>(new PublishLimiter(d.limits), d.limits.maxPacketBytes, guardEvents);
+    const guard = new MqttIngressGuard<ConnStream>(new PublishLimiter(d.limits), d.limits.maxPacketBytes, guardEvents);
     const stream = new WebSocketDuplex(ws, guard, duplexHooks);
     const state = newConnState('ws', ip, stream);
     d.connections.opened(state);

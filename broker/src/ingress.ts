@@ -1,17 +1,27 @@
 /**
- * Routes device-originated messages into BullMQ queues (contracts/queues.json)
- * as ingress envelopes. The payload is decoded and schema-checked first: a bad
- * message is refused with a metric and a log line and never reaches a queue.
- * For QoS 1 the broker waits for the enqueue before PUBACK (at-least-once);
- * a retransmission with the same cid maps to the same job id and is not
- * queued twice.
+ * The ingress policy: what becomes of a device's publish once the topic ACL allowed it.
+ * Every rule about that is here:
+ * - Which queue: a device's message goes to the queue its topic class names in
+ *   contracts/topics.json (one of contracts/queues.json). A class without one
+ *   (telemetry) and whatever a user or service publishes only reach subscribers.
+ * - Refusal: a payload that does not decode, fails its schema or cannot be a JSON job
+ *   (ingress-payload.ts) is acknowledged, so the device does not retransmit it forever,
+ *   but reaches nobody, with a metric and a log line.
+ * - The ML error reply: a refused ml/infer request with a cid gets an error result on
+ *   the device's ml/result, which it can correlate.
+ * - Acknowledgement: QoS 0 passes at once; a failed enqueue is counted and logged.
+ *   QoS 1 gets its PUBACK only once the queue holds the job (at-least-once); when the
+ *   queue cannot take it the connection closes (queue-unavailable) without a PUBACK,
+ *   and the device sends it again after reconnecting. A retransmission with the same
+ *   cid maps to the same job id and is not queued twice.
  */
 import { Queue } from 'bullmq';
-import { unpack } from 'msgpackr';
+import type { Client, PublishPacket } from 'aedes';
 import { randomUUID } from 'node:crypto';
-import {
-  FleetwireError, queues as queueContract, payloadValidator, describeValidationError, topics, type Redis,
-} from '@fleetwire/common';
+import { queues as queueContract, topicFor, type Logger, type Redis, type TopicEntry } from '@fleetwire/common';
+import { setCloseIntent, type ConnState } from './conn-state.js';
+import { decodeDevicePayload, IngressRejected } from './ingress-payload.js';
+import type { BrokerMetrics } from './metrics.js';
 
 export interface IngressEnvelope {
   cid: string;
@@ -22,67 +32,73 @@ export interface IngressEnvelope {
   node: string;
 }
 
-export class IngressRejected extends FleetwireError {
-  constructor(message: string, readonly cid: string | undefined) {
-    super('BROKER_INGRESS_REJECTED', message);
-  }
+export interface IngressPolicyDeps {
+  router: IngressRouter;
+  metrics: BrokerMetrics;
+  log: Logger;
+  nodeId: string;
 }
 
-const encodings = new Map(topics.map((t) => [t.class, t.encodings ?? ['json']]));
+export class IngressPolicy {
+  /** Where refused-but-acknowledged messages go: no client may subscribe to $-topics, so nobody receives them. */
+  private readonly sinkTopic: string;
 
-/** Decodes and validates one payload; throws IngressRejected with a readable reason. */
-export function decodeDevicePayload(topicClass: string, payload: Buffer): Record<string, unknown> {
-  let value: unknown;
-  const allowMsgpack = encodings.get(topicClass)?.includes('msgpack') ?? false;
-  const looksJson = payload.length > 0 && (payload[0] === 0x7b /* { */ || payload[0] === 0x20 || payload[0] === 0x0a);
-  try {
-    value = allowMsgpack && !looksJson ? unpack(payload) : JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw new IngressRejected(`${topicClass} payload is not valid ${allowMsgpack ? 'JSON or msgpack' : 'JSON'}`, undefined);
+  constructor(private readonly d: IngressPolicyDeps) {
+    this.sinkTopic = `$SYS/${d.nodeId}/fleetwire/dropped`;
   }
-  const cid = typeof (value as { cid?: unknown })?.cid === 'string' ? (value as { cid: string }).cid : undefined;
-  const validate = payloadValidator(topicClass);
-  if (!validate(value)) throw new IngressRejected(`${topicClass} payload rejected: ${describeValidationError(validate)}`, cid);
-  const problem = unqueueable(value);
-  if (problem) throw new IngressRejected(`${topicClass} payload cannot become a JSON queue job: it holds ${problem}`, cid);
-  return value as Record<string, unknown>;
-}
 
-/** Deeper than any real payload (an image tensor is 4 levels); JSON.stringify overflows the stack somewhere past 5,000. */
-const MAX_DEPTH = 64;
+  /**
+   * Decides the fate of a publish the ACL allowed (`entry` is its topic class, `deviceId`
+   * the device in its topic) and answers Aedes' authorizePublish through `done`.
+   */
+  accept(client: Client, state: ConnState, packet: PublishPacket, entry: TopicEntry, deviceId: string, done: (err?: Error | null) => void): void {
+    const queue = state.claims?.typ === 'device' ? entry.queue : undefined;
+    if (!queue || !deviceId) return done(null);
 
-/**
- * Queue jobs are JSON (BullMQ; the Python worker reads them). A payload can
- * pass its schema (ML input is free-form) and still not be JSON: msgpack
- * integers beyond 2^53 (BigInt), binary, NaN, or nesting that overflows
- * JSON.stringify. Those are the device's fault, not a queue outage, so they are
- * refused like any invalid input. Walks with its own stack: the input may be
- * too deep for recursion.
- */
-function unqueueable(value: unknown): string | null {
-  const stack: Array<[unknown, number]> = [[value, 0]];
-  while (stack.length > 0) {
-    const [v, depth] = stack.pop()!;
-    switch (typeof v) {
-      case 'string': case 'boolean': continue;
-      case 'number': if (Number.isFinite(v)) continue; return 'a number that is not finite';
-      case 'bigint': return 'an integer beyond ±2^53 (send it as a float or a string)';
-      case 'object': break;
-      default: return `a ${typeof v}`;
+    let payload: Record<string, unknown>;
+    try {
+      payload = decodeDevicePayload(entry.class, packet.payload as Buffer);
+    } catch (err) {
+      if (!(err instanceof IngressRejected)) throw err;
+      this.refuse(client, packet, entry.class, err);
+      return done(null);
     }
-    if (v === null) continue;
-    if (depth >= MAX_DEPTH) return `values nested deeper than ${MAX_DEPTH} levels`;
-    if (Array.isArray(v)) {
-      for (const item of v) stack.push([item, depth + 1]);
-      continue;
+    const routed = this.d.router.route(queue, deviceId, entry.class, payload);
+    if (packet.qos === 0) {
+      routed.catch((err: unknown) => this.routingFailed(err, queue, client.id));
+      return done(null);
     }
-    const proto = Object.getPrototypeOf(v) as object | null;
-    if (proto !== Object.prototype && proto !== null) return `a ${(v as object).constructor?.name ?? 'non-JSON'} value (only JSON types)`;
-    for (const item of Object.values(v as object)) stack.push([item, depth + 1]);
+    // QoS 1: PUBACK only once the queue has the job, so the device retransmits if Redis lost it.
+    routed.then(
+      () => done(null),
+      (err: unknown) => {
+        this.routingFailed(err, queue, client.id);
+        state.closeReason = 'queue-unavailable';
+        setCloseIntent(state, 'queue-unavailable');
+        done(new Error('queue unavailable'));
+      },
+    );
   }
-  return null;
+
+  private routingFailed(err: unknown, queue: string, clientId: string): void {
+    this.d.metrics.queueRoutingErrors.inc({ queue });
+    this.d.log.error({ err, queue, client_id: clientId }, 'routing a device message to its queue failed');
+  }
+
+  /** Sends the acknowledged message nowhere; an ML request also gets its error result. */
+  private refuse(client: Client, packet: PublishPacket, topicClass: string, err: IngressRejected): void {
+    this.d.metrics.ingressRejected.inc({ topic_class: topicClass });
+    this.d.log.warn({ client_id: client.id, cid: err.cid, topic: packet.topic }, err.message);
+    packet.topic = this.sinkTopic;
+    packet.retain = false;
+    if (topicClass === 'ml-infer' && err.cid) {
+      const result = { cid: err.cid, ok: false, error: { code: err.code, message: err.message }, model_version: '' };
+      client.publish({ cmd: 'publish', topic: topicFor('ml-result', client.id), payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
+    }
+  }
 }
 
+/** The BullMQ queues of contracts/queues.json, holding device messages as ingress envelopes. */
 export class IngressRouter {
   private readonly queues = new Map<string, Queue>();
 

@@ -6,27 +6,7 @@
  */
 import { redisKeys, type Redis } from '@fleetwire/common';
 import type { ConnState } from './conn-state.js';
-
-const REGISTER = `
--- KEYS: conn hash, index zset, per-kind index zset, node set, nodes set, presence seq
--- ARGV: client id, connected at, node id, is device, then the hash's field/value pairs
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[3])
-if ARGV[4] == '1' then return redis.call('INCR', KEYS[6]) end
-return -1`;
-
-const UNREGISTER = `
--- KEYS: conn hash, index zset, node set, presence seq, per-kind index zset; ARGV: client id, conn id, is device
-redis.call('SREM', KEYS[3], ARGV[1])
-if redis.call('HGET', KEYS[1], 'conn_id') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-if ARGV[3] == '1' then return redis.call('INCR', KEYS[4]) end
-return -1`;
+import { brokerScripts } from './redis-scripts.js';
 
 export interface ConnectionRecord {
   client_id: string;
@@ -50,18 +30,18 @@ export interface Presence {
   reason?: string;
 }
 
-type RegistryRedis = Redis & {
-  fwRegister(...args: string[]): Promise<number>;
-  fwUnregister(conn: string, index: string, nodeSet: string, seq: string, kindIndex: string, clientId: string, connId: string, isDevice: string): Promise<number>;
-};
+interface RegistryScripts {
+  /** lua/register-connection.lua */
+  registerConnection(...args: string[]): Promise<number>;
+  /** lua/unregister-connection.lua */
+  unregisterConnection(conn: string, index: string, nodeSet: string, seq: string, kindIndex: string, clientId: string, connId: string, isDevice: string): Promise<number>;
+}
 
 export class ConnectionRegistry {
-  private readonly redis: RegistryRedis;
+  private readonly scripts: RegistryScripts;
 
-  constructor(redis: Redis, readonly nodeId: string) {
-    redis.defineCommand('fwRegister', { numberOfKeys: 6, lua: REGISTER });
-    redis.defineCommand('fwUnregister', { numberOfKeys: 5, lua: UNREGISTER });
-    this.redis = redis as RegistryRedis;
+  constructor(private readonly redis: Redis, readonly nodeId: string) {
+    this.scripts = brokerScripts<RegistryScripts>(redis);
   }
 
   /** Writes the entry; for a device returns the presence sequence number of its "online" event. */
@@ -82,7 +62,7 @@ export class ConnectionRegistry {
       conn_id: state.connId,
     };
     const isDevice = claims.typ === 'device';
-    const seq = await this.redis.fwRegister(
+    const seq = await this.scripts.registerConnection(
       redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.connectionIndexByKind(claims.typ),
       redisKeys.nodeConnections(this.nodeId), redisKeys.nodes, redisKeys.presenceSeq(claims.sub),
       clientId, String(state.connectedAt), this.nodeId, isDevice ? '1' : '0',
@@ -94,7 +74,7 @@ export class ConnectionRegistry {
   /** Removes the entry if it is still this connection's; for a device returns the offline presence seq, else null. */
   async unregister(clientId: string, state: ConnState): Promise<number | null> {
     const isDevice = state.claims?.typ === 'device';
-    const seq = await this.redis.fwUnregister(
+    const seq = await this.scripts.unregisterConnection(
       redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.nodeConnections(this.nodeId),
       redisKeys.presenceSeq(state.claims?.sub ?? clientId), redisKeys.connectionIndexByKind(state.claims?.typ ?? 'none'),
       clientId, state.connId, isDevice ? '1' : '0',
@@ -156,7 +136,7 @@ export class ConnectionRegistry {
       for (const clientId of await this.redis.smembers(redisKeys.nodeConnections(node))) {
         const h = await this.redis.hgetall(redisKeys.connection(clientId));
         if (h.node !== node || !h.conn_id) continue;
-        const seq = await this.redis.fwUnregister(
+        const seq = await this.scripts.unregisterConnection(
           redisKeys.connection(clientId), redisKeys.connectionIndex, redisKeys.nodeConnections(node),
           redisKeys.presenceSeq(h.subject ?? clientId), redisKeys.connectionIndexByKind(h.kind ?? 'none'),
           clientId, h.conn_id, h.kind === 'device' ? '1' : '0',

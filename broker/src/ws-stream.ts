@@ -15,26 +15,34 @@
 import { Duplex } from 'node:stream';
 import type { WebSocket, RawData } from 'ws';
 import { GuardError, type MqttIngressGuard } from './mqtt-guard.js';
-import type { ConnState } from './conn-state.js';
 
 export interface CloseIntent {
   code: number;
   reason: string;
 }
 
-/** Shared by every connection, so a connection carries no closures of its own for these. */
-export interface DuplexHooks {
-  violation(stream: WebSocketDuplex, err: GuardError): void;
-  closed(stream: WebSocketDuplex): void;
-  /** The stream is being destroyed with this error; set closeIntent here to choose the close frame. */
-  errored(stream: WebSocketDuplex, err: Error): void;
+/**
+ * The part of a connection's state the stream keeps current. The broker's ConnState
+ * (conn-state.ts) is the real one; the stream needs no more of it, so this transport
+ * does not depend on the broker's connection model.
+ */
+export interface StreamState {
+  lastActivity: number;
 }
 
-export class WebSocketDuplex extends Duplex {
+/** Shared by every connection, so a connection carries no closures of its own for these. */
+export interface DuplexHooks<State extends StreamState = StreamState> {
+  violation(stream: WebSocketDuplex<State>, err: GuardError): void;
+  closed(stream: WebSocketDuplex<State>): void;
+  /** The stream is being destroyed with this error; set closeIntent here to choose the close frame. */
+  errored(stream: WebSocketDuplex<State>, err: Error): void;
+}
+
+export class WebSocketDuplex<State extends StreamState = StreamState> extends Duplex {
   /** Set before ending the stream to choose the close frame the peer sees. */
   closeIntent: CloseIntent | null = null;
   /** The connection's state; Aedes reaches it as client.conn.fw. */
-  fw: ConnState | undefined;
+  fw: State | undefined;
   private readBlocked = false; // the parser has not taken what we pushed
   private throttledUntil = 0;
   private throttleTimer: NodeJS.Timeout | null = null;
@@ -42,8 +50,8 @@ export class WebSocketDuplex extends Duplex {
 
   constructor(
     readonly ws: WebSocket,
-    readonly guard: MqttIngressGuard<WebSocketDuplex>,
-    private readonly hooks: DuplexHooks,
+    readonly guard: MqttIngressGuard<WebSocketDuplex<State>>,
+    private readonly hooks: DuplexHooks<State>,
   ) {
     super({ allowHalfOpen: false, writableHighWaterMark: 64 * 1024 });
     guard.owner = this;

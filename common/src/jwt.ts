@@ -5,12 +5,18 @@
  */
 import {
   SignJWT, jwtVerify, createLocalJWKSet, createRemoteJWKSet, errors as joseErrors,
-  type JWK, type JWTVerifyGetKey,
+  type CryptoKey, type JWK, type JWTVerifyGetKey,
 } from 'jose';
 import { randomUUID } from 'node:crypto';
 import { FleetwireError } from './errors.js';
 import { jwtContract, type FleetwireClaims, type TokenType, type UserRole } from './contracts.js';
-import type { SigningKey } from './keys.js';
+
+/** A private key that signs tokens, named by its `kid`; keys.ts loads these from disk. */
+export interface SigningKey {
+  readonly kid: string;
+  readonly privateKey: CryptoKey;
+  readonly createdAt: number;
+}
 
 export interface TokenRequest {
   sub: string;

@@ -9,14 +9,8 @@
 import { generateKeyPair, exportJWK, importJWK, calculateJwkThumbprint, type JWK, type CryptoKey } from 'jose';
 import { mkdir, readdir, readFile, writeFile, chmod, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createTokenVerifier, type TokenVerifier } from './jwt.js';
+import { createTokenVerifier, type SigningKey, type TokenVerifier } from './jwt.js';
 import type { Logger } from './logger.js';
-
-export interface SigningKey {
-  readonly kid: string;
-  readonly privateKey: CryptoKey;
-  readonly createdAt: number;
-}
 
 export interface LocalKeySet {
   readonly signer: SigningKey;

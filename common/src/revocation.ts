@@ -14,6 +14,7 @@
  */
 import type { Redis } from 'ioredis';
 import { redisKeys } from './redis-keys.js';
+import { defineScripts } from './redis-scripts.js';
 import type { FleetwireClaims } from './contracts.js';
 
 export type DeviceStatus = 'active' | 'revoked';
@@ -53,24 +54,6 @@ export async function revokeSession(redis: Redis, sessionId: string, ttlS: numbe
   await publishRevocation(redis, { kind: 'session', id: sessionId });
 }
 
-/**
- * KEYS: revoked jti, revoked session, the generation's holder (a user's generation key, a
- * device's record, or a key that never exists), an extra key whose existence is reported
- * (the broker's flood penalty, or one that never exists).
- * ARGV: token type, the token's gen. Returns {revoked 0/1, device status or '', extra 0/1}.
- */
-const TOKEN_STATE_LUA = `
-local current, status = 0, ''
-if ARGV[1] == 'device' then
-  local d = redis.call('HMGET', KEYS[3], 'status', 'token_gen')
-  status = d[1] or ''
-  current = tonumber(d[2]) or 0
-elseif ARGV[1] == 'user' then
-  current = tonumber(redis.call('GET', KEYS[3])) or 0
-end
-local revoked = redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 or tonumber(ARGV[2]) < current
-return { revoked and 1 or 0, status, redis.call('EXISTS', KEYS[4]) }`;
-
 export type RevocableClaims = Pick<FleetwireClaims, 'jti' | 'typ' | 'sub' | 'sid' | 'gen'>;
 
 export interface TokenState {
@@ -83,20 +66,23 @@ export interface TokenState {
 
 /** Keys that never exist stand in for those that do not apply, so the script keeps one shape. */
 const NONE = '-';
-const prepared = new WeakSet<Redis>();
-type TokenStateRedis = Redis & { fwTokenState(...args: string[]): Promise<[number, string, number]> };
+
+// src/lua/ from src/ (tests) and dist/ (built) alike: both sit at the same depth, and the image keeps src/.
+const scriptsDir = new URL('../src/lua/', import.meta.url);
+
+interface CommonScripts {
+  /** lua/token-state.lua */
+  tokenState(revokedJti: string, revokedSession: string, genHolder: string, reportKey: string, typ: string, gen: string): Promise<[number, string, number]>;
+}
 
 /**
  * The one revocation rule, for the HTTP guard and the broker's CONNECT alike, in one
  * round trip and one command; the broker also asks about a client's flood penalty.
  */
 export async function tokenState(redis: Redis, claims: RevocableClaims, opts: { penaltyKey?: string } = {}): Promise<TokenState> {
-  if (!prepared.has(redis)) {
-    redis.defineCommand('fwTokenState', { numberOfKeys: 4, lua: TOKEN_STATE_LUA });
-    prepared.add(redis);
-  }
+  const scripts = defineScripts<CommonScripts>(redis, 'common', scriptsDir);
   const holder = claims.typ === 'device' ? redisKeys.device(claims.sub) : redisKeys.userTokenGen(claims.typ === 'user' ? claims.sub : NONE);
-  const [revoked, status, penalized] = await (redis as TokenStateRedis).fwTokenState(
+  const [revoked, status, penalized] = await scripts.tokenState(
     redisKeys.revokedJti(claims.jti), redisKeys.revokedSession(claims.sid ?? NONE), holder, opts.penaltyKey ?? redisKeys.floodPenalty(NONE),
     claims.typ, String(claims.gen ?? 0),
   );
