@@ -39,12 +39,6 @@ pub trait Storage {
     fn remove(&mut self, key: &str);
 }
 
-/// The board's sensors, read on demand (the `sample_sensors` command).
-pub trait Sensors {
-    /// Read every sensor now: one member per quantity, e.g. `{"temperature_c": 21.4}`.
-    fn sample(&mut self) -> Result<Map<String, Value>, String>;
-}
-
 /// What the session reads from the hardware: radio and heap for heartbeats, sensors for
 /// the `sample_sensors` command and telemetry.
 pub trait Board {

@@ -112,6 +112,24 @@ impl SessionConfig {
     }
 }
 
+impl SessionConfig {
+    /// Refuses what [`Session::boot`] would refuse: a device id outside the topic
+    /// contract, a heartbeat interval out of range.
+    pub fn check(&self) -> Result<(), String> {
+        self.device_topics()?;
+        if let Some(s) = self.heartbeat_s {
+            HeartbeatScheduler::new("-").set_interval_s(s).map_err(|e| format!("heartbeat interval: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn device_topics(&self) -> Result<DeviceTopics, String> {
+        TopicMap::load()
+            .and_then(|m| m.device_topics(&self.device_id))
+            .map_err(|e| format!("device {:?}: {e:?}", self.device_id))
+    }
+}
+
 /// What survives a reboot besides storage: the board itself.
 pub struct Hardware {
     pub board: Box<dyn Board + Send>,
@@ -232,14 +250,13 @@ impl Session {
         after: Option<RebootKind>,
         now: Now,
     ) -> Result<(Session, Vec<Output>), String> {
-        let topics = TopicMap::load()
-            .and_then(|m| m.device_topics(&cfg.device_id))
-            .map_err(|e| format!("device {:?}: {e:?}", cfg.device_id))?;
+        cfg.check()?;
+        let topics = cfg.device_topics()?;
         let mut out = Out::default();
         let ota = OtaAgent::boot(cfg.ota.clone(), storage, &cfg.factory_version, image_starts, now.mono_ms, &mut out);
         let mut heartbeat = HeartbeatScheduler::new(ota.running_version());
         if let Some(s) = cfg.heartbeat_s {
-            heartbeat.set_interval_s(s).map_err(|e| format!("heartbeat interval: {e}"))?;
+            heartbeat.set_interval_s(s).expect("checked above");
         }
         let mut commands = CommandProcessor::new(cfg.recent_commands);
         commands.restore(storage);
