@@ -103,9 +103,6 @@ impl Shutdown {
     pub fn new(rx: watch::Receiver<bool>) -> Self {
         Shutdown(rx)
     }
-    pub fn is_set(&self) -> bool {
-        *self.0.borrow()
-    }
     /// Resolves once stop is requested (or the sender is gone). Cancel-safe.
     pub async fn wait(&mut self) {
         loop {
@@ -325,8 +322,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
 
     /// Stop: DISCONNECT if connected, close the link.
     async fn shut_down(&mut self, session: &mut engine::Session) -> Exit {
-        let now = self.now();
-        for output in session.shutdown(now) {
+        for output in session.shutdown() {
             match output {
                 Output::Send(frame) => {
                     if let Some(link) = self.link.as_mut() {

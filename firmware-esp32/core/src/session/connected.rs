@@ -10,7 +10,8 @@ use crate::heartbeat::HeartbeatScheduler;
 use crate::mqtt::{self, Packet, Publish, QoS};
 use crate::outbox::Kind;
 use crate::platform::Board;
-use crate::session::{earliest, Event, Link, Now, Out, PlannedReboot, Session, SessionConfig, REBOOT_FLUSH_MS};
+use crate::session::reboot::PlannedReboot;
+use crate::session::{earliest, Event, Link, Now, Out, Session, SessionConfig};
 
 /// Per-connection timers and bookkeeping.
 pub(super) struct Conn {
@@ -24,8 +25,8 @@ pub(super) struct Conn {
     /// and some transports cannot read application close codes.
     pub(super) notice_close_code: Option<u16>,
     pub(super) refresh: Refresh,
-    /// A due reboot waits for in-flight reports until then ([`REBOOT_FLUSH_MS`]).
-    reboot_by: Option<u64>,
+    /// A due reboot waits for in-flight reports until then ([`super::REBOOT_FLUSH_MS`]).
+    pub(super) reboot_by: Option<u64>,
 }
 
 /// Token refresh on this connection.
@@ -85,7 +86,7 @@ impl CommandContext for CommandCtx<'_> {
 }
 
 impl Session {
-    fn conn(&mut self) -> Option<&mut Conn> {
+    pub(super) fn conn(&mut self) -> Option<&mut Conn> {
         match &mut self.link {
             Link::Up(c) => Some(c),
             _ => None,
@@ -376,22 +377,6 @@ impl Session {
         }
         c.refresh.fetching = true;
         out.push(super::Output::FetchToken);
-    }
-
-    /// A due reboot waits until the OTA reports in flight and the `reboot` command's
-    /// result are acknowledged, at most [`REBOOT_FLUSH_MS`].
-    fn reboot_when_flushed(&mut self, now: Now, out: &mut Out) {
-        let Some(kind) = self.reboot_due(now) else { return };
-        let result_pending = self
-            .planned_reboot
-            .as_ref()
-            .is_some_and(|p| self.outbox.has_pending(&Kind::CmdResult { cid: p.cid.clone() }));
-        let waiting = result_pending || self.outbox.has_pending(&Kind::OtaStatus);
-        let Some(c) = self.conn() else { return };
-        let by = *c.reboot_by.get_or_insert(now.mono_ms + REBOOT_FLUSH_MS);
-        if !waiting || now.mono_ms >= by {
-            self.reboot(kind, out);
-        }
     }
 
     /// When a live connection next needs the clock.

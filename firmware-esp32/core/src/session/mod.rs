@@ -32,15 +32,17 @@
 //! heartbeat sequence and uptime) starts over, as on the board.
 
 mod connected;
+mod link;
 mod ota;
 mod output;
+mod reboot;
 mod token;
 
 #[cfg(test)]
 mod tests;
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::close_codes::{CloseAction, CloseCodes};
+use crate::close_codes::CloseCodes;
 use crate::commands::CommandProcessor;
 use crate::heartbeat::HeartbeatScheduler;
 use crate::mqtt::{self, Connect, Decoder};
@@ -53,6 +55,7 @@ pub use output::{DownloadFailure, Event, ImageDownload, OtaWork, Output, RebootK
 pub use token::{IssuedToken, Jwt, TokenError, MIN_REFRESH_INTERVAL_MS, REFRESH_PERCENT, REFRESH_RETRY_MS};
 
 use ota::OtaAgent;
+use reboot::PlannedReboot;
 use token::HeldToken;
 
 /// Unacknowledged QoS 1 publishes kept.
@@ -178,12 +181,6 @@ enum Link {
     Ended,
 }
 
-/// A reboot a `reboot` command scheduled.
-struct PlannedReboot {
-    cid: String,
-    at: u64,
-}
-
 pub struct Session {
     cfg: SessionConfig,
     topics: DeviceTopics,
@@ -292,17 +289,13 @@ impl Session {
         self.hw
     }
 
-    pub fn device_id(&self) -> &str {
-        &self.cfg.device_id
-    }
-
     /// The firmware version running now.
     pub fn running_version(&self) -> &str {
         self.ota.running_version()
     }
 
     /// Whether the session is done (stopped, shut down or rebooted).
-    pub fn has_ended(&self) -> bool {
+    fn has_ended(&self) -> bool {
         matches!(self.link, Link::Ended)
     }
 
@@ -375,7 +368,7 @@ impl Session {
     }
 
     /// Stop now (the process exits): DISCONNECT if connected, close the link.
-    pub fn shutdown(&mut self, _now: Now) -> Vec<Output> {
+    pub fn shutdown(&mut self) -> Vec<Output> {
         let mut out = Out::default();
         self.end_link(&mut out);
         self.link = Link::Ended;
@@ -414,241 +407,6 @@ impl Session {
             Link::Up(_) => self.tick_connected(now, out),
             _ => {}
         }
-    }
-
-    /// Connect: with the token held, or after fetching one.
-    fn dial(&mut self, now: Now, out: &mut Out) {
-        match &self.token {
-            Some(t) if !t.refresh_due(now.mono_ms) => self.open_link(out),
-            _ => {
-                self.link = Link::FetchingToken;
-                out.push(Output::FetchToken);
-            }
-        }
-    }
-
-    fn open_link(&mut self, out: &mut Out) {
-        let jwt = self.token.as_ref().expect("a token is held when a link opens").jwt.clone();
-        self.link = Link::Opening;
-        out.push(Output::OpenLink(jwt));
-    }
-
-    fn token_arrived(&mut self, now: Now, result: Result<IssuedToken, TokenError>, out: &mut Out) {
-        let refreshing = matches!(&self.link, Link::Up(c) if c.refresh.fetching);
-        match result {
-            Ok(t) => {
-                self.token = Some(HeldToken::new(t, now.mono_ms));
-                if refreshing {
-                    out.event(Event::TokenRefreshed);
-                    self.end_link(out);
-                    self.link = Link::Offline { retry_at: now.mono_ms };
-                } else {
-                    out.event(Event::TokenObtained);
-                    if matches!(self.link, Link::FetchingToken) {
-                        self.open_link(out);
-                    }
-                }
-            }
-            Err(TokenError::Rejected(why)) => self.stop(why, out),
-            Err(TokenError::Unavailable { error, retry_after_ms }) => {
-                if refreshing {
-                    let wait = retry_after_ms.unwrap_or(0).max(REFRESH_RETRY_MS);
-                    if let Link::Up(c) = &mut self.link {
-                        c.refresh.fetching = false;
-                        c.refresh.retry_at = Some(now.mono_ms + wait);
-                    }
-                    out.event(Event::TokenRefreshFailed { error, retry_in_s: Some(wait / 1000) });
-                } else if matches!(self.link, Link::FetchingToken) {
-                    if self.token.is_some() {
-                        // Due for refresh but the endpoint is down: the old token is still valid for a while.
-                        out.event(Event::TokenRefreshFailed { error, retry_in_s: None });
-                        self.open_link(out);
-                    } else {
-                        out.event(Event::TokenUnavailable { error });
-                        self.schedule_reconnect(now, retry_after_ms, out);
-                    }
-                }
-            }
-        }
-    }
-
-    fn receive(&mut self, now: Now, bytes: &[u8], out: &mut Out) {
-        if !matches!(self.link, Link::AwaitingConnAck { .. } | Link::Up(_)) {
-            return;
-        }
-        if let Link::Up(c) = &mut self.link {
-            c.last_recv = now.mono_ms;
-        }
-        self.decoder.push(bytes);
-        while matches!(self.link, Link::AwaitingConnAck { .. } | Link::Up(_)) {
-            match self.decoder.next_packet() {
-                Ok(Some(packet)) => self.on_packet(now, packet, out),
-                Ok(None) => return,
-                Err(e) => return self.fail_link(now, format!("malformed MQTT from broker: {e}"), out),
-            }
-        }
-    }
-
-    fn on_packet(&mut self, now: Now, packet: mqtt::Packet, out: &mut Out) {
-        use mqtt::Packet;
-        match (&self.link, packet) {
-            (Link::AwaitingConnAck { .. }, Packet::ConnAck { return_code: 0, session_present }) => {
-                self.connected(now, session_present, out)
-            }
-            (Link::AwaitingConnAck { .. }, Packet::ConnAck { return_code, .. }) => self.refused(now, return_code, out),
-            (Link::AwaitingConnAck { .. }, other) => {
-                self.fail_link(now, format!("expected CONNACK, got {other:?}"), out)
-            }
-            (Link::Up(_), packet) => self.on_connected_packet(now, packet, out),
-            _ => {}
-        }
-    }
-
-    /// CONNACK with a non-zero return code.
-    fn refused(&mut self, now: Now, return_code: u8, out: &mut Out) {
-        out.event(Event::ConnackRefused { return_code });
-        out.push(Output::CloseLink);
-        self.link_lost(false, format!("CONNACK {return_code}"), out);
-        let stopped = match return_code {
-            // 4: token missing or malformed, 5: not authorised (expired, revoked jti, client id ≠ sub).
-            4 | 5 => self.drop_token(&format!("CONNACK {return_code}"), out),
-            // 1: protocol level, 2: client id: a configuration problem retrying cannot fix.
-            1 | 2 => {
-                self.stop(format!("CONNACK {return_code}: broker refused the protocol level or client id"), out);
-                true
-            }
-            // 3: server unavailable, and anything newer: retry.
-            _ => false,
-        };
-        if !stopped {
-            self.schedule_reconnect(now, None, out);
-        }
-    }
-
-    fn closed(&mut self, now: Now, end: LinkEnd, out: &mut Out) {
-        let (online, notice) = match &self.link {
-            Link::Up(c) => (true, c.notice_close_code),
-            Link::AwaitingConnAck { .. } => (false, None),
-            _ => return,
-        };
-        let code = match &end {
-            LinkEnd::Closed { code, .. } => code.or(notice),
-            LinkEnd::Failed(_) => notice,
-        };
-        let name = code.and_then(|c| self.close_codes.name_of(c)).map(str::to_owned);
-        let why = match end {
-            LinkEnd::Closed { reason, .. } => {
-                out.event(Event::Closed { code, name: name.clone(), reason: reason.clone() });
-                format!("closed with {} ({reason})", code.map_or("no code".to_owned(), |c| c.to_string()))
-            }
-            LinkEnd::Failed(error) => {
-                out.event(Event::LinkFailed { error: error.clone() });
-                error
-            }
-        };
-        self.link_lost(online, why, out);
-        let stopped = match code.map_or(CloseAction::Reconnect, |c| self.close_codes.action(c)) {
-            CloseAction::Stop => {
-                let name = name.unwrap_or_default();
-                self.stop(format!("closed with {} ({name})", code.unwrap_or_default()), out);
-                true
-            }
-            CloseAction::RefreshToken => self.drop_token("the token expired", out),
-            CloseAction::Reconnect => false,
-        };
-        if !stopped {
-            self.schedule_reconnect(now, None, out);
-        }
-    }
-
-    /// A failure the session noticed itself: close the link and retry with backoff.
-    fn fail_link(&mut self, now: Now, why: String, out: &mut Out) {
-        let online = matches!(self.link, Link::Up(_));
-        if online {
-            out.event(Event::LinkFailed { error: why.clone() });
-        }
-        out.push(Output::CloseLink);
-        self.link_lost(online, why, out);
-        self.schedule_reconnect(now, None, out);
-    }
-
-    /// Bookkeeping once a link is gone (or never came up); the link becomes `Offline`.
-    fn link_lost(&mut self, online: bool, why: String, out: &mut Out) {
-        if online {
-            self.backoff.on_disconnected();
-            out.event(Event::Disconnected);
-        } else {
-            self.backoff.on_connect_failed();
-            out.event(Event::ConnectFailed { error: why });
-        }
-        self.outbox.on_disconnect();
-        self.link = Link::Offline { retry_at: u64::MAX };
-    }
-
-    /// Full-jitter delay from the backoff, never shorter than the server's `Retry-After`.
-    fn schedule_reconnect(&mut self, now: Now, floor_ms: Option<u64>, out: &mut Out) {
-        let delay_ms = self.backoff.next_delay_ms(&mut *self.hw.rng).max(floor_ms.unwrap_or(0));
-        out.event(Event::Backoff { delay_ms, attempt: self.backoff.attempt() });
-        self.link = Link::Offline { retry_at: now.mono_ms + delay_ms };
-    }
-
-    /// Forget the token so the next attempt fetches one. A fixed token cannot be
-    /// replaced, which makes that fatal: returns `true` when the session stopped.
-    fn drop_token(&mut self, why: &str, out: &mut Out) -> bool {
-        if !self.cfg.token_refreshable {
-            self.stop(format!("{why}, and a fixed token cannot be refreshed"), out);
-            return true;
-        }
-        self.token = None;
-        false
-    }
-
-    /// End the link in order if there is one: DISCONNECT when connected, then close.
-    fn end_link(&mut self, out: &mut Out) {
-        match self.link {
-            Link::Up(_) => {
-                out.send(mqtt::encode_disconnect());
-                out.push(Output::CloseLink);
-                self.link_lost(true, String::new(), out);
-            }
-            Link::AwaitingConnAck { .. } | Link::Opening => {
-                out.push(Output::CloseLink);
-                self.outbox.on_disconnect();
-            }
-            _ => {}
-        }
-    }
-
-    /// Give up for good.
-    fn stop(&mut self, why: String, out: &mut Out) {
-        self.end_link(out);
-        out.event(Event::Stopped { reason: why.clone() });
-        out.push(Output::Stop(why));
-        self.link = Link::Ended;
-    }
-
-    /// A reboot due now: the OTA agent's, or a command's once its delay passed.
-    fn reboot_due(&self, now: Now) -> Option<RebootKind> {
-        let commanded = self.planned_reboot.as_ref().is_some_and(|p| p.at <= now.mono_ms);
-        self.ota.reboot_pending().or(commanded.then_some(RebootKind::Command))
-    }
-
-    /// A reboot is coming (due or not): a token refresh can wait for the new boot.
-    fn reboot_pending(&self) -> bool {
-        self.ota.reboot_pending().is_some() || self.planned_reboot.is_some()
-    }
-
-    /// End the link, save what must survive, reboot.
-    fn reboot(&mut self, kind: RebootKind, out: &mut Out) {
-        self.end_link(out);
-        let planned = self.planned_reboot.take();
-        let result_acked =
-            planned.as_ref().map(|p| !self.outbox.has_pending(&outbox::Kind::CmdResult { cid: p.cid.clone() }));
-        out.event(Event::Rebooting { kind, cid: planned.map(|p| p.cid), result_acked });
-        self.commands.save(&mut Writes(out));
-        out.push(Output::Save { key: outbox::STORAGE_KEY.to_owned(), value: self.outbox.save() });
-        out.push(Output::Reboot(kind));
-        self.link = Link::Ended;
     }
 
     fn publish_ota_reports(&mut self, now: Now, out: &mut Out) {
