@@ -204,7 +204,7 @@ impl Shell<'_> {
             }
             OtaWork::Download(job) => {
                 let p = self.p;
-                let result = update::install(*job, p, &mut |received| self.serve_during_download(received));
+                let result = update::install(*job, p, &mut |received: u64| self.serve_during_download(received));
                 self.session.on_download_done(now(), result)
             }
         }
