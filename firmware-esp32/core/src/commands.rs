@@ -87,7 +87,7 @@ pub trait CommandContext {
     /// is acknowledged (bounded wait) and the delay has passed, saving the processor's
     /// memory ([`CommandProcessor::save`]) just before. `Err`: the reboot cannot be done.
     fn reboot(&mut self, delay_s: u32) -> Result<(), String>;
-    /// Read every sensor now (see [`crate::platform::Sensors`]). `Err` (or no readings
+    /// Read every sensor now (see [`crate::platform::Board::sample_sensors`]). `Err` (or no readings
     /// at all) when the device has no sensor or a read failed.
     fn sample_sensors(&mut self) -> Result<Map<String, Value>, String>;
 }

@@ -85,6 +85,12 @@ impl HeartbeatScheduler {
         }
     }
 
+    /// When the next heartbeat is due (same clock as [`HeartbeatScheduler::is_due`]);
+    /// 0 right after (re)connecting.
+    pub fn next_due_ms(&self) -> u64 {
+        self.last_sent_ms.map_or(0, |t| t + self.interval_s as u64 * 1000)
+    }
+
     /// Build the next heartbeat and mark it sent at `now_ms` (monotonic).
     pub fn next(&mut self, now_ms: u64, rssi: i8, heap_free: u32) -> Heartbeat {
         let h = Heartbeat {
@@ -164,8 +170,10 @@ mod tests {
         s.next(1_000, -40, 1);
         assert!(!s.is_due(30_999));
         assert!(s.is_due(31_000));
+        assert_eq!(s.next_due_ms(), 31_000);
         s.reset_schedule();
         assert!(s.is_due(1_001));
+        assert_eq!(s.next_due_ms(), 0);
     }
 
     #[test]

@@ -16,7 +16,11 @@ pub mod ota;
 pub mod ota_download;
 pub mod ota_status;
 pub mod ota_store;
+pub mod outbox;
 pub mod platform;
+pub mod session;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod topics;
 pub mod wifi;
 

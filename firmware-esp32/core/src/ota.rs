@@ -376,6 +376,21 @@ pub enum SlotState {
     RolledBack,
 }
 
+impl SlotState {
+    /// The serialised (kebab-case) name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Idle => "idle",
+            SlotState::Downloading => "downloading",
+            SlotState::Verifying => "verifying",
+            SlotState::PendingReboot => "pending-reboot",
+            SlotState::PendingVerify => "pending-verify",
+            SlotState::Valid => "valid",
+            SlotState::RolledBack => "rolled-back",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotEvent {
     /// An accepted offer starts downloading.
@@ -816,5 +831,13 @@ mod tests {
         OtaSlot { state: SlotState::Downloading }.save(&mut st);
         assert_eq!(OtaSlot::load(&st).state(), SlotState::Idle);
         assert_eq!(OtaSlot::load(&MemStorage::default()).state(), SlotState::Idle);
+    }
+
+    #[test]
+    fn slot_state_names_are_their_serialised_names() {
+        use SlotState as S;
+        for s in [S::Idle, S::Downloading, S::Verifying, S::PendingReboot, S::PendingVerify, S::Valid, S::RolledBack] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

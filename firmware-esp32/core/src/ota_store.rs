@@ -169,18 +169,25 @@ impl OtaRecord {
     }
 
     /// A reboot. `boots(version)`: whether that image starts (a crash before it could
-    /// mark itself valid means it does not). Only a `PendingReboot` image is new; in any
-    /// other state the running slot boots as before.
+    /// mark itself valid means it does not). A `PendingReboot` image is new and boots for
+    /// the first time. A `PendingVerify` image that does not come up again is rolled back:
+    /// ESP-IDF's bootloader abandons an image that restarts before it confirmed itself.
+    /// In any other state the running slot boots as before.
     pub fn reboot(&mut self, boots: impl Fn(&str) -> bool) -> Boot {
-        if self.state != SlotState::PendingReboot {
-            return Boot::Same;
+        match self.state {
+            SlotState::PendingReboot => {
+                self.apply(SlotEvent::Rebooted).expect("PendingReboot → PendingVerify");
+                let version = self.boot_version().to_owned();
+                if boots(&version) {
+                    return Boot::PendingVerify { version };
+                }
+                self.rollback().expect("PendingVerify → RolledBack")
+            }
+            SlotState::PendingVerify if !boots(self.boot_version()) => {
+                self.rollback().expect("PendingVerify → RolledBack")
+            }
+            _ => Boot::Same,
         }
-        self.apply(SlotEvent::Rebooted).expect("PendingReboot → PendingVerify");
-        let version = self.boot_version().to_owned();
-        if boots(&version) {
-            return Boot::PendingVerify { version };
-        }
-        self.rollback().expect("PendingVerify → RolledBack")
     }
 
     /// The new image reached the cloud: keep it (`esp_ota_mark_app_valid_cancel_rollback`).
@@ -246,6 +253,17 @@ mod tests {
         let (o, raw) = offer("r-2", "2.0.1");
         assert_eq!(r.start(&o, &raw), Ok(1));
         assert_eq!(r.job().unwrap().previous_version, "1.0.0");
+    }
+
+    #[test]
+    fn an_unconfirmed_image_that_does_not_come_up_again_after_a_restart_is_rolled_back() {
+        let mut r = installed("2.0.0");
+        r.reboot(|_| true);
+        assert_eq!(r.reboot(|v| v == "2.0.0"), Boot::Same, "still waiting for its confirmation");
+        assert_eq!(r.state(), SlotState::PendingVerify);
+        let b = r.reboot(|v| v == "1.0.0");
+        assert_eq!(b, Boot::RolledBack { failed: "2.0.0".into(), running: "1.0.0".into() });
+        assert_eq!((r.state(), r.boot_version()), (SlotState::RolledBack, "1.0.0"));
     }
 
     #[test]

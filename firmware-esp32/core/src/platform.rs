@@ -1,4 +1,5 @@
-//! Platform traits: clock, randomness, storage, sensors, with simple host implementations.
+//! Platform traits: clock, randomness, storage, the board's readings, with simple host
+//! implementations.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -38,10 +39,16 @@ pub trait Storage {
     fn remove(&mut self, key: &str);
 }
 
-/// The board's sensors, read on demand (the `sample_sensors` command).
-pub trait Sensors {
+/// What the session reads from the hardware: radio and heap for heartbeats, sensors for
+/// the `sample_sensors` command and telemetry.
+pub trait Board {
+    /// Signal of the current access point, dBm.
+    fn rssi(&mut self) -> i8;
+    /// Free heap, bytes.
+    fn heap_free(&mut self) -> u32;
     /// Read every sensor now: one member per quantity, e.g. `{"temperature_c": 21.4}`.
-    fn sample(&mut self) -> Result<Map<String, Value>, String>;
+    /// `Err` (or no readings) when the board has no sensor or a read failed.
+    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String>;
 }
 
 /// Manually driven clock for tests.

@@ -1,7 +1,7 @@
 //! Fleetwire device firmware for the ESP32: board glue around `fleetwire-core`.
 //!
-//! The core decides (backoff, heartbeats, commands, OTA checks, Wi-Fi choice, MQTT
-//! framing); this binary only provides the hardware: NVS, Wi-Fi, SNTP, the HTTPS
+//! The core decides (its session engine: connecting, backoff, heartbeats, commands,
+//! tokens, OTA; Wi-Fi choice, MQTT framing); this binary only provides the hardware: NVS, Wi-Fi, SNTP, the HTTPS
 //! client for the token exchange and image downloads, esp_websocket_client for
 //! MQTT over WSS with the `mqtt, auth.<jwt>` subprotocols, and the OTA partitions.
 
@@ -33,6 +33,5 @@ fn main() -> anyhow::Result<()> {
     // Token and command expiry need the wall clock.
     let _sntp = EspSntp::new_default()?;
 
-    let mut ota = update::Updater::resume(&mut storage)?;
-    session::run(&config, &mut wifi, &mut ota, &mut storage)
+    session::run(&config, &mut wifi, &mut storage)
 }

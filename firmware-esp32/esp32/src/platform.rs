@@ -1,7 +1,9 @@
-//! fleetwire-core's platform traits on ESP-IDF: esp_timer, the hardware RNG, NVS.
+//! fleetwire-core's platform traits on ESP-IDF: esp_timer, the hardware RNG, NVS, and
+//! the board's readings.
 
 use esp_idf_svc::nvs::{EspDefaultNvsPartition, EspNvs, NvsDefault};
-use fleetwire_core::platform::{Clock, Rng, Storage};
+use fleetwire_core::platform::{Board, Clock, Rng, Storage};
+use serde_json::{Map, Value};
 
 pub struct EspClock;
 
@@ -23,6 +25,28 @@ pub struct EspRng;
 impl Rng for EspRng {
     fn next_u32(&mut self) -> u32 {
         unsafe { esp_idf_svc::sys::esp_random() }
+    }
+}
+
+/// What heartbeats and the `sample_sensors` command read: the station's RSSI, the free
+/// heap, and the sensors (none on this board glue).
+pub struct EspBoard;
+
+impl Board for EspBoard {
+    fn rssi(&mut self) -> i8 {
+        let mut rssi: i32 = 0;
+        unsafe { esp_idf_svc::sys::esp_wifi_sta_get_rssi(&mut rssi) };
+        rssi.clamp(-128, 0) as i8
+    }
+    fn heap_free(&mut self) -> u32 {
+        unsafe { esp_idf_svc::sys::esp_get_free_heap_size() }
+    }
+    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+        // No sensor is configured here. To add one: keep its driver in this struct
+        // (built from the `Peripherals` taken in main.rs, e.g. an I2C temperature/humidity
+        // chip), read it here and return one member per quantity (`{"temperature_c": 21.4}`).
+        // Telemetry (`SessionConfig::telemetry_s` in session.rs) can then be turned on.
+        Err("no sensors on this board".into())
     }
 }
 

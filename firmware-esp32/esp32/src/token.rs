@@ -4,21 +4,10 @@ use embedded_svc::http::client::Client;
 use embedded_svc::http::Method;
 use embedded_svc::io::Write;
 use esp_idf_svc::http::client::{Configuration, EspHttpConnection};
+use fleetwire_core::session::{IssuedToken, Jwt, TokenError};
 use serde::Deserialize;
 
 use crate::provisioning::Provisioning;
-
-pub struct DeviceToken {
-    pub jwt: String,
-    pub expires_in_s: u64,
-}
-
-pub enum TokenError {
-    /// 400/401/403: the key is wrong or the device revoked; retrying will not help.
-    Refused(String),
-    /// Network or server trouble: retry with backoff (Retry-After seconds, if given).
-    Transient(String, Option<u64>),
-}
 
 #[derive(Deserialize)]
 struct Answer {
@@ -27,8 +16,10 @@ struct Answer {
     expires_in: u64,
 }
 
-pub fn exchange(p: &Provisioning) -> Result<DeviceToken, TokenError> {
-    let transient = |e: &dyn std::fmt::Display| TokenError::Transient(e.to_string(), None);
+/// 400/401/403 are `Rejected` (the key is wrong or the device revoked: retrying will not
+/// help); network or server trouble is `Unavailable`, with the server's `Retry-After`.
+pub fn exchange(p: &Provisioning) -> Result<IssuedToken, TokenError> {
+    let transient = |e: &dyn std::fmt::Display| TokenError::Unavailable { error: e.to_string(), retry_after_ms: None };
     let conn = EspHttpConnection::new(&Configuration {
         crt_bundle_attach: if p.ca_pem.is_none() { Some(esp_idf_svc::sys::esp_crt_bundle_attach) } else { None },
         server_certificate: p.ca_pem.as_deref().map(|pem| esp_idf_svc::tls::X509::pem_until_nul(pem.as_bytes())),
@@ -45,7 +36,7 @@ pub fn exchange(p: &Provisioning) -> Result<DeviceToken, TokenError> {
     req.write_all(body.as_bytes()).map_err(|e| transient(&e))?;
     let mut res = req.submit().map_err(|e| transient(&e))?;
     let status = res.status();
-    let retry_after = res.header("retry-after").and_then(|v| v.parse().ok());
+    let retry_after_ms = res.header("retry-after").and_then(|v| v.parse::<u64>().ok()).map(|s| s * 1000);
     let mut buf = vec![0u8; 2048];
     let mut n = 0;
     while n < buf.len() {
@@ -59,11 +50,11 @@ pub fn exchange(p: &Provisioning) -> Result<DeviceToken, TokenError> {
         200 => {
             let a: Answer = serde_json::from_slice(&buf[..n]).map_err(|e| transient(&e))?;
             if a.device_id != p.device_id {
-                return Err(TokenError::Refused(format!("the key belongs to {}, not {}", a.device_id, p.device_id)));
+                return Err(TokenError::Rejected(format!("the key belongs to {}, not {}", a.device_id, p.device_id)));
             }
-            Ok(DeviceToken { jwt: a.token, expires_in_s: a.expires_in })
+            Ok(IssuedToken { jwt: Jwt::new(a.token), lifetime_ms: Some(a.expires_in * 1000) })
         }
-        400 | 401 | 403 => Err(TokenError::Refused(format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[..n])))),
-        _ => Err(TokenError::Transient(format!("HTTP {status}"), retry_after)),
+        400 | 401 | 403 => Err(TokenError::Rejected(format!("HTTP {status}: {}", String::from_utf8_lossy(&buf[..n])))),
+        _ => Err(TokenError::Unavailable { error: format!("HTTP {status}"), retry_after_ms }),
     }
 }

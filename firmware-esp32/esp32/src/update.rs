@@ -1,6 +1,7 @@
-//! OTA on the chip: fleetwire-core decides (signature, chip, size, downgrade, Range
-//! resume, SHA-256, the update record and its states); ESP-IDF's OTA partitions and
-//! rollback bootloader carry it out. Every step is reported on `ota/status`.
+//! OTA I/O on the chip. The core session decides everything (offer checks, reports,
+//! the update record, the reboot, confirmation and rollback); this module streams an
+//! image into the inactive partition through the core's hasher, with the core's
+//! `Range` resume rules and attempt budget, and talks to ESP-IDF's OTA API.
 
 use std::time::Duration;
 
@@ -8,14 +9,10 @@ use embedded_svc::http::client::Client;
 use embedded_svc::http::Method;
 use esp_idf_svc::http::client::{Configuration, EspHttpConnection};
 use esp_idf_svc::ota::{EspOta, EspOtaUpdate};
-use fleetwire_core::ota::{parse_public_key_hex, ImageHasher, Offer, OtaVerifier};
+use fleetwire_core::ota::{parse_public_key_hex, ImageHasher};
 use fleetwire_core::ota_download::{plan_response, range_header, AttemptBudget, AttemptError, Plan};
-use fleetwire_core::ota_status::{OtaState, OtaStatus, ProgressThrottle};
-use fleetwire_core::ota_store::{Boot, OtaRecord};
+use fleetwire_core::session::{DownloadFailure, ImageDownload, OtaSettings, DEFAULT_CONFIRM_TIMEOUT_MS};
 
-use fleetwire_core::platform::Storage;
-
-use crate::platform::NvsStorage;
 use crate::provisioning::Provisioning;
 
 include!(concat!(env!("OUT_DIR"), "/ota_public_key.rs"));
@@ -26,145 +23,74 @@ pub const RUNNING_VERSION: &str = env!("CARGO_PKG_VERSION");
 const CHIP: &str = env!("MCU");
 /// Size of one OTA slot in the two-OTA partition table.
 const PARTITION_SIZE: u64 = 1_572_864;
-/// A new image that has not reached the cloud this long after boot is abandoned.
-const CONFIRM_TIMEOUT_MS: u64 = 120_000;
-/// Set before a timed-out image reboots into the previous one; read by the next boot.
-const UNREPORTED_ROLLBACK_KEY: &str = "ota.unreported";
 
-pub struct Updater {
-    record: OtaRecord,
-    /// What the previous boot left to report once connected.
-    boot: Boot,
+/// What the session checks offers against.
+pub fn ota_settings() -> anyhow::Result<OtaSettings> {
+    let key = parse_public_key_hex(OTA_PUBLIC_KEY_HEX).map_err(|e| anyhow::anyhow!("FLEETWIRE_OTA_PUBLIC_KEY: {e}"))?;
+    Ok(OtaSettings {
+        public_key: Some(key),
+        chip: CHIP.to_owned(),
+        partition_size: PARTITION_SIZE,
+        confirm_timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS,
+    })
 }
 
-type Report<'a> = dyn FnMut(&str, &[u8]) + 'a;
-
-impl Updater {
-    /// Reads the update record and learns what this boot is: the same image, a new one
-    /// waiting for confirmation, or the previous one after the bootloader rolled back.
-    pub fn resume(storage: &mut NvsStorage) -> anyhow::Result<Self> {
-        let mut record = OtaRecord::load(storage).unwrap_or_else(|| OtaRecord::factory(RUNNING_VERSION));
-        let mut boot = record.reboot(|version| version == RUNNING_VERSION);
-        if let Some(failed) = storage.get(UNREPORTED_ROLLBACK_KEY) {
-            storage.remove(UNREPORTED_ROLLBACK_KEY);
-            boot = Boot::RolledBack { failed: String::from_utf8_lossy(&failed).into_owned(), running: RUNNING_VERSION.to_owned() };
-        }
-        record.save(storage);
-        Ok(Updater { record, boot })
-    }
-
-    /// A new image that cannot reach the cloud in time hands over to the previous one
-    /// (the bootloader then starts it), which reports the rollback once connected.
-    pub fn roll_back_if_unconfirmed(&mut self, storage: &mut NvsStorage, uptime_ms: u64) {
-        let Boot::PendingVerify { version } = &self.boot else { return };
-        if uptime_ms < CONFIRM_TIMEOUT_MS {
-            return;
-        }
-        log::error!("image {version} did not reach the cloud in {} s: rolling back", CONFIRM_TIMEOUT_MS / 1000);
-        storage.set(UNREPORTED_ROLLBACK_KEY, version.as_bytes());
-        let _ = self.record.rollback();
-        self.record.save(storage);
-        if let Ok(mut ota) = EspOta::new() {
-            let _ = ota.mark_running_slot_invalid_and_reboot();
-        }
-    }
-
-    /// After CONNACK and an acknowledged heartbeat: keep a new image, or report a rollback.
-    pub fn confirm_if_pending(&mut self, storage: &mut NvsStorage, report: &mut Report<'_>, status_topic: &str) {
-        let rollout = self.record.job().map(|j| j.rollout.clone()).unwrap_or_default();
-        match std::mem::replace(&mut self.boot, Boot::Same) {
-            Boot::Same => {}
-            Boot::PendingVerify { version } => {
-                let confirmed = EspOta::new().and_then(|mut ota| ota.mark_running_slot_valid());
-                match confirmed.map_err(anyhow::Error::from).and_then(|_| self.record.mark_valid().map_err(|e| anyhow::anyhow!("{e}"))) {
-                    Ok(()) => {
-                        log::info!("image {version} confirmed");
-                        report(status_topic, &OtaStatus::new(&rollout, OtaState::Success, 100).to_json());
-                    }
-                    Err(e) => log::error!("confirming image {version} failed: {e}"),
-                }
-                self.record.save(storage);
-            }
-            Boot::RolledBack { failed, running } => {
-                let status = OtaStatus::new(&rollout, OtaState::RolledBack, 100)
-                    .with_error(format!("version {failed} did not start; running {running} again"));
-                report(status_topic, &status.to_json());
-            }
-        }
-    }
-
-    pub fn handle_offer(&mut self, payload: &[u8], p: &Provisioning, storage: &mut NvsStorage, report: &mut Report<'_>, status_topic: &str) {
-        let offer = match Offer::parse(payload) {
-            Ok(o) => o,
-            Err(e) => return log::warn!("unreadable OTA offer: {e}"),
-        };
-        let send = |report: &mut Report<'_>, s: OtaStatus| report(status_topic, &s.to_json());
-        if self.record.is_duplicate(&offer) {
-            return;
-        }
-        if self.record.in_progress() {
-            return send(report, OtaStatus::new(&offer.rollout, OtaState::Refused, 0).with_error("another update is in progress"));
-        }
-        let verifier = parse_public_key_hex(OTA_PUBLIC_KEY_HEX)
-            .and_then(|key| OtaVerifier::new(&key, RUNNING_VERSION, PARTITION_SIZE, CHIP));
-        let hasher = match verifier.and_then(|v| v.check(&offer)) {
-            Ok(h) => h,
-            Err(e) => return send(report, OtaStatus::new(&offer.rollout, OtaState::Refused, 0).with_error(e.to_string())),
-        };
-        if let Err(e) = self.record.start(&offer, payload) {
-            return send(report, OtaStatus::new(&offer.rollout, OtaState::Refused, 0).with_error(e.to_string()));
-        }
-        self.record.save(storage);
-        send(report, OtaStatus::new(&offer.rollout, OtaState::Offered, 0));
-
-        let rollout = offer.rollout.clone();
-        let outcome = install(&offer, p, hasher, &mut |state, pct| send(report, OtaStatus::new(&rollout, state, pct)));
-        match outcome {
-            Ok(()) => {
-                let _ = self.record.downloaded().and_then(|_| self.record.verified(true));
-                self.record.save(storage);
-                send(report, OtaStatus::new(&offer.rollout, OtaState::Rebooting, 100));
-                // Give the QoS 1 status a moment to leave before the radio goes down.
-                std::thread::sleep(Duration::from_secs(2));
-                esp_idf_svc::hal::reset::restart();
-            }
-            Err(e) => {
-                log::warn!("update {} failed: {e}", offer.manifest.version);
-                let _ = self.record.abort();
-                self.record.save(storage);
-                send(report, OtaStatus::new(&offer.rollout, OtaState::Failed, 0).with_error(e));
-            }
-        }
+/// The running image reached the cloud: keep it.
+pub fn confirm_running_image() {
+    if let Err(e) = EspOta::new().and_then(|mut ota| ota.mark_running_slot_valid()) {
+        log::error!("marking the running image valid failed: {e}");
     }
 }
 
-/// Downloads, verifies and activates the image; the new slot boots at the next restart.
-fn install(offer: &Offer, p: &Provisioning, mut hasher: ImageHasher, status: &mut dyn FnMut(OtaState, u8)) -> Result<(), String> {
-    let mut ota = EspOta::new().map_err(|e| e.to_string())?;
-    let mut update = ota.initiate_update().map_err(|e| e.to_string())?;
-    if let Err(e) = download(offer, p, &mut update, &mut hasher, &mut |pct| status(OtaState::Downloading, pct)) {
+/// Mark the running image invalid and boot the previous one (returns only on failure).
+pub fn roll_back_and_reboot() {
+    match EspOta::new() {
+        Ok(mut ota) => {
+            let e = ota.mark_running_slot_invalid_and_reboot();
+            log::error!("rolling back failed: {e:?}");
+        }
+        Err(e) => log::error!("rolling back failed: {e}"),
+    }
+}
+
+/// Download, verify and activate an image; the new slot boots at the next restart.
+/// `progress(received)` after every chunk. ESP-IDF cannot continue a partly written
+/// slot, so a resumed download (`from > 0`) starts over and reports from 0.
+pub fn install(job: ImageDownload, p: &Provisioning, progress: &mut dyn FnMut(u64)) -> Result<(), DownloadFailure> {
+    let ImageDownload { url, size, from, mut hasher, .. } = job;
+    if from > 0 {
+        progress(0);
+    }
+    let fetch_error = |e: &dyn std::fmt::Display| DownloadFailure::Fetch(e.to_string());
+    let mut ota = EspOta::new().map_err(|e| fetch_error(&e))?;
+    // Erases the inactive slot.
+    let mut update = ota.initiate_update().map_err(|e| fetch_error(&e))?;
+    if let Err(e) = download(&url, size, p, &mut update, &mut hasher, progress) {
         let _ = update.abort();
-        return Err(e);
+        return Err(DownloadFailure::Fetch(e));
     }
-    status(OtaState::Verifying, 100);
     if let Err(e) = hasher.finish() {
         let _ = update.abort();
-        return Err(e.to_string());
+        return Err(DownloadFailure::Verify(e.to_string()));
     }
     // complete() checks the image header and makes the new slot the boot slot.
-    update.complete().map_err(|e| e.to_string())
+    update.complete().map_err(|e| DownloadFailure::Verify(format!("the bootloader refused the image: {e}")))
 }
 
 /// Streams the image into the inactive slot, resuming with `Range` after a dropped
 /// connection, within the core's attempt budget.
-fn download(offer: &Offer, p: &Provisioning, update: &mut EspOtaUpdate<'_>, hasher: &mut ImageHasher, progress: &mut dyn FnMut(u8)) -> Result<(), String> {
-    let size = offer.manifest.size;
+fn download(
+    url: &str,
+    size: u64,
+    p: &Provisioning,
+    update: &mut EspOtaUpdate<'_>,
+    hasher: &mut ImageHasher,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), String> {
     let mut budget = AttemptBudget::new(6);
-    let mut throttle = ProgressThrottle::new(10);
     let mut buf = vec![0u8; 4096];
     loop {
         let from = hasher.received();
-        let before = from;
         let attempt = (|| -> Result<(), AttemptError> {
             let conn = EspHttpConnection::new(&Configuration {
                 crt_bundle_attach: if p.ca_pem.is_none() { Some(esp_idf_svc::sys::esp_crt_bundle_attach) } else { None },
@@ -177,7 +103,7 @@ fn download(offer: &Offer, p: &Provisioning, update: &mut EspOtaUpdate<'_>, hash
             let mut client = Client::wrap(conn);
             let range = range_header(from);
             let headers: Vec<(&str, &str)> = range.as_deref().map(|r| vec![("range", r)]).unwrap_or_default();
-            let req = client.request(Method::Get, &offer.manifest.url, &headers).map_err(|e| AttemptError::Retry(e.to_string()))?;
+            let req = client.request(Method::Get, url, &headers).map_err(|e| AttemptError::Retry(e.to_string()))?;
             let mut res = req.submit().map_err(|e| AttemptError::Retry(e.to_string()))?;
             match plan_response(from, res.status(), res.header("content-range"), size)? {
                 Plan::Append => {}
@@ -191,9 +117,7 @@ fn download(offer: &Offer, p: &Provisioning, update: &mut EspOtaUpdate<'_>, hash
                 }
                 hasher.update(&buf[..n]).map_err(|e| AttemptError::Fatal(e.to_string()))?;
                 update.write(&buf[..n]).map_err(|e| AttemptError::Fatal(e.to_string()))?;
-                if let Some(pct) = throttle.update(hasher.progress()) {
-                    progress(pct);
-                }
+                progress(hasher.received());
             }
             if hasher.received() < size {
                 return Err(AttemptError::Retry("the connection ended before the image did".into()));
@@ -204,7 +128,7 @@ fn download(offer: &Offer, p: &Provisioning, update: &mut EspOtaUpdate<'_>, hash
             Ok(()) => return Ok(()),
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(AttemptError::Retry(e)) => {
-                if !budget.failed(hasher.received() - before) {
+                if !budget.failed(hasher.received() - from) {
                     return Err(format!("download gave up: {e}"));
                 }
                 log::warn!("download interrupted at {} of {size} bytes ({e}); resuming", hasher.received());

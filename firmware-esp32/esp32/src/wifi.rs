@@ -56,11 +56,4 @@ impl Wifi {
         }
         anyhow::bail!("no configured Wi-Fi network could be joined")
     }
-
-    /// Signal of the current access point, for heartbeats.
-    pub fn rssi(&self) -> i8 {
-        let mut rssi: i32 = 0;
-        unsafe { esp_idf_svc::sys::esp_wifi_sta_get_rssi(&mut rssi) };
-        rssi.clamp(-128, 0) as i8
-    }
 }

@@ -1,28 +1,22 @@
 //! Device credentials: an API key exchanged for a device JWT
 //! (`POST {http_base}/v1/devices/token`), or a fixed `--token` for tests.
 //!
-//! A token is used for the *next* connection only; the session asks for a new one at
-//! [`REFRESH_FRACTION`] of its lifetime or when the broker's `token-expiring` notice
-//! arrives, then reconnects with it.
+//! When to ask for the next token is the core session's decision
+//! (`fleetwire_core::session`); a source only says how long a token lives.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use serde::Deserialize;
-use tokio::time::Instant;
-
 use crate::http::{HttpClient, HttpResponse};
 use crate::secret::Secret;
-
-/// Refresh once this fraction of a token's lifetime has passed.
-pub const REFRESH_FRACTION: f64 = 0.8;
+use base64::Engine;
+use serde::Deserialize;
 
 #[derive(Debug, Clone)]
 pub struct Token {
     pub jwt: Secret,
-    /// When to fetch the next one; `None` when the source cannot refresh.
-    pub refresh_at: Option<Instant>,
+    /// `expires_in`; `None` when the source cannot refresh.
+    pub lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +74,7 @@ impl TokenSource for StaticToken {
                 return Err(AuthError::Rejected("the --token has expired".into()));
             }
         }
-        Ok(Token { jwt: self.jwt.clone(), refresh_at: None })
+        Ok(Token { jwt: self.jwt.clone(), lifetime: None })
     }
     fn can_refresh(&self) -> bool {
         false
@@ -155,9 +149,8 @@ impl TokenSource for ApiKeyExchange {
             .post_json(&self.url, body)
             .await
             .map_err(|message| AuthError::Unavailable { message, retry_after: None })?;
-        let obtained = Instant::now();
         let (jwt, lifetime) = interpret_token_response(&self.device_id, &resp)?;
-        Ok(Token { jwt, refresh_at: Some(obtained + lifetime.mul_f64(REFRESH_FRACTION)) })
+        Ok(Token { jwt, lifetime: Some(lifetime) })
     }
     fn can_refresh(&self) -> bool {
         true
@@ -241,13 +234,13 @@ mod tests {
     async fn static_token_is_served_until_its_exp_and_never_refreshes() {
         let mut live = StaticToken::new(Secret::new(jwt_with_exp(unix_now_s() + 3600)));
         assert!(!live.can_refresh());
-        assert!(live.fetch().await.unwrap().refresh_at.is_none());
+        assert!(live.fetch().await.unwrap().lifetime.is_none());
         let mut dead = StaticToken::new(Secret::new(jwt_with_exp(1)));
         assert!(matches!(dead.fetch().await, Err(AuthError::Rejected(_))));
     }
 
     #[tokio::test]
-    async fn exchange_posts_the_key_and_schedules_the_refresh_at_80_percent() {
+    async fn exchange_posts_the_key_and_returns_the_token_with_its_lifetime() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -272,11 +265,8 @@ mod tests {
             Secret::new("fwk_test"),
             "esp-01".into(),
         );
-        let before = Instant::now();
         let t = ex.fetch().await.unwrap();
-        assert_eq!(t.jwt.expose(), "h.p.s");
-        let at = t.refresh_at.unwrap().duration_since(before);
-        assert!(at >= Duration::from_secs(80) && at < Duration::from_secs(81), "{at:?}");
+        assert_eq!((t.jwt.expose(), t.lifetime), ("h.p.s", Some(Duration::from_secs(100))));
         assert!(server.await.unwrap().ends_with(r#"{"api_key":"fwk_test"}"#));
     }
 }

@@ -26,10 +26,6 @@ impl DeviceFlash {
         Ok(DeviceFlash { dir })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn key_path(&self, key: &str) -> PathBuf {
         // Keys come from the firmware (`ota.record`), not from the network; keep them
         // path-safe anyway.

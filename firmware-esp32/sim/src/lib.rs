@@ -2,9 +2,9 @@
 //! against a real broker, over MQTT 3.1.1 in WebSocket binary frames.
 //!
 //! `main.rs` only parses the command line; everything else lives here so it can be
-//! tested: [`session`] is one device's state machine (transport-agnostic), [`ws`] the
-//! real WebSocket transport, [`auth`] the API-key → JWT exchange, [`fleet`] runs many
-//! devices in one runtime.
+//! tested: [`session`] drives one device's core session engine over a
+//! [`transport::Connector`], [`ws`] is the real WebSocket transport, [`auth`] the
+//! API-key → JWT exchange, [`fleet`] runs many devices in one runtime.
 
 pub mod log;
 
@@ -18,7 +18,6 @@ pub mod fleet;
 pub mod handshake;
 pub mod http;
 pub mod ota;
-pub mod outbox;
 pub mod secret;
 pub mod session;
 pub mod stats;

@@ -1,6 +1,8 @@
-//! Session state machine against the in-memory broker of [`crate::testkit`].
-//! Virtual time (`start_paused`) makes heartbeat, keepalive, refresh and backoff
-//! timings exact.
+//! The simulator's session shell against the in-memory broker of [`crate::testkit`]:
+//! the core engine's decisions carried out over a link, a token source, the emulated
+//! NVS and tokio's timers, with the counters and exit the fleet reports. Virtual time
+//! (`start_paused`) makes the timings exact. The decisions themselves are tested in
+//! `fleetwire_core::session`.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -86,45 +88,6 @@ async fn heartbeats_go_out_qos1_at_once_then_on_schedule_and_pubacks_are_counted
 }
 
 #[tokio::test(start_paused = true)]
-async fn command_round_trip_over_packed_and_split_frames_and_a_duplicate_cid_runs_once() {
-    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
-    let mut c = h.conn().await;
-    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
-    // A persistent session delivers a queued command in the same frame as CONNACK.
-    let command = cmd("c-42", "set_heartbeat_interval", json!({ "seconds": 10 }));
-    let mut frame = connack(0);
-    frame.extend(publish_qos1("devices/esp-01/cmd", 7, &command, false));
-    c.send(frame);
-
-    let DevicePacket::Subscribe { packet_id, filters } = c.expect().await else { panic!("SUBSCRIBE first") };
-    c.send(suback(packet_id, filters.len()));
-    let result = c.expect_publish_on("devices/esp-01/cmd/result").await;
-    assert_eq!(result.qos, QoS::AtLeastOnce);
-    let v: Value = serde_json::from_slice(&result.payload).unwrap();
-    assert_eq!(v, json!({ "cid": "c-42", "ok": true, "result": { "interval_s": 10 } }));
-    assert_eq!(c.expect_where(|p| matches!(p, DevicePacket::PubAck(_))).await, DevicePacket::PubAck(7));
-
-    // Redelivery (DUP) of the same cid, split across two frames: acknowledged and
-    // answered with the stored result, not executed again.
-    let again = publish_qos1("devices/esp-01/cmd", 8, &command, true);
-    let (a, b) = again.split_at(again.len() / 2);
-    c.send(a.to_vec());
-    c.send(b.to_vec());
-    let dup_result = c.expect_publish_on("devices/esp-01/cmd/result").await;
-    assert_eq!(serde_json::from_slice::<Value>(&dup_result.payload).unwrap(), v);
-    assert_eq!(c.expect_where(|p| matches!(p, DevicePacket::PubAck(_))).await, DevicePacket::PubAck(8));
-    assert_eq!(h.stats.commands_run.load(Relaxed), 1);
-    assert_eq!(h.stats.commands_duplicate.load(Relaxed), 1);
-
-    // The command took effect: heartbeats now every 10 s instead of 30.
-    ack_heartbeat(&mut c).await;
-    let t = Instant::now();
-    ack_heartbeat(&mut c).await;
-    assert!(approx(Instant::now() - t, 10_000), "{:?}", Instant::now() - t);
-    assert_eq!(h.stop().await, Exit::Shutdown);
-}
-
-#[tokio::test(start_paused = true)]
 async fn token_expiring_notice_refreshes_then_reconnects_at_once_keeping_unacknowledged_results() {
     let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |_| {}, vec![]);
     let mut c1 = h.conn().await;
@@ -152,22 +115,6 @@ async fn token_expiring_notice_refreshes_then_reconnects_at_once_keeping_unackno
     assert_eq!((resent.packet_id, &resent.payload), (pending.packet_id, &pending.payload));
     assert_eq!(h.tokens.issued(), 2);
     assert_eq!(h.stats.reconnects.load(Relaxed), 1);
-    assert_eq!(h.stop().await, Exit::Shutdown);
-}
-
-#[tokio::test(start_paused = true)]
-async fn token_is_refreshed_at_80_percent_of_its_lifetime() {
-    let mut h =
-        Harness::start(FakeTokens::refreshable(Duration::from_secs(100)), |c| c.heartbeat_s = Some(3600), vec![]);
-    let mut c1 = h.conn().await;
-    let t0 = c1.opened_at;
-    c1.accept().await;
-    ack_heartbeat(&mut c1).await;
-    assert_eq!(c1.until_closed().await.last(), Some(&DevicePacket::Disconnect));
-    let c2 = h.conn().await;
-    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig");
-    let after = c2.opened_at - t0;
-    assert!(after >= Duration::from_secs(80) && after <= Duration::from_secs(81), "{after:?}");
     assert_eq!(h.stop().await, Exit::Shutdown);
 }
 
@@ -228,91 +175,6 @@ async fn close_codes_decide_between_reconnect_refresh_and_stop() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_fixed_token_keeps_running_past_the_notice_but_stops_at_expiry() {
-    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(10), vec![]);
-    let mut c = h.conn().await;
-    c.accept().await;
-    ack_heartbeat(&mut c).await;
-    let notice = json!({ "type": "token-expiring", "reason": "token expires soon" });
-    c.send(publish_qos1("devices/esp-01/sys", 9, notice.to_string().as_bytes(), false));
-    // Nothing to refresh with: stays connected and keeps heartbeating.
-    assert_eq!(c.expect_where(|p| !is_heartbeat(p)).await, DevicePacket::PubAck(9));
-    ack_heartbeat(&mut c).await;
-    c.close(4002, "token expired");
-    let exit = h.task.await.unwrap();
-    assert!(matches!(&exit, Exit::Stopped(why) if why.contains("--token")), "{exit:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn connack_not_authorised_fetches_a_new_token_and_a_rejected_key_stops() {
-    let mut h = Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |_| {}, vec![]);
-    let mut c = h.conn().await;
-    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
-    c.send(connack(5));
-    let mut c = h.conn().await;
-    assert_eq!(c.offered, "mqtt, auth.hdr.tok2.sig");
-    assert!(matches!(c.expect().await, DevicePacket::Connect { .. }));
-    // The key has been revoked meanwhile: the exchange answers 401.
-    h.tokens.reject.store(true, Relaxed);
-    c.send(connack(5));
-    let exit = h.task.await.unwrap();
-    assert!(matches!(&exit, Exit::Stopped(why) if why.contains("401")), "{exit:?}");
-}
-
-#[tokio::test(start_paused = true)]
-async fn connack_not_authorised_with_a_fixed_token_stops() {
-    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
-    let mut c = h.conn().await;
-    c.expect().await;
-    c.send(connack(5));
-    assert!(matches!(h.task.await.unwrap(), Exit::Stopped(_)));
-}
-
-#[tokio::test(start_paused = true)]
-async fn keepalive_pings_when_idle_and_a_missing_pingresp_drops_the_link() {
-    let mut h = Harness::start(
-        FakeTokens::fixed(),
-        |c| {
-            c.keepalive_s = 20;
-            c.heartbeat_s = Some(3600);
-        },
-        vec![],
-    );
-    let mut c = h.conn().await;
-    c.accept().await;
-    ack_heartbeat(&mut c).await;
-    let quiet_since = Instant::now();
-    assert_eq!(c.expect().await, DevicePacket::PingReq);
-    assert!(approx(Instant::now() - quiet_since, 10_000), "ping after keepalive/2");
-    c.send(pingresp());
-    assert_eq!(c.expect().await, DevicePacket::PingReq);
-    let unanswered = Instant::now();
-    // No PINGRESP this time: the device gives up on the link after a keepalive.
-    assert!(c.until_closed().await.is_empty());
-    assert!(approx(Instant::now() - unanswered, 20_000));
-    let _again = h.conn().await;
-    assert_eq!(h.stop().await, Exit::Shutdown);
-}
-
-#[tokio::test(start_paused = true)]
-async fn without_a_public_key_an_ota_offer_is_refused_with_its_rollout() {
-    let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![]);
-    let mut c = h.conn().await;
-    c.accept().await;
-    let offer = json!({ "rollout": "r-1", "manifest": {
-        "version": "9.0.0", "size": 1024, "sha256": "0".repeat(64), "url": "https://x/fw.bin", "sig": "c2ln" } });
-    c.send(publish_qos1("devices/esp-01/ota", 5, offer.to_string().as_bytes(), false));
-    let status = c.expect_publish_on("devices/esp-01/ota/status").await;
-    let v: Value = serde_json::from_slice(&status.payload).unwrap();
-    assert_eq!(
-        (v["rollout"].as_str(), v["state"].as_str(), v["progress"].as_u64()),
-        (Some("r-1"), Some("refused"), Some(0))
-    );
-    assert!(v["error"].as_str().unwrap().contains("no OTA public key configured"), "{v}");
-    assert_eq!(h.stop().await, Exit::Shutdown);
-}
-
-#[tokio::test(start_paused = true)]
 async fn retry_after_from_a_rate_limited_upgrade_is_a_floor_for_the_backoff_and_stop_is_prompt() {
     let limited = ConnectError::Http { status: 429, retry_after: Some(Duration::from_secs(30)) };
     let mut h = Harness::start(FakeTokens::fixed(), |_| {}, vec![limited.clone(), limited]);
@@ -343,24 +205,6 @@ async fn telemetry_is_published_qos0_at_its_interval() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_notice_right_after_a_refresh_is_deferred_not_a_reconnect_storm() {
-    let mut h =
-        Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.heartbeat_s = Some(3600), vec![]);
-    let mut c = h.conn().await;
-    let t0 = c.opened_at;
-    c.accept().await;
-    let notice = json!({ "type": "token-expiring", "reason": "token expires soon" });
-    c.send(publish_qos1("devices/esp-01/sys", 2, notice.to_string().as_bytes(), false));
-    // The token is brand new: the refresh waits until 30 s after it was obtained.
-    assert_eq!(c.until_closed().await.last(), Some(&DevicePacket::Disconnect));
-    let c2 = h.conn().await;
-    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig");
-    let after = c2.opened_at - t0;
-    assert!(after >= Duration::from_secs(30) && after <= Duration::from_secs(31), "{after:?}");
-    assert_eq!(h.stop().await, Exit::Shutdown);
-}
-
-#[tokio::test(start_paused = true)]
 async fn reboot_answers_first_waits_for_the_puback_then_boots_and_a_redelivered_reboot_only_resends() {
     let mut h =
         Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.heartbeat_s = Some(10), vec![]);
@@ -382,12 +226,12 @@ async fn reboot_answers_first_waits_for_the_puback_then_boots_and_a_redelivered_
     assert_eq!(c1.until_closed().await, vec![DevicePacket::Disconnect], "clean end right after the PUBACK");
     let closed_at = Instant::now();
 
-    // Booted again: reconnects at once with the same (still valid) token, uptime and
-    // heartbeat sequence start over.
+    // Booted again: RAM is gone, so it fetches a token as a board does, and reconnects
+    // at once; uptime and heartbeat sequence start over.
     let mut c2 = h.conn().await;
     assert!(c2.opened_at - closed_at < Duration::from_millis(5), "no backoff after a planned reboot");
-    assert_eq!(c2.offered, "mqtt, auth.hdr.tok1.sig");
-    assert_eq!(h.tokens.issued(), 1);
+    assert_eq!(c2.offered, "mqtt, auth.hdr.tok2.sig");
+    assert_eq!(h.tokens.issued(), 2);
     c2.accept().await;
     let after = ack_heartbeat(&mut c2).await;
     assert_eq!((after.seq, after.uptime_s), (0, 0));
