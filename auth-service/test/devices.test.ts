@@ -111,7 +111,9 @@ describe('API key → device token', () => {
   it('refuses wrong, truncated and foreign keys with 401, then every exchange from that IP with 429 after 5 failures, even a right key', async () => {
     const { api_key: key } = (await register()).body as { api_key: string };
     const ip = '10.7.7.7';
-    const bad = [`${key.slice(0, -1)}A`, key.slice(0, 20), 'fwk_nope', 'sk_live_123'];
+    // The last character changed (to one it is not: 'A' when it ends in 'A' would be the right key).
+    const wrongLast = `${key.slice(0, -1)}${key.endsWith('A') ? 'B' : 'A'}`;
+    const bad = [wrongLast, key.slice(0, 20), 'fwk_nope', 'sk_live_123'];
     for (const k of bad) expect((await exchange(k, ip)).body.error?.code).toBe('AUTH_API_KEY_INVALID');
     expect((await exchange('fwk_other-device_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', ip)).status).toBe(401);
     const limited = await exchange('fwk_x', ip);

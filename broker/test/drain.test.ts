@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { createRedis, loadOrCreateKeySet, redisKeys, saveDevice, signToken, type SigningKey } from '@fleetwire/common';
-import { closeOf, connect, flushRedis, nextMessage, REDIS_URL } from './helpers.js';
+import { closeOf, connect, flushRedis, nextMessage, REDIS_URL, waitFor } from './helpers.js';
 import { spawnBroker, stop, type BrokerProcess } from './processes.js';
 
 let node: BrokerProcess;
@@ -31,7 +31,8 @@ describe('SIGTERM drain', () => {
       await c.subscribeAsync(`devices/${id}/sys`);
       return { id, c, notice: nextMessage(c, `devices/${id}/sys`, 8000), closed: closeOf(c).then((r) => ({ ...r, at: Date.now() })) };
     }));
-    expect(await redis.zcard(redisKeys.connectionIndex)).toBe(6);
+    // The registry entry is written just after CONNACK, so it may trail the client by a moment.
+    expect(await waitFor(() => redis.zcard(redisKeys.connectionIndex), (n) => n === 6)).toBe(6);
 
     const sentAt = Date.now();
     node.child.kill('SIGTERM');
