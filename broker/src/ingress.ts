@@ -18,19 +18,10 @@
 import { Queue } from 'bullmq';
 import type { Client, PublishPacket } from 'aedes';
 import { randomUUID } from 'node:crypto';
-import { queues as queueContract, topicFor, type Logger, type Redis, type TopicEntry } from '@fleetwire/common';
+import { queues as queueContract, topicFor, type IngressEnvelope, type Logger, type Redis, type TopicEntry } from '@fleetwire/common';
 import { setCloseIntent, type ConnState } from './conn-state.js';
 import { decodeDevicePayload, IngressRejected } from './ingress-payload.js';
 import type { BrokerMetrics } from './metrics.js';
-
-export interface IngressEnvelope {
-  cid: string;
-  device_id: string;
-  topic_class: string;
-  payload: unknown;
-  received_at: number;
-  node: string;
-}
 
 export interface IngressPolicyDeps {
   router: IngressRouter;
@@ -123,7 +114,7 @@ export class IngressRouter {
       // Stable id for messages with a device-chosen cid, so a QoS 1 retransmission is not queued twice.
       ...(typeof payload.cid === 'string' ? { jobId: `${deviceId}.${cid.replaceAll(':', '_')}` } : {}),
       attempts: spec.attempts,
-      backoff: { type: 'exponential', delay: 1000 },
+      backoff: { type: 'exponential', delay: spec.backoff_ms },
       removeOnComplete: spec.remove_on_complete,
       removeOnFail: spec.remove_on_fail,
     });

@@ -29,6 +29,7 @@ describe('ingress routing to BullMQ', () => {
     expect(typeof job!.data.cid).toBe('string');
     expect(schemaValidator('ingress-envelope.schema.json')(job!.data)).toBe(true); // the contract consumers read
     expect(job!.opts.attempts).toBe(queues.queues.heartbeats!.attempts);
+    expect(job!.opts.backoff).toEqual({ type: 'exponential', delay: queues.queues.heartbeats!.backoff_ms });
     await dev.endAsync();
   });
 

@@ -28,7 +28,7 @@ export interface TopicEntry {
 }
 
 interface TopicsFile { device_id_pattern: string; topics: TopicEntry[] }
-interface QueuesFile { prefix: string; queues: Record<string, { consumer: string; attempts: number; remove_on_complete: number; remove_on_fail: number }> }
+interface QueuesFile { prefix: string; queues: Record<string, { consumer: string; attempts: number; remove_on_complete: number; remove_on_fail: number; backoff_ms: number }> }
 interface JwtFile {
   alg: string[]; iss: string; aud: string; required_claims: string[]; types: string[]; user_roles: string[];
   optional_claims: Record<string, string>;
