@@ -80,7 +80,9 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
   const ownRedis = deps.redis ? [sub, queueRedis] : [redis, sub, queueRedis];
   for (const r of ownRedis) r.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
 
-  const cluster = config.cluster === 'redis' ? clusterEngines(config.redisUrl, nodeId) : null;
+  const cluster = config.cluster === 'redis'
+    ? clusterEngines(config.redisUrl, nodeId, (err) => log.warn({ err: err.message }, 'redis connection error (cluster)'))
+    : null;
   const aedes = new Aedes({
     id: nodeId,
     connectTimeout: config.connectTimeoutMs,

@@ -6,6 +6,7 @@
  */
 import MQEmitterRedis from 'mqemitter-redis';
 import aedesPersistenceRedis from 'aedes-persistence-redis';
+import type { EventEmitter } from 'node:events';
 import type { AedesOptions } from 'aedes';
 import { createRedis, type Redis } from '@fleetwire/common';
 
@@ -16,9 +17,15 @@ export interface ClusterEngines {
   close(): Promise<void>;
 }
 
-export function clusterEngines(redisUrl: string, nodeId: string): ClusterEngines {
+/** `onError` hears the errors of every connection these engines open (they reconnect by themselves). */
+export function clusterEngines(redisUrl: string, nodeId: string, onError: (err: Error) => void): ClusterEngines {
   const conn = createRedis(redisUrl, { name: `broker-persistence:${nodeId}` });
-  const mq = MQEmitterRedis({ connectionString: redisUrl }) as unknown as { subConn: Redis; pubConn: Redis };
+  conn.on('error', onError);
+  const mq = MQEmitterRedis({ connectionString: redisUrl }) as unknown as { subConn: Redis; pubConn: Redis; state: EventEmitter };
+  // mqemitter-redis re-emits its connections' errors on `state`; with no listener there, the
+  // first one (Redis restarting, or ioredis' ready check racing a SUBSCRIBE, redis/ioredis#2037)
+  // was thrown and killed the broker process.
+  mq.state.on('error', onError);
   quitQuietly(mq.subConn);
   quitQuietly(mq.pubConn);
   return {
