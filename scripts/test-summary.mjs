@@ -12,11 +12,13 @@ for (const file of readdirSync(dir).sort()) {
   const path = join(dir, file);
   if (file.endsWith('.json')) {
     const r = JSON.parse(readFileSync(path, 'utf8'));
-    // Files that failed to load count as failures too.
-    const loadFailures = (r.testResults ?? []).filter((t) => t.status === 'failed' && (t.assertionResults ?? []).length === 0).length;
+    // A file that failed with no failing test (it did not load, or a beforeAll/afterAll hook
+    // failed or timed out) counts as one failure too.
+    const fileFailures = (r.testResults ?? [])
+      .filter((t) => t.status === 'failed' && !(t.assertionResults ?? []).some((a) => a.status === 'failed')).length;
     passed += r.numPassedTests;
-    failed += r.numFailedTests + loadFailures;
-    lines.push(`${file.replace('.json', '')}: ${r.numPassedTests} passed, ${r.numFailedTests + loadFailures} failed`);
+    failed += r.numFailedTests + fileFailures;
+    lines.push(`${file.replace('.json', '')}: ${r.numPassedTests} passed, ${r.numFailedTests + fileFailures} failed`);
   } else if (file.endsWith('.counts')) {
     const [p, f] = readFileSync(path, 'utf8').trim().split(/\s+/).map(Number);
     passed += p;
