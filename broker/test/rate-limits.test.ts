@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import mqttPacket from 'mqtt-packet';
@@ -194,7 +196,6 @@ describe('QoS 1 over the limits', () => {
 describe('backpressure', () => {
   it('stops reading a client over its limit, so a flooder costs no CPU while others are served', async () => {
     t = await startBroker({ publishBurst: 10, publishPerS: 5, abuseDropsBeforeKick: 1_000_000 });
-    const flooder = await connect(t.url, await t.registerDevice('dev-flooder'), 'dev-flooder');
     const victim = await connect(t.url, await t.registerDevice('dev-calm'), 'dev-calm');
     const svc = await connect(t.url, await t.mint({ sub: 'obs', typ: 'service' }), 'service:obs:3');
     await svc.subscribeAsync('devices/+/telemetry');
@@ -202,22 +203,29 @@ describe('backpressure', () => {
     svc.on('message', (topic, payload) => {
       if (topic === 'devices/dev-calm/telemetry') latencies.push(Date.now() - (JSON.parse(payload.toString()) as { at: number }).at);
     });
-    const flood = setInterval(() => {
-      for (let i = 0; i < 200; i++) flooder.publish('devices/dev-flooder/telemetry', '{"f":1}', { qos: 0 });
-    }, 5);
+    // The flooder runs in a process of its own, as a real one would: flooding from this
+    // process (next to the broker) would spend this process's CPU on the flooder's side, and
+    // the latencies below would measure the test rather than the broker.
+    const flooder = spawn(process.execPath, [fileURLToPath(new URL('flooder.mjs', import.meta.url)), t.url, await t.registerDevice('dev-flooder'), 'dev-flooder'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    flooder.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const flooderExited = new Promise((r) => flooder.once('exit', r));
+    await waitFor(() => out, (o) => o.includes('ready'));
     for (let i = 0; i < 10; i++) {
       victim.publish('devices/dev-calm/telemetry', JSON.stringify({ at: Date.now() }), { qos: 0 });
       await sleep(100);
     }
-    clearInterval(flood);
+    flooder.kill('SIGTERM');
+    await flooderExited;
+    const offered = Number(out.split('\n')[1]);
     expect(latencies.length).toBe(10);
     expect(Math.max(...latencies)).toBeLessThan(100);
     const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();
     const drops = Number(/fleetwire_broker_rate_limit_drops_total\{limit="publish_messages"\} (\d+)/.exec(metrics)?.[1]);
-    // ~20,000 publishes were offered; reading stopped, so most never reached the broker at all.
+    // Reading stopped, so most of what the flooder sent never reached the broker at all.
     expect(drops).toBeGreaterThan(0);
-    expect(drops).toBeLessThan(10_000);
-    await Promise.all([flooder.endAsync(true), victim.endAsync(), svc.endAsync()]);
+    expect(drops).toBeLessThan(offered / 2);
+    await Promise.all([victim.endAsync(), svc.endAsync()]);
   });
 });
 
