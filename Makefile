@@ -47,23 +47,24 @@ run: install
 	  REDIS_URL=$$REDIS_URL FLEETWIRE_DATA_DIR=$(DATA_DIR) PORT=$(PORT) exec node cli/dist/main.js up
 
 # Every suite writes its result into .test-results/; the last line sums them all.
-# Python runs before vitest: vitest files flush Redis as they start, but the last one
-# leaves its per-address counters (connect attempts, bans) behind for 60-300 s.
+# The Python tests use REDIS_URL, or a private Redis started here and stopped when this
+# target ends (the EXIT trap: also on failure or Ctrl-C).
+# Every vitest file starts a Redis server of its own (scripts/vitest/redis-per-file.ts),
+# so no suite sees another's keys, per-address counters or pub/sub, and order does not matter.
 test: install venv
 	@rm -rf .test-results .test-data && mkdir -p .test-results .test-data
 	@set -o pipefail; \
 	if [[ -z "$${REDIS_URL:-}" ]]; then \
 	  TEST_REDIS_URL=$$(scripts/ensure-redis.sh .test-data/redis free) || exit 1; \
-	  STARTED_REDIS=1; \
+	  trap 'redis-cli -u "$$TEST_REDIS_URL" shutdown nosave >/dev/null 2>&1 || true' EXIT; \
 	else TEST_REDIS_URL=$$REDIS_URL; fi; \
-	echo "test Redis: $$TEST_REDIS_URL"; \
+	echo "test Redis for Python: $$TEST_REDIS_URL"; \
 	echo "building the device simulator for the end-to-end tests"; \
 	cargo build --quiet --manifest-path firmware-esp32/Cargo.toml -p fleetwire-sim || echo "cargo build failed: the e2e tests will fail"; \
 	for p in $(PY_PROJECTS); do \
 	  REDIS_URL=$$TEST_REDIS_URL scripts/run-pytest.sh $$p ".test-results/$${p//\//-}.counts"; \
 	done; \
-	REDIS_URL=$$TEST_REDIS_URL $(NODE_BIN)/vitest run; \
-	if [[ -n "$${STARTED_REDIS:-}" ]]; then redis-cli -u "$$TEST_REDIS_URL" shutdown nosave >/dev/null 2>&1 || true; fi; \
+	$(NODE_BIN)/vitest run; \
 	scripts/run-cargo-tests.sh .test-results/cargo.counts; \
 	node scripts/test-summary.mjs .test-results
 

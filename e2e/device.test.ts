@@ -4,15 +4,13 @@
  * reconnection after a broker restart, and token refresh without losing the session.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { consume, flushRedis, startDevice, startSim, startStack, until, type Stack } from './stack.js';
+import { consume, startDevice, startSim, startStack, until, type Stack } from './stack.js';
 
 let stack: Stack;
 let heartbeats: ReturnType<typeof consume>;
 let results: ReturnType<typeof consume>;
 
 beforeAll(async () => {
-  await flushRedis();
-  // Consumers start after the flush: a job left by an earlier suite must not vanish mid-processing.
   heartbeats = consume('heartbeats');
   results = consume('cmd-results');
   // A 60 s device token with the expiry notice 55 s early: the refresh happens 5 s after connecting.

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
-import { consume, flushRedis, startDevice, startStack, until, type Sim, type Stack } from './stack.js';
+import { consume, startDevice, startStack, until, type Sim, type Stack } from './stack.js';
 
 interface Envelope { device_id: string; payload: { rollout: string; state: string; progress: number; error?: string; fw?: string } }
 
@@ -47,8 +47,6 @@ let sim: Sim;
 let service: MqttClient;
 
 beforeAll(async () => {
-  await flushRedis();
-  // Consumers start after the flush: a job left by an earlier suite must not vanish mid-processing.
   statuses = consume('ota-events');
   heartbeats = consume('heartbeats');
   stack = await startStack();

@@ -16,7 +16,8 @@ import WebSocket from 'ws';
 import { Worker } from 'bullmq';
 import { createRedis, queues, type Redis } from '@fleetwire/common';
 
-export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+export const REDIS_URL = process.env.REDIS_URL!;
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 export const CLI = join(ROOT, 'cli/dist/main.js');
 export const SIM = join(ROOT, 'firmware-esp32/target/debug/fleetwire-sim');
@@ -50,12 +51,6 @@ async function freePort(): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
-}
-
-export async function flushRedis(): Promise<void> {
-  const r = createRedis(REDIS_URL, { name: 'e2e-flush' });
-  await r.flushdb();
-  r.disconnect();
 }
 
 export async function startStack(extraEnv: Record<string, string> = {}): Promise<Stack> {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadOrCreateKeySet, rotateSigningKey } from '@fleetwire/common';
 import { argon2Params, loadAuthConfig } from '../src/index.js';
-import { ADMIN, flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { ADMIN, startAuth, type TestAuth } from './helpers.js';
 
 describe('argon2id profiles', () => {
   it('development by default, OWASP parameters in production', () => {
@@ -50,7 +50,6 @@ describe('signing keys on disk', () => {
 describe('spec and audit over HTTP', () => {
   let t: TestAuth;
   beforeAll(async () => {
-    await flushRedis();
     t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 });
   });
   afterAll(async () => t.close());

@@ -6,12 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTokenVerifier, signToken } from '@fleetwire/common';
 import { buildBroker, brokerDefaults } from '@fleetwire/broker';
 import { closeOf, connackCode, connect } from '../../broker/test/helpers.js';
-import { flushRedis, REDIS_URL, startAuth, type TestAuth } from './helpers.js';
+import { REDIS_URL, startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let op: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 }, { withBroker: true });
   op = await t.tokenFor('operator');
 });

@@ -1,12 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisKeys, signToken } from '@fleetwire/common';
-import { flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let op: string;
 let viewer: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000, deviceTokenPerIp: 5 });
   op = await t.tokenFor('operator');
   viewer = await t.tokenFor('viewer');

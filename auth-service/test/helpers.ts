@@ -7,7 +7,8 @@ import { createLogger, createMetricsRegistry, createRedis, openKeyRing, type Key
 import { buildBroker, brokerDefaults, type Broker } from '@fleetwire/broker';
 import { authDefaults, buildAuthService, OutboxSender, type AuthConfig, type AuthService } from '../src/index.js';
 
-export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+export const REDIS_URL = process.env.REDIS_URL!;
 export const ADMIN = { email: 'admin@example.com', password: 'admin-passphrase-for-tests' };
 
 export interface Answer { status: number; headers: Headers; body: Record<string, unknown> & { error?: { code: string; message: string } } }
@@ -29,12 +30,6 @@ export interface TestAuth {
   tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string>;
   outbox(): Promise<{ to: string; link: string; text: string }[]>;
   close(): Promise<void>;
-}
-
-export async function flushRedis(): Promise<void> {
-  const r = createRedis(REDIS_URL, { name: 'test-flush' });
-  await r.flushdb();
-  r.disconnect();
 }
 
 /**

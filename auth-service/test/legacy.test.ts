@@ -1,13 +1,12 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { importLegacyUsers } from '../src/index.js';
-import { flushRedis, metricValue, startAuth, type TestAuth } from './helpers.js';
+import { metricValue, startAuth, type TestAuth } from './helpers.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 let t: TestAuth;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 });
 });
 afterAll(async () => t.close());

@@ -5,12 +5,11 @@
  * stranger cannot lock the owner out. An admin unlock lets the user in at once.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let admin: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth();
   expect(t.config).toMatchObject({ lockoutFailures: 10, loginPerAccount: 10, loginPerIp: 30 });
   admin = await t.tokenFor('admin');

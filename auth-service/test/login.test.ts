@@ -1,9 +1,8 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN, flushRedis, metricValue, sleep, startAuth, type TestAuth } from './helpers.js';
+import { ADMIN, metricValue, sleep, startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 5, loginIpWindowS: 60, loginPerAccount: 4, loginAccountWindowS: 60, lockoutFailures: 3, lockoutS: 2 });
   await t.auth.accounts.createUser({ email: 'carol@example.com', password: 'carols-long-passphrase', role: 'operator' }, 'test');
 });

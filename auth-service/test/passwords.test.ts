@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { redisKeys } from '@fleetwire/common';
 import { digest } from '../src/secrets.js';
-import { flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 });
 });
 afterAll(async () => t.close());

@@ -3,12 +3,11 @@
  * on one app): out-of-range values are a 400, never an unbounded page or a 500.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let admin: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 }, { withBroker: true });
   admin = await t.tokenFor('admin');
 });

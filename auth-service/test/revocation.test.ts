@@ -8,12 +8,11 @@
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeOf, connackCode, connect } from '../../broker/test/helpers.js';
-import { flushRedis, sleep, startAuth, type TestAuth } from './helpers.js';
+import { sleep, startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let admin: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000, lockoutFailures: 1000 }, { withBroker: true });
   admin = await t.tokenFor('admin');
 });

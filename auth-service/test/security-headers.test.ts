@@ -11,12 +11,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '@fleetwire/common';
 import { authDefaults, buildAuthService } from '../src/index.js';
-import { ADMIN, flushRedis, REDIS_URL, startAuth, type Answer, type TestAuth } from './helpers.js';
+import { ADMIN, REDIS_URL, startAuth, type Answer, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 let op: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 });
   op = await t.tokenFor('operator');
 });

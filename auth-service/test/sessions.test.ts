@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN, flushRedis, startAuth, type TestAuth } from './helpers.js';
+import { ADMIN, startAuth, type TestAuth } from './helpers.js';
 
 let t: TestAuth;
 beforeAll(async () => {
-  await flushRedis();
   t = await startAuth({ loginPerIp: 1000, loginPerAccount: 1000 });
 });
 afterAll(async () => t.close());

@@ -1,9 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeOf, connect, flushRedis, nextMessage, sleep, startBroker, subackCodes, type TestBroker } from './helpers.js';
+import { closeOf, connect, nextMessage, sleep, startBroker, subackCodes, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker();
 });
 afterAll(async () => t.close());

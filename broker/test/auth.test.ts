@@ -2,11 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SignJWT, generateKeyPair, exportJWK } from 'jose';
 import { randomUUID } from 'node:crypto';
 import { revokeDevice, revokeToken } from '@fleetwire/common';
-import { connackCode, connect, flushRedis, rawConnect, rawMqtt, startBroker, type TestBroker } from './helpers.js';
+import { connackCode, connect, rawConnect, rawMqtt, startBroker, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
-  await flushRedis();
   // A high ban threshold: this file fails authentication on purpose many times from one address.
   t = await startBroker({ authFailuresBeforeBan: 1000, connectAttemptsPerIp: 1000 });
 });

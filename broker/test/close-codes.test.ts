@@ -5,11 +5,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import mqttPacket from 'mqtt-packet';
-import { connect, flushRedis, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { connect, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker({ keepaliveMinS: 1, connectTimeoutMs: 500, connectAttemptsPerIp: 10_000 });
 });
 afterAll(async () => t.close());

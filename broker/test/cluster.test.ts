@@ -3,7 +3,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRedis, loadOrCreateKeySet, revokeDevice, saveDevice, signToken, type SigningKey, type TokenRequest } from '@fleetwire/common';
-import { closeOf, connect, flushRedis, nextMessage, REDIS_URL, waitFor } from './helpers.js';
+import { closeOf, connect, nextMessage, REDIS_URL, waitFor } from './helpers.js';
 import { spawnBroker, stop, type BrokerProcess } from './processes.js';
 
 let a: BrokerProcess;
@@ -14,7 +14,6 @@ const mint = (req: Partial<TokenRequest> & { sub: string }) => signToken(signer,
 const device = async (id: string) => { await saveDevice(redis, id); return mint({ sub: id }); };
 
 beforeAll(async () => {
-  await flushRedis();
   const dataDir = await mkdtemp(join(tmpdir(), 'fw-cluster-'));
   ({ signer } = await loadOrCreateKeySet(join(dataDir, 'keys')));
   const env = { FLEETWIRE_DATA_DIR: dataDir, BROKER_CLUSTER: 'redis', BROKER_NODE_TTL_S: '3' };

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { createRedis, loadOrCreateKeySet, redisKeys, saveDevice, signToken, type SigningKey } from '@fleetwire/common';
-import { closeOf, connect, flushRedis, nextMessage, REDIS_URL, waitFor } from './helpers.js';
+import { closeOf, connect, nextMessage, REDIS_URL, waitFor } from './helpers.js';
 import { spawnBroker, stop, type BrokerProcess } from './processes.js';
 
 let node: BrokerProcess;
@@ -12,7 +12,6 @@ let signer: SigningKey;
 const redis = createRedis(REDIS_URL, { name: 'test-drain' });
 
 beforeAll(async () => {
-  await flushRedis();
   const dataDir = await mkdtemp(join(tmpdir(), 'fw-drain-'));
   ({ signer } = await loadOrCreateKeySet(join(dataDir, 'keys')));
   node = await spawnBroker({ FLEETWIRE_DATA_DIR: dataDir, BROKER_SHUTDOWN_SPREAD_MS: '1500', BROKER_SHUTDOWN_TIMEOUT_MS: '8000' });

@@ -4,11 +4,10 @@ import { request } from 'node:http';
 import net from 'node:net';
 import { once } from 'node:events';
 import { redisKeys } from '@fleetwire/common';
-import { connackCode, flushRedis, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { connackCode, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker();
 });
 afterAll(async () => t.close());

@@ -12,7 +12,8 @@ import {
 } from '@fleetwire/common';
 import { buildBroker, brokerDefaults, type Broker, type BrokerConfig } from '@fleetwire/broker';
 
-export const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+export const REDIS_URL = process.env.REDIS_URL!;
 
 export interface TestBroker {
   broker: Broker;
@@ -25,12 +26,6 @@ export interface TestBroker {
   mint(req: Partial<TokenRequest> & { sub: string }): Promise<string>;
   registerDevice(id: string): Promise<string>;
   close(): Promise<void>;
-}
-
-export async function flushRedis(): Promise<void> {
-  const r = createRedis(REDIS_URL, { name: 'test-flush' });
-  await r.flushdb();
-  r.disconnect();
 }
 
 export interface StartOptions {

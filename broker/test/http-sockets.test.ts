@@ -11,7 +11,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadBrokerConfig } from '@fleetwire/broker';
-import { connect, flushRedis, sleep, startBroker, type TestBroker } from './helpers.js';
+import { connect, sleep, startBroker, type TestBroker } from './helpers.js';
 
 const timeouts = { httpHeadersTimeoutMs: 500, httpRequestTimeoutMs: 1000, httpKeepAliveTimeoutMs: 500, httpConnectionsCheckIntervalMs: 100 };
 
@@ -37,8 +37,6 @@ async function probe(port: number, send?: string): Promise<Probe> {
 
 const within = <T>(p: Promise<T>, ms: number): Promise<T | 'still open'> =>
   Promise.race([p, sleep(ms).then(() => 'still open' as const)]);
-
-beforeAll(flushRedis);
 
 describe('slow and silent HTTP clients', () => {
   let t: TestBroker;

@@ -2,13 +2,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { pack } from 'msgpackr';
 import { createRedis, queues, schemaValidator } from '@fleetwire/common';
-import { connect, flushRedis, nextMessage, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { connect, nextMessage, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 const conn = createRedis(REDIS_URL, { name: 'test-queues', maxRetriesPerRequest: null });
 const queue = (name: string) => new Queue(name, { connection: conn, prefix: queues.prefix });
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker();
 });
 afterAll(async () => {

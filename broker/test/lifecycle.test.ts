@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { revokeDevice, revokeToken } from '@fleetwire/common';
-import { closeOf, connect, flushRedis, nextMessage, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { closeOf, connect, nextMessage, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 let operator: string;
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker({ registryFlushMs: 200, tokenNoticeS: 1 });
   operator = await t.mint({ sub: 'olga', typ: 'user', role: 'operator', ttlSeconds: 600 });
 });

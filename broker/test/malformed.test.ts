@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { randomBytes } from 'node:crypto';
-import { connect, flushRedis, nextMessage, startBroker, type TestBroker } from './helpers.js';
+import { connect, nextMessage, startBroker, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
-  await flushRedis();
   t = await startBroker({ connectAttemptsPerIp: 10_000 });
 });
 afterAll(async () => t.close());

@@ -4,11 +4,18 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import mqttPacket from 'mqtt-packet';
 import { Queue } from 'bullmq';
-import { queues } from '@fleetwire/common';
-import { closeOf, connackCode, connect, flushRedis, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { createRedis, queues } from '@fleetwire/common';
+import { closeOf, connackCode, connect, REDIS_URL, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
-beforeEach(async () => flushRedis());
+// Every test here drives the limits of one address (127.0.0.1: connect attempts, bans,
+// flood penalties), so each starts with an empty Redis. The server is this file's alone
+// (scripts/vitest/redis-per-file.ts), so emptying it touches no other file.
+beforeEach(async () => {
+  const r = createRedis(REDIS_URL, { name: 'test-empty' });
+  await r.flushdb();
+  r.disconnect();
+});
 afterEach(async () => t?.close());
 
 /** Opens a raw WebSocket; resolves with the HTTP status of a refused upgrade or 101. */

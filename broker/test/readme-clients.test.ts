@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
 import { createRedis, queues } from '@fleetwire/common';
-import { flushRedis, REDIS_URL, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { REDIS_URL, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const read = (path: string): string => readFileSync(ROOT + path, 'utf8');
@@ -38,7 +38,6 @@ describe('Connecting with common clients (README)', () => {
     let t: TestBroker;
     const conn = createRedis(REDIS_URL, { name: 'test-readme-queues', maxRetriesPerRequest: null });
     beforeAll(async () => {
-      await flushRedis();
       t = await startBroker();
     });
     afterAll(async () => {

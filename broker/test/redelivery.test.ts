@@ -5,15 +5,14 @@
  * Plain Aedes resends stored messages unchanged (moscajs/aedes#601); the
  * control test below shows that, so it tells when upstream has fixed it.
  */
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { Aedes } from 'aedes';
 import { WebSocketServer, createWebSocketStream } from 'ws';
 import type { AddressInfo } from 'node:net';
 import type mqttPacket from 'mqtt-packet';
-import { connect, flushRedis, rawConnect, rawMqtt, type RawMqtt, startBroker, type TestBroker } from './helpers.js';
+import { connect, rawConnect, rawMqtt, type RawMqtt, startBroker, type TestBroker } from './helpers.js';
 
 let t: TestBroker | undefined;
-beforeEach(async () => flushRedis());
 afterEach(async () => { await t?.close(); t = undefined; });
 
 type Publish = mqttPacket.IPublishPacket;

@@ -7,7 +7,7 @@ import mqtt from 'mqtt';
 import WebSocket from 'ws';
 import { createLogger, createTokenVerifier, loadOrCreateKeySet, saveDevice, signToken, createRedis } from '@fleetwire/common';
 import { buildBroker, brokerDefaults, type Broker } from '@fleetwire/broker';
-import { flushRedis, nextMessage, REDIS_URL } from './helpers.js';
+import { nextMessage, REDIS_URL } from './helpers.js';
 
 let broker: Broker;
 let port: number;
@@ -17,7 +17,6 @@ let mint: (sub: string, typ: 'device' | 'service' | 'user') => Promise<string>;
 const redis = createRedis(REDIS_URL, { name: 'test-transports' });
 
 beforeAll(async () => {
-  await flushRedis();
   const dir = await mkdtemp(join(tmpdir(), 'fw-tls-'));
   // A self-signed certificate for localhost, as a private deployment would have.
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',

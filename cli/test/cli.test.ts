@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createRedis } from '@fleetwire/common';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+const REDIS_URL = process.env.REDIS_URL!;
 const CLI = fileURLToPath(new URL('../dist/main.js', import.meta.url));
 let dataDir: string;
 
@@ -29,9 +29,6 @@ function run(args: string[], opts: { stdin?: string; env?: Record<string, string
 }
 
 beforeAll(async () => {
-  const r = createRedis(REDIS_URL, { name: 'cli-test' });
-  await r.flushdb();
-  r.disconnect();
   dataDir = await mkdtemp(join(tmpdir(), 'fw-cli-'));
 });
 

@@ -8,12 +8,13 @@ import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger, createRedis, repoRoot, startServices, type AnyService, type RunningServices } from '@fleetwire/common';
+import { createLogger, repoRoot, startServices, type AnyService, type RunningServices } from '@fleetwire/common';
 import { authService } from '@fleetwire/auth-service';
 import { brokerService } from '@fleetwire/broker';
 import { discoverServices, usage } from '../src/services.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+const REDIS_URL = process.env.REDIS_URL!;
 const ADMIN = { email: 'contract-admin@example.com', password: 'contract-admin-passphrase' };
 
 /** The whole of a new service: what a developer writes in its folder. */
@@ -44,9 +45,7 @@ let running: RunningServices;
 let base: string;
 
 beforeAll(async () => {
-  const r = createRedis(REDIS_URL, { name: 'contract-test' });
-  await r.flushdb(); // the first admin is created only into an empty user store
-  r.disconnect();
+  // The first admin is created only into an empty user store: this file's Redis starts empty.
   scratch = await mkdtemp(join(tmpdir(), 'fw-contract-'));
   await mkdir(join(scratch, 'hello-service'));
   await writeFile(join(scratch, 'package.json'), JSON.stringify({ name: 'scratch', workspaces: ['common', 'hello-service'] }));

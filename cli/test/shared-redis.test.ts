@@ -8,7 +8,8 @@ import { createRedis, redisKeys } from '@fleetwire/common';
 import { ConnectGate } from '../../broker/src/connect-gate.js';
 import { Limits } from '../../auth-service/src/limits.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+const REDIS_URL = process.env.REDIS_URL!;
 const connections: ReturnType<typeof createRedis>[] = [];
 afterAll(() => connections.forEach((r) => r.disconnect()));
 

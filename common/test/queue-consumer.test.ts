@@ -21,7 +21,8 @@ import {
 } from '@fleetwire/common';
 import { brokerDefaults, buildBroker, type Broker } from '@fleetwire/broker';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+const REDIS_URL = process.env.REDIS_URL!;
 const heartbeat = readContract<Record<string, unknown>>('fixtures/valid/heartbeat.json');
 const badHeartbeat = readContract<Record<string, unknown>>('fixtures/invalid/heartbeat.json');
 const cmdResult = readContract<Record<string, unknown>>('fixtures/valid/cmd-result.json');

@@ -6,7 +6,8 @@ import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { createLogger, createMetricsRegistry, startServices, supervisedPart, Supervisor, type SupervisorOptions } from '../src/index.js';
 
-const REDIS_URL = process.env.REDIS_URL ?? 'redis://127.0.0.1:6379';
+// This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
+const REDIS_URL = process.env.REDIS_URL!;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A child running `code`; log records land in `logs`. */
