@@ -15,18 +15,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::platform::{Rng, Storage, XorShiftRng};
 use fleetwire_core::session::{
-    self as engine, Event, Hardware, IssuedToken, LinkEnd, LinkFailure, Now, Output, RebootKind, Severity, TokenError,
+    self as engine, Event, Hardware, LinkEnd, LinkFailure, Now, Output, RebootKind, Severity,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, TokenSource};
+use crate::auth::TokenSource;
 use crate::device::SimBoard;
 use crate::flash::DeviceFlash;
 use crate::handshake::HandshakeError;
 use crate::log::{self, Level};
 use crate::ota::{DownloadNews, OtaConfig, OtaIo};
-use crate::secret::Secret;
 use crate::stats::{inc, Stats};
 use crate::transport::{ConnectError, Connector, Link, LinkEvent};
 
@@ -267,7 +266,6 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 }
             }
             Output::OpenLink(jwt) => {
-                let jwt = Secret::new(jwt.expose());
                 let connecting = tokio::select! {
                     r = self.connector.connect(&jwt) => r,
                     _ = self.shutdown.wait() => return Next::Exit(Exit::Shutdown),
@@ -290,18 +288,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     r = self.tokens.fetch() => r,
                     _ = self.shutdown.wait() => return Next::Exit(self.shut_down(session).await),
                 };
-                let answer = match fetched {
-                    Ok(t) => Ok(IssuedToken {
-                        jwt: engine::Jwt::new(t.jwt.expose()),
-                        lifetime_ms: t.lifetime.map(|l| l.as_millis() as u64),
-                    }),
-                    Err(AuthError::Rejected(why)) => Err(TokenError::Rejected(why)),
-                    Err(AuthError::Unavailable { message, retry_after }) => Err(TokenError::Unavailable {
-                        error: message,
-                        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-                    }),
-                };
-                Next::More(session.on_token(self.now(), answer))
+                Next::More(session.on_token(self.now(), fetched))
             }
             Output::Save { key, value } => {
                 self.nvs.set(&key, &value);
