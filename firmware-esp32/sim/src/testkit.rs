@@ -252,9 +252,9 @@ impl Harness {
         failures: Vec<ConnectError>,
     ) -> Harness {
         let mut cfg = session_config(ID, &state);
-        cfg.telemetry_s = 0;
+        cfg.engine.telemetry_s = 0;
         // No stretch: with MaxRng every delay is exactly the backoff window.
-        cfg.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
+        cfg.engine.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
         tweak(&mut cfg);
         let (connector, conns) = MemConnector::new();
         connector.failures.lock().unwrap().extend(failures);

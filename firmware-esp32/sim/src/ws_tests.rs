@@ -249,7 +249,7 @@ async fn a_session_runs_over_a_real_websocket_with_the_subprotocol_handshake() {
     let (stop, rx) = watch::channel(false);
     let state = TempDir::new("fleetwire-sim-ws-test").unwrap();
     let mut cfg = session_config("esp-01", &state);
-    cfg.telemetry_s = 0;
+    cfg.engine.telemetry_s = 0;
     let session = Session::new(
         cfg,
         connector(&server.url, false),
