@@ -18,6 +18,7 @@ pub mod ota_status;
 pub mod ota_store;
 pub mod outbox;
 pub mod platform;
+pub mod secret;
 pub mod session;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

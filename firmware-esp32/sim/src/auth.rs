@@ -8,37 +8,14 @@ use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::{HttpClient, HttpResponse};
-use crate::secret::Secret;
 use base64::Engine;
+use fleetwire_core::secret::Secret;
+use fleetwire_core::session::{IssuedToken, Jwt, TokenError};
 use serde::Deserialize;
-
-#[derive(Debug, Clone)]
-pub struct Token {
-    pub jwt: Secret,
-    /// `expires_in`; `None` when the source cannot refresh.
-    pub lifetime: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
-    /// Wrong, revoked or expired credentials: retrying cannot help.
-    Rejected(String),
-    /// The server is unreachable or failing: retry later, not before `retry_after`.
-    Unavailable { message: String, retry_after: Option<Duration> },
-}
-
-impl std::fmt::Display for AuthError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            AuthError::Rejected(m) => write!(f, "credentials rejected: {m}"),
-            AuthError::Unavailable { message, .. } => write!(f, "token service unavailable: {message}"),
-        }
-    }
-}
 
 pub trait TokenSource: Send {
     /// A token for the next connection (a fresh one when the source can refresh).
-    fn fetch(&mut self) -> impl Future<Output = Result<Token, AuthError>> + Send;
+    fn fetch(&mut self) -> impl Future<Output = Result<IssuedToken, TokenError>> + Send;
     /// Whether `fetch` can ever return a different token.
     fn can_refresh(&self) -> bool;
 }
@@ -58,23 +35,23 @@ pub fn jwt_exp(jwt: &str) -> Option<u64> {
 /// A fixed `--token`: never refreshed; refused locally once its `exp` has passed.
 #[derive(Debug, Clone)]
 pub struct StaticToken {
-    jwt: Secret,
+    jwt: Jwt,
 }
 
 impl StaticToken {
-    pub fn new(jwt: Secret) -> Self {
+    pub fn new(jwt: Jwt) -> Self {
         StaticToken { jwt }
     }
 }
 
 impl TokenSource for StaticToken {
-    async fn fetch(&mut self) -> Result<Token, AuthError> {
+    async fn fetch(&mut self) -> Result<IssuedToken, TokenError> {
         if let Some(exp) = jwt_exp(self.jwt.expose()) {
             if exp <= unix_now_s() {
-                return Err(AuthError::Rejected("the --token has expired".into()));
+                return Err(TokenError::Rejected("the --token has expired".into()));
             }
         }
-        Ok(Token { jwt: self.jwt.clone(), lifetime: None })
+        Ok(IssuedToken { jwt: self.jwt.clone(), lifetime_ms: None })
     }
     fn can_refresh(&self) -> bool {
         false
@@ -99,29 +76,37 @@ struct ErrorDetail {
 }
 
 /// Interpret the token endpoint's answer. Pure, so every status is unit-tested.
-pub fn interpret_token_response(expected_device: &str, r: &HttpResponse) -> Result<(Secret, Duration), AuthError> {
+pub fn interpret_token_response(expected_device: &str, r: &HttpResponse) -> Result<IssuedToken, TokenError> {
     if (200..300).contains(&r.status) {
-        let t: TokenResponse = serde_json::from_slice(&r.body).map_err(|e| AuthError::Unavailable {
-            message: format!("unreadable token response: {e}"),
-            retry_after: None,
+        let t: TokenResponse = serde_json::from_slice(&r.body).map_err(|e| TokenError::Unavailable {
+            error: format!("unreadable token response: {e}"),
+            retry_after_ms: None,
         })?;
         if t.device_id != expected_device {
             // A key of another device: a configuration mistake (keys file lines swapped).
-            return Err(AuthError::Rejected(format!("the API key belongs to device {:?}", t.device_id)));
+            return Err(TokenError::Rejected(format!("the API key belongs to device {:?}", t.device_id)));
         }
         if t.expires_in == 0 {
-            return Err(AuthError::Unavailable { message: "token with no lifetime".into(), retry_after: None });
+            return Err(TokenError::Unavailable { error: "token with no lifetime".into(), retry_after_ms: None });
         }
-        return Ok((Secret::new(t.token), Duration::from_secs(t.expires_in)));
+        return Ok(IssuedToken {
+            jwt: Jwt::new(t.token),
+            lifetime_ms: Some(millis(Duration::from_secs(t.expires_in))),
+        });
     }
     let detail = serde_json::from_slice::<ErrorBody>(&r.body)
         .map(|b| format!("HTTP {} {}: {}", r.status, b.error.code, b.error.message))
         .unwrap_or_else(|_| format!("HTTP {}", r.status));
     match r.status {
         // 400 too: the request itself is wrong, sending it again will not fix it.
-        400 | 401 | 403 => Err(AuthError::Rejected(detail)),
-        _ => Err(AuthError::Unavailable { message: detail, retry_after: r.retry_after }),
+        400 | 401 | 403 => Err(TokenError::Rejected(detail)),
+        _ => Err(TokenError::Unavailable { error: detail, retry_after_ms: r.retry_after.map(millis) }),
     }
+}
+
+/// A duration in the engine's unit.
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 /// Exchanges the device's API key for a device JWT.
@@ -141,16 +126,15 @@ impl ApiKeyExchange {
 }
 
 impl TokenSource for ApiKeyExchange {
-    async fn fetch(&mut self) -> Result<Token, AuthError> {
+    async fn fetch(&mut self) -> Result<IssuedToken, TokenError> {
         let body = serde_json::to_vec(&serde_json::json!({ "api_key": self.api_key.expose() }))
             .expect("a JSON object of one string serialises");
         let resp = self
             .http
             .post_json(&self.url, body)
             .await
-            .map_err(|message| AuthError::Unavailable { message, retry_after: None })?;
-        let (jwt, lifetime) = interpret_token_response(&self.device_id, &resp)?;
-        Ok(Token { jwt, lifetime: Some(lifetime) })
+            .map_err(|error| TokenError::Unavailable { error, retry_after_ms: None })?;
+        interpret_token_response(&self.device_id, &resp)
     }
     fn can_refresh(&self) -> bool {
         true
@@ -165,7 +149,7 @@ pub enum Credentials {
 }
 
 impl TokenSource for Credentials {
-    async fn fetch(&mut self) -> Result<Token, AuthError> {
+    async fn fetch(&mut self) -> Result<IssuedToken, TokenError> {
         match self {
             Credentials::Static(s) => s.fetch().await,
             Credentials::ApiKey(k) => k.fetch().await,
@@ -195,21 +179,21 @@ mod tests {
     #[test]
     fn ok_answer_yields_token_and_lifetime() {
         let r = resp(200, r#"{"token":"a.b.c","device_id":"esp-01","expires_in":900}"#);
-        let (jwt, life) = interpret_token_response("esp-01", &r).unwrap();
-        assert_eq!((jwt.expose(), life), ("a.b.c", Duration::from_secs(900)));
+        let t = interpret_token_response("esp-01", &r).unwrap();
+        assert_eq!((t.jwt.expose(), t.lifetime_ms), ("a.b.c", Some(900_000)));
     }
 
     #[test]
     fn bad_key_is_rejected_with_the_server_code_and_never_the_key() {
         let r = resp(401, r#"{"error":{"code":"AUTH_INVALID_API_KEY","message":"invalid API key"}}"#);
         let e = interpret_token_response("esp-01", &r).unwrap_err();
-        assert_eq!(e, AuthError::Rejected("HTTP 401 AUTH_INVALID_API_KEY: invalid API key".into()));
+        assert_eq!(e, TokenError::Rejected("HTTP 401 AUTH_INVALID_API_KEY: invalid API key".into()));
     }
 
     #[test]
     fn key_of_another_device_is_rejected() {
         let r = resp(200, r#"{"token":"a.b.c","device_id":"esp-02","expires_in":900}"#);
-        assert!(matches!(interpret_token_response("esp-01", &r), Err(AuthError::Rejected(_))));
+        assert!(matches!(interpret_token_response("esp-01", &r), Err(TokenError::Rejected(_))));
     }
 
     #[test]
@@ -218,10 +202,10 @@ mod tests {
         r.retry_after = Some(Duration::from_secs(4));
         assert_eq!(
             interpret_token_response("esp-01", &r),
-            Err(AuthError::Unavailable { message: "HTTP 429".into(), retry_after: Some(Duration::from_secs(4)) })
+            Err(TokenError::Unavailable { error: "HTTP 429".into(), retry_after_ms: Some(4_000) })
         );
-        assert!(matches!(interpret_token_response("esp-01", &resp(503, "")), Err(AuthError::Unavailable { .. })));
-        assert!(matches!(interpret_token_response("esp-01", &resp(200, "{}")), Err(AuthError::Unavailable { .. })));
+        assert!(matches!(interpret_token_response("esp-01", &resp(503, "")), Err(TokenError::Unavailable { .. })));
+        assert!(matches!(interpret_token_response("esp-01", &resp(200, "{}")), Err(TokenError::Unavailable { .. })));
     }
 
     #[test]
@@ -232,11 +216,11 @@ mod tests {
 
     #[tokio::test]
     async fn static_token_is_served_until_its_exp_and_never_refreshes() {
-        let mut live = StaticToken::new(Secret::new(jwt_with_exp(unix_now_s() + 3600)));
+        let mut live = StaticToken::new(Jwt::new(jwt_with_exp(unix_now_s() + 3600)));
         assert!(!live.can_refresh());
-        assert!(live.fetch().await.unwrap().lifetime.is_none());
-        let mut dead = StaticToken::new(Secret::new(jwt_with_exp(1)));
-        assert!(matches!(dead.fetch().await, Err(AuthError::Rejected(_))));
+        assert!(live.fetch().await.unwrap().lifetime_ms.is_none());
+        let mut dead = StaticToken::new(Jwt::new(jwt_with_exp(1)));
+        assert!(matches!(dead.fetch().await, Err(TokenError::Rejected(_))));
     }
 
     #[tokio::test]
@@ -266,7 +250,7 @@ mod tests {
             "esp-01".into(),
         );
         let t = ex.fetch().await.unwrap();
-        assert_eq!((t.jwt.expose(), t.lifetime), ("h.p.s", Some(Duration::from_secs(100))));
+        assert_eq!((t.jwt.expose(), t.lifetime_ms), ("h.p.s", Some(100_000)));
         assert!(server.await.unwrap().ends_with(r#"{"api_key":"fwk_test"}"#));
     }
 }

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use fleetwire_core::heartbeat::{MAX_INTERVAL_S, MIN_INTERVAL_S};
 use fleetwire_core::ota::{compare_versions, is_valid_chip, parse_public_key_hex};
+use fleetwire_core::secret::Secret;
+use fleetwire_core::session::Jwt;
 use fleetwire_core::topics::is_valid_device_id;
 
 use crate::log::Level;
 use crate::ota::{DEFAULT_CONFIRM_TIMEOUT, DEFAULT_PARTITION_SIZE};
-use crate::secret::Secret;
 
 pub const USAGE: &str = "\
 fleetwire-sim: simulated Fleetwire devices running the ESP32 firmware's core logic
@@ -60,7 +61,7 @@ Exit status: 0 clean stop, 1 a device gave up (revoked, bad key), 2 usage error.
 #[derive(Debug, Clone)]
 pub enum Credential {
     ApiKey(Secret),
-    Token(Secret),
+    Token(Jwt),
 }
 
 #[derive(Debug, Clone)]
@@ -195,7 +196,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
             "--url" => url = Some(value()?),
             "--device-id" => device_id = Some(value()?),
             "--api-key" => api_key = Some(Secret::new(value()?)),
-            "--token" => token = Some(Secret::new(value()?)),
+            "--token" => token = Some(Jwt::new(value()?)),
             "--keys-file" => keys_file = Some(PathBuf::from(value()?)),
             "--devices" => count = Some(number("--devices", &value()?)?),
             "--ca" => o.ca = Some(PathBuf::from(value()?)),
@@ -267,7 +268,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
                 return Err(format!("invalid device id {id:?} (expected ^[a-z0-9][a-z0-9-]{{2,63}}$)"));
             }
             let api_key = api_key.or_else(|| env("FLEETWIRE_API_KEY").map(Secret::new));
-            let token = token.or_else(|| env("FLEETWIRE_TOKEN").map(Secret::new));
+            let token = token.or_else(|| env("FLEETWIRE_TOKEN").map(Jwt::new));
             let credential = match (api_key, token) {
                 (Some(_), Some(_)) => return Err("use either --api-key or --token, not both".into()),
                 (Some(k), None) => Credential::ApiKey(k),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleetwire_core::session::OtaSettings;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{interval_at, sleep, Instant};
@@ -96,15 +97,17 @@ pub async fn run(opts: Options) -> i32 {
         },
     };
     let ota = OtaConfig {
-        public_key: opts.ota.public_key,
-        chip: opts.ota.chip.clone(),
-        partition_size: opts.ota.partition_size,
         fail_boot_versions: opts.ota.fail_boot_versions.clone(),
-        confirm_timeout: opts.ota.confirm_timeout,
         tls: Some(tls.clone()),
         ..OtaConfig::new(state_dir)
     };
-    if ota.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
+    let ota_settings = OtaSettings {
+        public_key: opts.ota.public_key,
+        chip: opts.ota.chip.clone(),
+        partition_size: opts.ota.partition_size,
+        confirm_timeout_ms: opts.ota.confirm_timeout.as_millis() as u64,
+    };
+    if ota_settings.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
         eprintln!("fleetwire-sim: no --ota-public-key: OTA offers will be refused");
     }
     let http = HttpClient::new(tls.clone(), IO_TIMEOUT);
@@ -121,12 +124,13 @@ pub async fn run(opts: Options) -> i32 {
             Credential::Token(jwt) => Credentials::Static(StaticToken::new(jwt)),
         };
         let mut cfg = SessionConfig::new(&d.id);
-        cfg.keepalive_s = opts.keepalive_s;
-        cfg.heartbeat_s = opts.heartbeat_s;
-        cfg.telemetry_s = opts.telemetry_s;
-        cfg.connack_timeout = IO_TIMEOUT;
+        cfg.engine.keepalive_s = opts.keepalive_s;
+        cfg.engine.heartbeat_s = opts.heartbeat_s;
+        cfg.engine.telemetry_s = opts.telemetry_s;
+        cfg.engine.connack_timeout_ms = IO_TIMEOUT.as_millis() as u64;
+        cfg.engine.factory_version = opts.ota.fw_version.clone();
+        cfg.engine.ota = ota_settings.clone();
         cfg.seed = seed_for(&d.id);
-        cfg.fw = opts.ota.fw_version.clone();
         cfg.ota = ota.clone();
         let connector = WsConnector::new(endpoint.ws_url.clone(), tls.clone(), IO_TIMEOUT);
         let mut shutdown = Shutdown::new(stop_rx.clone());

@@ -6,10 +6,9 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+use fleetwire_core::session::Jwt;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::http::{header::SEC_WEBSOCKET_PROTOCOL, HeaderMap, HeaderValue};
-
-use crate::secret::Secret;
 
 const JWT_CONTRACT: &str = include_str!("../../../common/contracts/jwt.json");
 
@@ -64,7 +63,7 @@ fn check_compact_jwt(jwt: &str) -> Result<(), HandshakeError> {
 }
 
 /// The `Sec-WebSocket-Protocol` request value: `mqtt, auth.<jwt>`, marked sensitive.
-pub fn offered_protocols(jwt: &Secret) -> Result<HeaderValue, HandshakeError> {
+pub fn offered_protocols(jwt: &Jwt) -> Result<HeaderValue, HandshakeError> {
     check_compact_jwt(jwt.expose())?;
     let c = contract();
     let mut v = HeaderValue::from_str(&format!("{}, {}{}", c.subprotocol, c.token_subprotocol_prefix, jwt.expose()))
@@ -109,7 +108,7 @@ mod tests {
 
     #[test]
     fn offers_mqtt_then_the_auth_token_entry_as_a_sensitive_header() {
-        let v = offered_protocols(&Secret::new(JWT)).unwrap();
+        let v = offered_protocols(&Jwt::new(JWT)).unwrap();
         assert_eq!(v.to_str().unwrap(), format!("mqtt, auth.{JWT}"));
         assert!(v.is_sensitive());
     }
@@ -117,7 +116,7 @@ mod tests {
     #[test]
     fn refuses_tokens_that_are_not_compact_jwts() {
         for bad in ["", "a.b", "a..c", "a.b.c.d", "a.b.c\r\nX: y", "a.b.c d", "a.b.c,mqtt", "a.b.c="] {
-            assert!(matches!(offered_protocols(&Secret::new(bad)), Err(HandshakeError::BadToken(_))), "{bad:?}");
+            assert!(matches!(offered_protocols(&Jwt::new(bad)), Err(HandshakeError::BadToken(_))), "{bad:?}");
         }
     }
 

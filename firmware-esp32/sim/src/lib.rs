@@ -18,7 +18,6 @@ pub mod fleet;
 pub mod handshake;
 pub mod http;
 pub mod ota;
-pub mod secret;
 pub mod session;
 pub mod stats;
 pub mod tls;

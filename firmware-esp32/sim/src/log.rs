@@ -3,7 +3,7 @@
 //! One line per event, keys stable, so a fleet run can be grepped by `device=` or
 //! `cid=` the same way the Node and Python services' JSON logs are. Values containing
 //! spaces, quotes or `=` are quoted. Secrets never reach here: they are held in
-//! [`crate::secret::Secret`], which has no `Display`.
+//! [`fleetwire_core::secret::Secret`], which has no `Display`.
 
 use std::fmt::{self, Display, Write as _};
 use std::sync::atomic::{AtomicU8, Ordering};

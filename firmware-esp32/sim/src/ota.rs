@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetwire_core::session::{
-    DownloadFailure, ImageDownload, OtaSettings, OtaWork, DEFAULT_CONFIRM_TIMEOUT_MS,
-    DEFAULT_PARTITION_SIZE as CORE_PARTITION_SIZE,
+    DownloadFailure, ImageDownload, OtaWork, DEFAULT_CONFIRM_TIMEOUT_MS, DEFAULT_PARTITION_SIZE as CORE_PARTITION_SIZE,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,15 +29,10 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct OtaConfig {
-    /// Ed25519 key manifests must be signed with; `None`: every offer is refused.
-    pub public_key: Option<[u8; 32]>,
-    pub chip: String,
-    pub partition_size: u64,
     /// Holds `<device-id>/` with the emulated NVS and flash slots.
     pub state_dir: PathBuf,
     /// Versions whose first boot crashes (the bootloader then rolls back).
     pub fail_boot_versions: Vec<String>,
-    pub confirm_timeout: Duration,
     pub download: DownloadPolicy,
     /// Trust for image downloads (the WebSocket's); `None`: the webpki roots.
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -46,26 +40,7 @@ pub struct OtaConfig {
 
 impl OtaConfig {
     pub fn new(state_dir: PathBuf) -> Self {
-        OtaConfig {
-            public_key: None,
-            chip: "esp32".into(),
-            partition_size: DEFAULT_PARTITION_SIZE,
-            state_dir,
-            fail_boot_versions: Vec::new(),
-            confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
-            download: DownloadPolicy::default(),
-            tls: None,
-        }
-    }
-
-    /// What the core session checks offers against.
-    pub fn settings(&self) -> OtaSettings {
-        OtaSettings {
-            public_key: self.public_key,
-            chip: self.chip.clone(),
-            partition_size: self.partition_size,
-            confirm_timeout_ms: self.confirm_timeout.as_millis() as u64,
-        }
+        OtaConfig { state_dir, fail_boot_versions: Vec::new(), download: DownloadPolicy::default(), tls: None }
     }
 
     /// The simulated bootloader: whether `version` comes up when booted.

@@ -53,7 +53,7 @@ fn offer(key: &SigningKey, rollout: &str, version: &str, url: &str, img: &[u8], 
 
 /// An OTA-capable device: trusts [`signer`], retries downloads quickly.
 fn ota_device(c: &mut SessionConfig) {
-    c.ota.public_key = Some(signer().verifying_key().to_bytes());
+    c.engine.ota.public_key = Some(signer().verifying_key().to_bytes());
     c.ota.download = DownloadPolicy {
         max_fruitless_attempts: 3,
         retry: BackoffConfig { base_ms: 10, cap_ms: 50, max_stretch: 1.0, ..BackoffConfig::default() },
@@ -305,7 +305,7 @@ async fn unverifiable_foreign_old_or_oversized_images_are_refused_without_downlo
             FakeTokens::fixed(),
             |c| {
                 ota_device(c);
-                c.ota.partition_size = 40_000;
+                c.engine.ota.partition_size = 40_000;
             },
             vec![],
         ))
@@ -484,7 +484,7 @@ async fn an_image_whose_heartbeats_are_never_acknowledged_is_rolled_back() {
     installed_not_booted(&state, "3.0.0");
     let tweak = |c: &mut SessionConfig| {
         ota_device(c);
-        c.ota.confirm_timeout = Duration::from_secs(45);
+        c.engine.ota.confirm_timeout_ms = 45_000;
     };
     let t0 = Instant::now();
     let mut d = Device::start(Harness::start_in(state.clone(), FakeTokens::fixed(), tweak, vec![])).await;

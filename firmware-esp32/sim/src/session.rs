@@ -12,21 +12,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::platform::{Rng, Storage, XorShiftRng};
 use fleetwire_core::session::{
-    self as engine, Event, Hardware, IssuedToken, LinkEnd, LinkFailure, Now, Output, RebootKind, Severity, TokenError,
+    self as engine, Event, Hardware, LinkEnd, LinkFailure, Now, OtaSettings, Output, RebootKind, Severity,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, TokenSource};
+use crate::auth::TokenSource;
 use crate::device::SimBoard;
 use crate::flash::DeviceFlash;
 use crate::handshake::HandshakeError;
 use crate::log::{self, Level};
 use crate::ota::{DownloadNews, OtaConfig, OtaIo};
-use crate::secret::Secret;
 use crate::stats::{inc, Stats};
 use crate::transport::{ConnectError, Connector, Link, LinkEvent};
 
@@ -39,50 +37,28 @@ const MAX_PACKET: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    pub device_id: String,
-    pub keepalive_s: u16,
-    /// Initial heartbeat interval; the core's default when `None`.
-    pub heartbeat_s: Option<u32>,
-    /// Telemetry interval; 0 disables the sensor's publishes.
-    pub telemetry_s: u32,
-    /// Bound on waiting for CONNACK.
-    pub connack_timeout: Duration,
-    pub backoff: BackoffConfig,
-    /// The firmware version at first start; after that the persisted OTA state says
-    /// what runs.
-    pub fw: String,
+    /// Every setting the engine decides with. Its `token_refreshable` is the token
+    /// source's [`TokenSource::can_refresh`], set by [`Session::new`].
+    pub engine: engine::SessionConfig,
+    /// Where the emulated NVS and flash live, the simulated bootloader, downloads.
     pub ota: OtaConfig,
     /// Seeds the backoff jitter and the sensor.
     pub seed: u64,
 }
 
 impl SessionConfig {
+    /// Firmware `1.0.0` at first start (after that the persisted OTA state says what
+    /// runs), an `esp32` chip refusing every OTA offer (no public key), telemetry every 60 s.
     pub fn new(device_id: &str) -> Self {
+        let mut engine = engine::SessionConfig::new(device_id, "1.0.0", OtaSettings::new(None, "esp32"));
+        engine.telemetry_s = 60;
+        engine.recent_commands = RECENT_COMMANDS;
+        engine.max_packet = MAX_PACKET;
         SessionConfig {
-            device_id: device_id.to_owned(),
-            keepalive_s: 60,
-            heartbeat_s: None,
-            telemetry_s: 60,
-            connack_timeout: Duration::from_secs(10),
-            backoff: BackoffConfig::default(),
-            fw: "1.0.0".to_owned(),
+            engine,
             ota: OtaConfig::new(std::env::temp_dir().join(format!("fleetwire-sim-{}", std::process::id()))),
             seed: 1,
         }
-    }
-
-    /// The engine's configuration.
-    fn engine(&self, token_refreshable: bool) -> engine::SessionConfig {
-        let mut c = engine::SessionConfig::new(&self.device_id, &self.fw, self.ota.settings());
-        c.keepalive_s = self.keepalive_s;
-        c.heartbeat_s = self.heartbeat_s;
-        c.telemetry_s = self.telemetry_s;
-        c.connack_timeout_ms = self.connack_timeout.as_millis() as u64;
-        c.backoff = self.backoff;
-        c.token_refreshable = token_refreshable;
-        c.recent_commands = RECENT_COMMANDS;
-        c.max_packet = MAX_PACKET;
-        c
     }
 }
 
@@ -141,16 +117,17 @@ enum Next {
 
 impl<C: Connector, T: TokenSource> Session<C, T> {
     pub fn new(
-        cfg: SessionConfig,
+        mut cfg: SessionConfig,
         connector: C,
         tokens: T,
         stats: Arc<Stats>,
         shutdown: Shutdown,
     ) -> Result<Self, String> {
-        cfg.engine(tokens.can_refresh()).check().map_err(|e| format!("device {:?}: {e}", cfg.device_id))?;
+        cfg.engine.token_refreshable = tokens.can_refresh();
+        cfg.engine.check().map_err(|e| format!("device {:?}: {e}", cfg.engine.device_id))?;
         Ok(Session {
-            ota: OtaIo::open(&cfg.device_id, &cfg.ota, cfg.seed)?,
-            nvs: DeviceFlash::open(&cfg.ota.state_dir, &cfg.device_id)?,
+            ota: OtaIo::open(&cfg.engine.device_id, &cfg.ota, cfg.seed)?,
+            nvs: DeviceFlash::open(&cfg.ota.state_dir, &cfg.engine.device_id)?,
             rng: Box::new(XorShiftRng::new(cfg.seed)),
             link: None,
             connector,
@@ -176,7 +153,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
 
     fn boot(&mut self, hw: Hardware, after: Option<RebootKind>) -> Result<(engine::Session, Vec<Output>), Exit> {
         let ota = self.cfg.ota.clone();
-        let cfg = self.cfg.engine(self.tokens.can_refresh());
+        let cfg = self.cfg.engine.clone();
         engine::Session::boot(cfg, hw, &self.nvs, &|v| ota.image_starts(v), after, self.now()).map_err(Exit::Stopped)
     }
 
@@ -267,7 +244,6 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 }
             }
             Output::OpenLink(jwt) => {
-                let jwt = Secret::new(jwt.expose());
                 let connecting = tokio::select! {
                     r = self.connector.connect(&jwt) => r,
                     _ = self.shutdown.wait() => return Next::Exit(Exit::Shutdown),
@@ -290,18 +266,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                     r = self.tokens.fetch() => r,
                     _ = self.shutdown.wait() => return Next::Exit(self.shut_down(session).await),
                 };
-                let answer = match fetched {
-                    Ok(t) => Ok(IssuedToken {
-                        jwt: engine::Jwt::new(t.jwt.expose()),
-                        lifetime_ms: t.lifetime.map(|l| l.as_millis() as u64),
-                    }),
-                    Err(AuthError::Rejected(why)) => Err(TokenError::Rejected(why)),
-                    Err(AuthError::Unavailable { message, retry_after }) => Err(TokenError::Unavailable {
-                        error: message,
-                        retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-                    }),
-                };
-                Next::More(session.on_token(self.now(), answer))
+                Next::More(session.on_token(self.now(), fetched))
             }
             Output::Save { key, value } => {
                 self.nvs.set(&key, &value);
@@ -382,7 +347,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
         if log::enabled(level) {
             let fields: Vec<(&str, &dyn std::fmt::Display)> =
                 fields.iter().map(|(k, v)| (*k, v as &dyn std::fmt::Display)).collect();
-            log::emit(level, &self.cfg.device_id, name, &fields);
+            log::emit(level, &self.cfg.engine.device_id, name, &fields);
         }
     }
 }

@@ -63,7 +63,7 @@ async fn connects_with_the_token_subprotocol_and_device_client_id_then_subscribe
 
 #[tokio::test(start_paused = true)]
 async fn heartbeats_go_out_qos1_at_once_then_on_schedule_and_pubacks_are_counted() {
-    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(10), vec![]);
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.engine.heartbeat_s = Some(10), vec![]);
     let mut c = h.conn().await;
     c.accept().await;
     let DevicePacket::Publish(first) = c.expect_where(is_heartbeat).await else { unreachable!() };
@@ -192,7 +192,7 @@ async fn retry_after_from_a_rate_limited_upgrade_is_a_floor_for_the_backoff_and_
 
 #[tokio::test(start_paused = true)]
 async fn telemetry_is_published_qos0_at_its_interval() {
-    let mut h = Harness::start(FakeTokens::fixed(), |c| c.telemetry_s = 15, vec![]);
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.engine.telemetry_s = 15, vec![]);
     let mut c = h.conn().await;
     c.accept().await;
     let t0 = Instant::now();
@@ -207,7 +207,7 @@ async fn telemetry_is_published_qos0_at_its_interval() {
 #[tokio::test(start_paused = true)]
 async fn reboot_answers_first_waits_for_the_puback_then_boots_and_a_redelivered_reboot_only_resends() {
     let mut h =
-        Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.heartbeat_s = Some(10), vec![]);
+        Harness::start(FakeTokens::refreshable(Duration::from_secs(3600)), |c| c.engine.heartbeat_s = Some(10), vec![]);
     let mut c1 = h.conn().await;
     c1.accept().await;
     ack_heartbeat(&mut c1).await;
@@ -254,7 +254,7 @@ async fn reboot_answers_first_waits_for_the_puback_then_boots_and_a_redelivered_
 
 #[tokio::test(start_paused = true)]
 async fn reboot_waits_out_its_delay_and_an_unacknowledged_result_at_most_five_seconds() {
-    let mut h = Harness::start(FakeTokens::fixed(), |c| c.heartbeat_s = Some(3600), vec![]);
+    let mut h = Harness::start(FakeTokens::fixed(), |c| c.engine.heartbeat_s = Some(3600), vec![]);
     let mut c = h.conn().await;
     c.accept().await;
     ack_heartbeat(&mut c).await;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::mqtt::Publish;
 use fleetwire_core::platform::Rng;
+use fleetwire_core::session::{IssuedToken, Jwt, TokenError};
 pub use fleetwire_core::testkit::{connack, pingresp, publish_qos1, suback, DevicePacket};
 use fleetwire_core::testkit::{parse_device_packet, split_packet};
 use fleetwire_core::topics::{DeviceTopics, TopicMap};
@@ -16,11 +17,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::auth::{AuthError, Token, TokenSource};
+use crate::auth::TokenSource;
 use crate::flash::TempDir;
 use crate::handshake;
 use crate::ota::OtaConfig;
-use crate::secret::Secret;
 use crate::session::{Exit, Session, SessionConfig, Shutdown};
 use crate::stats::Stats;
 use crate::transport::{CloseInfo, ConnectError, Connector, Link, LinkEvent};
@@ -158,7 +158,7 @@ impl MemConnector {
 
 impl Connector for MemConnector {
     type Link = MemLink;
-    async fn connect(&mut self, jwt: &Secret) -> Result<MemLink, ConnectError> {
+    async fn connect(&mut self, jwt: &Jwt) -> Result<MemLink, ConnectError> {
         self.attempts.lock().unwrap().push(Instant::now());
         let offered = handshake::offered_protocols(jwt).map_err(ConnectError::Handshake)?;
         if let Some(e) = self.failures.lock().unwrap().pop_front() {
@@ -202,12 +202,15 @@ impl FakeTokens {
 }
 
 impl TokenSource for FakeTokens {
-    async fn fetch(&mut self) -> Result<Token, AuthError> {
+    async fn fetch(&mut self) -> Result<IssuedToken, TokenError> {
         if self.reject.load(Ordering::SeqCst) {
-            return Err(AuthError::Rejected("HTTP 401 AUTH_INVALID_API_KEY: invalid API key".into()));
+            return Err(TokenError::Rejected("HTTP 401 AUTH_INVALID_API_KEY: invalid API key".into()));
         }
         let n = if self.refreshable { self.issued.fetch_add(1, Ordering::SeqCst) + 1 } else { 1 };
-        Ok(Token { jwt: Secret::new(format!("hdr.tok{n}.sig")), lifetime: self.lifetime.filter(|_| self.refreshable) })
+        Ok(IssuedToken {
+            jwt: Jwt::new(format!("hdr.tok{n}.sig")),
+            lifetime_ms: self.lifetime.filter(|_| self.refreshable).map(|l| l.as_millis() as u64),
+        })
     }
     fn can_refresh(&self) -> bool {
         self.refreshable
@@ -249,9 +252,9 @@ impl Harness {
         failures: Vec<ConnectError>,
     ) -> Harness {
         let mut cfg = session_config(ID, &state);
-        cfg.telemetry_s = 0;
+        cfg.engine.telemetry_s = 0;
         // No stretch: with MaxRng every delay is exactly the backoff window.
-        cfg.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
+        cfg.engine.backoff = BackoffConfig { base_ms: 1000, cap_ms: 60_000, max_stretch: 1.0, ..Default::default() };
         tweak(&mut cfg);
         let (connector, conns) = MemConnector::new();
         connector.failures.lock().unwrap().extend(failures);

@@ -6,8 +6,9 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use fleetwire_core::session::Jwt;
+
 use crate::handshake::HandshakeError;
-use crate::secret::Secret;
 
 /// How the peer closed a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +74,7 @@ impl fmt::Display for ConnectError {
 /// Opens links.
 pub trait Connector: Send {
     type Link: Link;
-    fn connect(&mut self, jwt: &Secret) -> impl Future<Output = Result<Self::Link, ConnectError>> + Send;
+    fn connect(&mut self, jwt: &Jwt) -> impl Future<Output = Result<Self::Link, ConnectError>> + Send;
 }
 
 /// Parse an HTTP `Retry-After` given in seconds (the broker's form; dates are ignored).

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetwire_core::session::Jwt;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -16,7 +17,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{connect_async_tls_with_config, Connector as TlsConnector, MaybeTlsStream, WebSocketStream};
 
 use crate::handshake::{self, HandshakeError};
-use crate::secret::Secret;
 use crate::transport::{parse_retry_after, CloseInfo, ConnectError, Connector, Link, LinkEvent};
 
 /// Largest WebSocket message accepted; the MQTT decoder has its own packet limit.
@@ -55,7 +55,7 @@ fn map_error(e: WsError) -> ConnectError {
 impl Connector for WsConnector {
     type Link = WsLink;
 
-    async fn connect(&mut self, jwt: &Secret) -> Result<WsLink, ConnectError> {
+    async fn connect(&mut self, jwt: &Jwt) -> Result<WsLink, ConnectError> {
         let mut req = self.url.as_str().into_client_request().map_err(|e| ConnectError::Io(e.to_string()))?;
         let offered = handshake::offered_protocols(jwt).map_err(ConnectError::Handshake)?;
         req.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, offered);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fleetwire_core::session::Jwt;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,7 +24,6 @@ use super::WsConnector;
 use crate::auth::StaticToken;
 use crate::flash::TempDir;
 use crate::handshake::HandshakeError;
-use crate::secret::Secret;
 use crate::session::{Exit, Session, Shutdown};
 use crate::stats::Stats;
 use crate::testkit::{publish_qos1, session_config, BrokerConn, DevicePacket};
@@ -249,11 +249,11 @@ async fn a_session_runs_over_a_real_websocket_with_the_subprotocol_handshake() {
     let (stop, rx) = watch::channel(false);
     let state = TempDir::new("fleetwire-sim-ws-test").unwrap();
     let mut cfg = session_config("esp-01", &state);
-    cfg.telemetry_s = 0;
+    cfg.engine.telemetry_s = 0;
     let session = Session::new(
         cfg,
         connector(&server.url, false),
-        StaticToken::new(Secret::new(JWT)),
+        StaticToken::new(Jwt::new(JWT)),
         stats.clone(),
         Shutdown::new(rx),
     )
@@ -291,7 +291,7 @@ async fn close_codes_arrive_through_the_websocket_close_frame() {
     let session = Session::new(
         session_config("esp-01", &state),
         connector(&server.url, false),
-        StaticToken::new(Secret::new(JWT)),
+        StaticToken::new(Jwt::new(JWT)),
         Arc::new(Stats::default()),
         Shutdown::new(rx),
     )
@@ -307,7 +307,7 @@ async fn close_codes_arrive_through_the_websocket_close_frame() {
 #[tokio::test]
 async fn a_server_that_answers_the_token_entry_is_refused_without_repeating_the_token() {
     let server = serve(false, Answer::AuthEntry, &[]).await;
-    let Err(e) = connector(&server.url, false).connect(&Secret::new(JWT)).await else { panic!("must fail") };
+    let Err(e) = connector(&server.url, false).connect(&Jwt::new(JWT)).await else { panic!("must fail") };
     assert!(matches!(e, ConnectError::Handshake(HandshakeError::Answered(_))), "{e:?}");
     assert!(!e.to_string().contains("c2lnbmF0dXJl"), "{e}");
 }
@@ -315,9 +315,9 @@ async fn a_server_that_answers_the_token_entry_is_refused_without_repeating_the_
 #[tokio::test]
 async fn wss_needs_the_ca_and_works_with_it() {
     let server = serve(true, Answer::Mqtt, &[]).await;
-    let mut link = connector(&server.url, true).connect(&Secret::new(JWT)).await.expect("trusted via --ca");
+    let mut link = connector(&server.url, true).connect(&Jwt::new(JWT)).await.expect("trusted via --ca");
     link.close().await;
-    let Err(e) = connector(&server.url, false).connect(&Secret::new(JWT)).await else { panic!("untrusted CA") };
+    let Err(e) = connector(&server.url, false).connect(&Jwt::new(JWT)).await else { panic!("untrusted CA") };
     assert!(matches!(&e, ConnectError::Io(m) if m.contains("certificate")), "{e:?}");
 }
 
@@ -331,7 +331,7 @@ async fn a_refused_upgrade_reports_its_status_and_retry_after() {
         let _ = s.read(&mut buf).await;
         let _ = s.write_all(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n").await;
     });
-    let Err(e) = connector(&format!("ws://{addr}"), false).connect(&Secret::new(JWT)).await else { panic!() };
+    let Err(e) = connector(&format!("ws://{addr}"), false).connect(&Jwt::new(JWT)).await else { panic!() };
     assert_eq!(e, ConnectError::Http { status: 429, retry_after: Some(Duration::from_secs(7)) });
 }
 

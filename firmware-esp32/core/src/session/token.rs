@@ -6,7 +6,7 @@
 //! current connection stays up, then reconnects with it at once; the broker keeps the
 //! MQTT session (`clean_session = false`) across that reconnect.
 
-use std::fmt;
+use crate::secret::Secret;
 
 /// Refresh once this share of a token's lifetime has passed.
 pub const REFRESH_PERCENT: u64 = 80;
@@ -17,26 +17,9 @@ pub const MIN_REFRESH_INTERVAL_MS: u64 = 30_000;
 /// After a failed refresh while connected, try again at least this much later.
 pub const REFRESH_RETRY_MS: u64 = 30_000;
 
-/// A compact device JWT. `Debug` never shows it, so logging an [`super::Output`]
-/// cannot leak it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Jwt(String);
-
-impl Jwt {
-    pub fn new(jwt: impl Into<String>) -> Self {
-        Jwt(jwt.into())
-    }
-    /// The token itself, for the `auth.<jwt>` subprotocol entry only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Jwt {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Jwt(…)")
-    }
-}
+/// A compact device JWT, for the `auth.<jwt>` subprotocol entry only. A [`Secret`]:
+/// `Debug` never shows it, so logging an [`super::Output`] cannot leak it.
+pub type Jwt = Secret;
 
 /// What the token endpoint gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +74,6 @@ mod tests {
         assert_eq!(t.earliest_refresh(), 35_000);
         let fixed = HeldToken::new(IssuedToken { jwt: Jwt::new("h.p.s"), lifetime_ms: None }, 0);
         assert!(!fixed.refresh_due(u64::MAX));
-        assert_eq!(format!("{:?}", fixed.jwt), "Jwt(…)");
+        assert!(!format!("{:?}", fixed.jwt).contains("h.p.s"));
     }
 }

@@ -1,4 +1,5 @@
-//! A string that must never be logged (API keys, JWTs).
+//! A string that must never be logged (API keys, device JWTs): the one redacting type
+//! the core and both shells use.
 
 use std::fmt;
 
