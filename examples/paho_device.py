@@ -12,7 +12,9 @@ runs them against a real stack, and a vitest test keeps the quote identical.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -55,16 +57,18 @@ def main(argv: list[str]) -> int:
     client.on_connect = on_connect
     client.on_message = lambda _c, _u, msg: print(f"{msg.topic}: {msg.payload.decode(errors='replace')}")
     client.connect(url.hostname or "localhost", url.port or (443 if url.scheme == "wss" else 80), keepalive=60)
+    # Ctrl-C (or SIGTERM) only sets a flag: a KeyboardInterrupt raised inside publish() could
+    # leave one of Paho's locks held, and the disconnect below would then wait forever.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     client.loop_start()
     started, seq = time.monotonic(), 0
-    try:
-        while client.is_connected() or seq == 0:
-            beat = {"seq": seq, "uptime_s": int(time.monotonic() - started), "rssi": -60, "heap_free": 150000, "fw": "example-1.0.0"}
-            client.publish(f"devices/{device_id}/heartbeat", json.dumps(beat), qos=1)
-            seq += 1
-            time.sleep(10)
-    except KeyboardInterrupt:
-        pass
+    while not stop.is_set() and (client.is_connected() or seq == 0):
+        beat = {"seq": seq, "uptime_s": int(time.monotonic() - started), "rssi": -60, "heap_free": 150000, "fw": "example-1.0.0"}
+        client.publish(f"devices/{device_id}/heartbeat", json.dumps(beat), qos=1)
+        seq += 1
+        stop.wait(10)
     client.disconnect()
     client.loop_stop()
     return 0
