@@ -15,6 +15,6 @@ for rev in "$@"; do
   (cd "$dir" && make test > "$dir.log" 2>&1)
   rc=$?
   end=$(date +%s.%N)
-  printf 'run %d rev=%s rc=%d wall_s=%.1f summary=%s\n' "$n" "$rev" "$rc" "$(echo "$end - $start" | bc)" "$(tail -1 "$dir.log")"
+  printf 'run %d rev=%s rc=%d wall_s=%.1f summary=%s\n' "$n" "$rev" "$rc" "$(echo "$end - $start" | bc)" "$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$dir.log" | tail -1)"
   rm -rf "$dir"
 done
