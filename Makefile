@@ -19,7 +19,7 @@ help:
 	@echo "make run    install what is missing, start Redis and Fleetwire on port $(PORT)"
 	@echo "make test   install, start a private Redis, run every suite"
 	@echo "make bench  run the broker benchmarks (see bench/README.md)"
-	@echo "make lint   eslint + type check + import cycles + ruff"
+	@echo "make lint   eslint + type check (sources and tests) + import cycles + ruff"
 	@echo "make venv   the Python venv ($(VENV)) with the Python parts: $(PY_PROJECTS)"
 
 node_modules/.package-lock.json: package.json package-lock.json $(addsuffix /package.json,$(WORKSPACES))
@@ -74,6 +74,7 @@ test: install venv
 lint: node_modules/.package-lock.json venv
 	$(NODE_BIN)/eslint .
 	$(NODE_BIN)/tsc -b $(WORKSPACES)
+	$(NODE_BIN)/tsc -p tsconfig.tests.json
 	$(NODE_BIN)/madge --circular --no-spinner --extensions ts --ts-config tsconfig.base.json --exclude '/dist/' $(addsuffix /src,$(WORKSPACES))
 	$(VENV)/bin/ruff check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)
 	$(VENV)/bin/ruff format --check --config $(RUFF_CONFIG) $(PY_PROJECTS) $(PY_EXTRA)

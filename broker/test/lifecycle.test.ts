@@ -24,7 +24,7 @@ describe('connection registry', () => {
     const list = await (await api('/v1/connections?kind=device', { token: operator })).json();
     expect(list.items.map((i: { client_id: string }) => i.client_id)).toContain('dev-reg');
     expect(list.items.every((i: { kind: string }) => i.kind === 'device')).toBe(true);
-    const services = await (await waitFor(() => api('/v1/connections?kind=service', { token: operator }).then((r) => r.json()), (b: { total: number }) => b.total === 1));
+    const services = await (await waitFor(() => api('/v1/connections?kind=service', { token: operator }).then((r) => r.json()), (b: { total: number; items: { client_id: string }[] }) => b.total === 1));
     expect(services.items.map((i: { client_id: string }) => i.client_id)).toEqual(['service:lister:1']);
     await svc.endAsync();
     await c.endAsync();

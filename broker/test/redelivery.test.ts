@@ -98,7 +98,7 @@ describe('plain Aedes (control)', () => {
     } finally {
       for (const ws of wss.clients) ws.terminate();
       await new Promise((r) => wss.close(r));
-      await new Promise((r) => aedes.close(r));
+      await new Promise<void>((r) => aedes.close(() => r()));
     }
   });
 });

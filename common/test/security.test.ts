@@ -56,7 +56,8 @@ describe('revocation claims', () => {
     const verifier = createTokenVerifier({ keys: publicJwks });
     const user = (extra: Record<string, string | number | boolean>) => signToken(signer, { sub: 'u-1', typ: 'user', role: 'viewer', ttlSeconds: 60, extra });
     expect(await verifier.verify(await user({ gen: 3, sid: 's-1' }))).toMatchObject({ gen: 3, sid: 's-1' });
-    for (const bad of [{ gen: -1 }, { gen: 1.5 }, { gen: '2' }, { gen: true }, { sid: '' }, { sid: 7 }]) {
+    const shapes: Record<string, string | number | boolean>[] = [{ gen: -1 }, { gen: 1.5 }, { gen: '2' }, { gen: true }, { sid: '' }, { sid: 7 }];
+    for (const bad of shapes) {
       await expect(verifier.verify(await user(bad)), JSON.stringify(bad)).rejects.toMatchObject({ code: 'AUTH_TOKEN_INVALID' });
     }
   });
