@@ -7,19 +7,14 @@
  * test's leftovers.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { Queue, type Job } from 'bullmq';
-import mqtt from 'mqtt';
-import WebSocket from 'ws';
 import {
-  createLogger, createMetricsRegistry, createQueueConsumer, createRedis, createTokenVerifier, loadOrCreateKeySet,
-  queues, readContract, saveDevice, signToken,
+  createLogger, createMetricsRegistry, createQueueConsumer, createRedis,
+  queues, readContract,
   type IngressEnvelope, type QueueConsumer, type QueueConsumerOptions, type QueueJob, type Redis, type Registry,
 } from '@fleetwire/common';
-import { brokerDefaults, buildBroker, type Broker } from '@fleetwire/broker';
+import { connect, sleep, startBroker, waitFor, type TestBroker } from '../../broker/test/helpers.js';
 
 // This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
 const REDIS_URL = process.env.REDIS_URL!;
@@ -27,33 +22,21 @@ const heartbeat = readContract<Record<string, unknown>>('fixtures/valid/heartbea
 const badHeartbeat = readContract<Record<string, unknown>>('fixtures/invalid/heartbeat.json');
 const cmdResult = readContract<Record<string, unknown>>('fixtures/valid/cmd-result.json');
 
-let broker: Broker;
-let brokerUrl: string;
-let signer: Awaited<ReturnType<typeof loadOrCreateKeySet>>['signer'];
-let redis: Redis;
+let t: TestBroker;
 /** The connection the consumers share, as a service would pass it. */
 let connection: Redis;
 const inspect = new Map<string, Queue>();
 const queue = (name: string): Queue => inspect.get(name)!;
 
 beforeAll(async () => {
-  const dataDir = await mkdtemp(join(tmpdir(), 'fw-queue-'));
-  const keys = await loadOrCreateKeySet(join(dataDir, 'keys'));
-  signer = keys.signer;
-  broker = await buildBroker(
-    brokerDefaults({ redisUrl: REDIS_URL, port: 0, host: '127.0.0.1', dataDir }),
-    { verifier: createTokenVerifier({ keys: keys.publicJwks }), log: createLogger({ level: 'silent' }) },
-  );
-  brokerUrl = `ws://127.0.0.1:${(await broker.listen()).port}/mqtt`;
-  redis = createRedis(REDIS_URL, { name: 'test-queue-consumer' });
+  t = await startBroker();
   connection = createRedis(REDIS_URL, { name: 'test-queue-consumer-jobs', maxRetriesPerRequest: null });
   for (const name of Object.keys(queues.queues)) inspect.set(name, new Queue(name, { connection, prefix: queues.prefix }));
 });
 
 afterAll(async () => {
   await Promise.all([...inspect.values()].map(async (q) => { await q.obliterate({ force: true }); await q.close(); }));
-  await broker.close();
-  redis.disconnect();
+  await t.close();
   connection.disconnect();
 });
 
@@ -87,19 +70,7 @@ async function consumer(opts: Omit<QueueConsumerOptions, 'connection' | 'log' | 
 
 /** Enqueues through the broker's own ingress, as it does for every device message. */
 const enqueue = (queueName: string, deviceId: string, topicClass: string, payload: Record<string, unknown>): Promise<string> =>
-  broker.ingress.route(queueName, deviceId, topicClass, payload);
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(fn: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 5000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (ok(v)) return v;
-    if (Date.now() > deadline) throw new Error(`condition not met in ${timeoutMs} ms; last value ${JSON.stringify(v)}`);
-    await sleep(25);
-  }
-}
+  t.broker.ingress.route(queueName, deviceId, topicClass, payload);
 
 const stateOf = async (queueName: string, jobId: string): Promise<string> => (await queue(queueName).getJobState(jobId)) as string;
 
@@ -110,8 +81,7 @@ async function metricLines(registry: Registry, name: string): Promise<string[]> 
 
 describe('queue consumer', () => {
   it('hands a heartbeat a device publishes over MQTT to the handler, with cid and device_id on its log lines', async () => {
-    await saveDevice(redis, 'dev-q-hb');
-    const token = await signToken(signer, { sub: 'dev-q-hb', typ: 'device', ttlSeconds: 600 });
+    const token = await t.registerDevice('dev-q-hb');
     let seen!: (job: QueueJob) => void;
     const handled = new Promise<QueueJob>((r) => { seen = r; });
     const { logs } = await consumer({
@@ -122,15 +92,12 @@ describe('queue consumer', () => {
       },
     });
 
-    const device = await mqtt.connectAsync(brokerUrl, {
-      clientId: 'dev-q-hb', protocolVersion: 4, reconnectPeriod: 0,
-      createWebsocket: (u: string) => new WebSocket(u, ['mqtt', `auth.${token}`]),
-    });
+    const device = await connect(t.url, token, 'dev-q-hb');
     await device.publishAsync('devices/dev-q-hb/heartbeat', JSON.stringify(heartbeat), { qos: 1 });
     const job = await handled;
     await device.endAsync();
 
-    expect(job.envelope).toMatchObject({ device_id: 'dev-q-hb', topic_class: 'heartbeat', payload: heartbeat, node: broker.nodeId });
+    expect(job.envelope).toMatchObject({ device_id: 'dev-q-hb', topic_class: 'heartbeat', payload: heartbeat, node: t.broker.nodeId });
     expect(job.attempt).toBe(1);
     const line = logs.find((l) => l.msg === 'heartbeat stored');
     expect(line).toMatchObject({ cid: job.envelope.cid, device_id: 'dev-q-hb', queue: 'heartbeats', job_id: job.id, seq: heartbeat.seq });
