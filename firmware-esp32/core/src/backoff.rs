@@ -181,20 +181,10 @@ impl Backoff {
 mod tests {
     use super::*;
     use crate::platform::XorShiftRng;
+    use crate::testkit::MaxRng;
 
     fn cfg() -> BackoffConfig {
         BackoffConfig { base_ms: 1000, cap_ms: 60_000, ..Default::default() }
-    }
-
-    /// Always returns the top of the range.
-    struct MaxRng;
-    impl Rng for MaxRng {
-        fn next_u32(&mut self) -> u32 {
-            u32::MAX
-        }
-        fn gen_range_inclusive(&mut self, max: u64) -> u64 {
-            max
-        }
     }
 
     #[test]

@@ -1,7 +1,20 @@
 //! Test helpers shared by the core's and the simulator's tests (feature `testkit`):
-//! the broker's view of the bytes a device sends, and the packets a broker sends it.
+//! the broker's view of the bytes a device sends, the packets a broker sends it, and a
+//! jitter source that makes backoff delays exact.
 
 use crate::mqtt::{self, Decoder, Packet, Publish, QoS};
+use crate::platform::Rng;
+
+/// Always picks the top of the jitter range, making backoff delays exact.
+pub struct MaxRng;
+impl Rng for MaxRng {
+    fn next_u32(&mut self) -> u32 {
+        u32::MAX
+    }
+    fn gen_range_inclusive(&mut self, max: u64) -> u64 {
+        max
+    }
+}
 
 /// Packets a device sends, as the broker sees them.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::mqtt::Publish;
-use fleetwire_core::platform::Rng;
 use fleetwire_core::session::{IssuedToken, Jwt, TokenError};
 pub use fleetwire_core::testkit::{connack, pingresp, publish_qos1, suback, DevicePacket};
-use fleetwire_core::testkit::{parse_device_packet, split_packet};
+use fleetwire_core::testkit::{parse_device_packet, split_packet, MaxRng};
 use fleetwire_core::topics::{DeviceTopics, TopicMap};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -286,17 +285,6 @@ impl Harness {
     pub async fn stop(self) -> Exit {
         self.stop.send(true).unwrap();
         self.task.await.unwrap()
-    }
-}
-
-/// Always picks the top of the jitter range, making backoff delays exact.
-pub struct MaxRng;
-impl Rng for MaxRng {
-    fn next_u32(&mut self) -> u32 {
-        u32::MAX
-    }
-    fn gen_range_inclusive(&mut self, max: u64) -> u64 {
-        max
     }
 }
 

@@ -15,26 +15,15 @@ use serde_json::{json, Map, Value};
 use crate::backoff::BackoffConfig;
 use crate::heartbeat::Heartbeat;
 use crate::mqtt::Publish;
-use crate::platform::{Board, MemStorage, Rng, Storage};
+use crate::platform::{Board, MemStorage, Storage};
 use crate::session::*;
-use crate::testkit::{self, device_packets, DevicePacket};
+use crate::testkit::{self, device_packets, DevicePacket, MaxRng};
 
 pub const ID: &str = "esp-01";
 pub const UNIX_START: u64 = 1_700_000_000_000;
 
 pub fn topic(class: &str) -> String {
     format!("devices/{ID}/{class}")
-}
-
-/// Always the top of the jitter range: every backoff delay is exactly its window.
-struct MaxRng;
-impl Rng for MaxRng {
-    fn next_u32(&mut self) -> u32 {
-        u32::MAX
-    }
-    fn gen_range_inclusive(&mut self, max: u64) -> u64 {
-        max
-    }
 }
 
 /// A board with steady readings.
