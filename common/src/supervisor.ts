@@ -43,6 +43,8 @@ export class Supervisor {
   private restartTimer: NodeJS.Timeout | null = null;
   private healthTimer: NodeJS.Timeout | null = null;
   private exited: Promise<void> = Promise.resolve();
+  /** Why the next restart happens: an exit unless the health check killed the child. */
+  private pendingReason: RestartReason = 'exited';
   private readonly restartsMetric: Counter<'process' | 'reason'> | null;
   /** Restarts so far, by reason. */
   readonly restarts: Record<RestartReason, number> = { exited: 0, unhealthy: 0 };
@@ -116,9 +118,6 @@ export class Supervisor {
       this.start();
     }, delayMs);
   }
-
-  /** Why the next restart happens: an exit unless the health check killed the child. */
-  private pendingReason: RestartReason = 'exited';
 
   private count(reason: RestartReason): void {
     this.restarts[reason]++;
