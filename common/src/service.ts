@@ -114,12 +114,12 @@ export async function startServices(services: readonly AnyService[], env: NodeJS
   const problems = serverConfigProblems(host);
   if (problems.length) throw configInvalid(problems);
   const configs = services.map((s) => s.loadConfig(env));
+  const tls = await readTls(host);
 
   const log = opts.log ?? createLogger({ level: host.logLevel, name: 'fleetwire' });
   const metricsRegistry = opts.metricsRegistry ?? createMetricsRegistry();
   const redis = createRedis(host.redisUrl, { name: 'fleetwire' });
   redis.on('error', (err) => log.warn({ err: err.message }, 'redis connection error'));
-  const tls = await readTls(host);
   const http = await createHttpApp({ log, tls, version: opts.version, trustedProxies: host.trustedProxies, limits: host, metricsRegistry });
 
   let ring: Promise<KeyRing> | null = null;
