@@ -1,7 +1,8 @@
 /**
  * Topic ACL, derived from the topic map in common/contracts.
  * - device: publishes only its own device-to-cloud topics, subscribes only under devices/<own id>/.
- * - service: publishes cloud-to-device topics of any device; subscribes under devices/ and fleet/.
+ * - service: publishes cloud-to-device topics of any device and service-to-services ones (fleet/alerts);
+ *   subscribes under devices/ and fleet/.
  * - user: subscribes under devices/ and fleet/; admin and operator may also publish commands.
  * Nobody publishes presence (the broker does) or touches $-topics [MQTT-4.7.2-1].
  */
@@ -19,7 +20,7 @@ export function authorizePublishTopic(claims: AclClaims, topic: string): AclVerd
   const { deviceId, entry } = parsed;
   const allowed =
     claims.typ === 'device' ? entry.direction === 'device-to-cloud' && deviceId === claims.sub
-      : claims.typ === 'service' ? entry.direction === 'cloud-to-device'
+      : claims.typ === 'service' ? entry.direction === 'cloud-to-device' || entry.direction === 'service-to-services'
         : (claims.role === 'admin' || claims.role === 'operator') && entry.class === 'cmd';
   if (!allowed) return { ok: false, why: `${claims.typ} ${claims.sub} may not publish to ${topic}` };
   return { ok: true, entry, deviceId };

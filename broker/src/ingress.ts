@@ -3,7 +3,7 @@
  * Every rule about that is here:
  * - Which queue: a device's message goes to the queue its topic class names in
  *   contracts/topics.json (one of contracts/queues.json). A class without one
- *   (telemetry) and whatever a user or service publishes only reach subscribers.
+ *   and whatever a user or service publishes only reach subscribers.
  * - Refusal: a payload that does not decode, fails its schema or cannot be a JSON job
  *   (ingress-payload.ts) is acknowledged, so the device does not retransmit it forever,
  *   but reaches nobody, with a metric and a log line.

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { closeOf, connect, nextMessage, sleep, startBroker, subackCodes, type TestBroker } from './helpers.js';
+import { closeOf, connect, nextMessage, sleep, startBroker, subackCodes, telemetry, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -48,8 +48,9 @@ describe('topic ACL', () => {
     await svc.publishAsync('devices/dev-cmd/cmd', JSON.stringify(cmd), { qos: 1 });
     expect(JSON.parse((await got).toString())).toEqual(cmd);
     const tele = nextMessage(svc, 'devices/dev-cmd/telemetry');
-    await device.publishAsync('devices/dev-cmd/telemetry', JSON.stringify({ temp_c: 21.5 }), { qos: 1 });
-    expect(JSON.parse((await tele).toString())).toEqual({ temp_c: 21.5 });
+    const reading = telemetry(21.5);
+    await device.publishAsync('devices/dev-cmd/telemetry', reading, { qos: 1 });
+    expect((await tele).toString()).toBe(reading);
     await Promise.all([device.endAsync(), svc.endAsync()]);
   });
 

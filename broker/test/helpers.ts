@@ -199,3 +199,16 @@ export async function rawConnect(c: RawMqtt, clientId: string, extra: Partial<mq
   c.send({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, clientId, keepalive: 30, ...extra });
   return (await c.next((p) => p.cmd === 'connack')) as mqttPacket.IConnackPacket;
 }
+
+/** A valid telemetry payload (contracts/schemas/telemetry.schema.json) whose reading `n` is `value`; `at` is its time. */
+export function telemetry(value = 1, at = Date.now()): string {
+  return JSON.stringify({ at, readings: [{ name: 'n', value, unit: '' }] });
+}
+
+/** A valid telemetry payload of about `bytes` bytes (at most about 2.4 KB: 32 readings). */
+export function telemetryOfSize(bytes: number): string {
+  const reading = (i: number) => ({ name: `r${String(i).padStart(31, '0')}`, value: i, unit: 'x'.repeat(16) });
+  const readings = [reading(0)];
+  while (JSON.stringify({ at: 0, readings }).length + 75 <= bytes && readings.length < 32) readings.push(reading(readings.length));
+  return JSON.stringify({ at: Date.now(), readings });
+}

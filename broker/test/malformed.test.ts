@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { randomBytes } from 'node:crypto';
-import { connect, nextMessage, startBroker, type TestBroker } from './helpers.js';
+import { connect, nextMessage, startBroker, telemetry, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 beforeAll(async () => {
@@ -32,8 +32,8 @@ describe('malformed input', () => {
     });
     for (let i = 0; i < 20; i++) {
       const got = nextMessage(svc, 'devices/dev-steady/telemetry');
-      await dev.publishAsync('devices/dev-steady/telemetry', JSON.stringify({ i }), { qos: 1 });
-      expect(JSON.parse((await got).toString())).toEqual({ i });
+      await dev.publishAsync('devices/dev-steady/telemetry', telemetry(i), { qos: 1 });
+      expect(JSON.parse((await got).toString())).toMatchObject({ readings: [{ value: i }] });
     }
     const codes = await Promise.all(ends);
     expect(codes.every((c) => c >= 4000 || c === 1006 || c === 1000)).toBe(true);

@@ -5,7 +5,7 @@ import WebSocket from 'ws';
 import mqttPacket from 'mqtt-packet';
 import { Queue } from 'bullmq';
 import { createRedis, queues } from '@fleetwire/common';
-import { closeOf, connackCode, connect, REDIS_URL, rawConnect, rawMqtt, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { closeOf, connackCode, connect, REDIS_URL, rawConnect, rawMqtt, sleep, startBroker, telemetry, telemetryOfSize, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 // Every test here drives the limits of one address (127.0.0.1: connect attempts, bans,
@@ -83,7 +83,7 @@ describe('publish limits', () => {
     await svc.subscribeAsync('devices/dev-burst/telemetry');
     let received = 0;
     svc.on('message', () => received++);
-    for (let i = 0; i < 20; i++) dev.publish('devices/dev-burst/telemetry', JSON.stringify({ i }), { qos: 0 });
+    for (let i = 0; i < 20; i++) dev.publish('devices/dev-burst/telemetry', telemetry(i), { qos: 0 });
     await sleep(500);
     expect(received).toBeGreaterThanOrEqual(5);
     expect(received).toBeLessThan(10);
@@ -101,7 +101,7 @@ describe('publish limits', () => {
     await svc.subscribeAsync('devices/dev-bytes/telemetry');
     let received = 0;
     svc.on('message', () => received++);
-    const big = JSON.stringify({ blob: 'x'.repeat(900) });
+    const big = telemetryOfSize(900);
     for (let i = 0; i < 5; i++) dev.publish('devices/dev-bytes/telemetry', big, { qos: 0 });
     await sleep(400);
     // Two fit in 2 KiB; the next is dropped and the client is not read until the budget refills.
@@ -219,7 +219,7 @@ describe('backpressure', () => {
     const flooderExited = new Promise((r) => flooder.once('exit', r));
     await waitFor(() => out, (o) => o.includes('ready'));
     for (let i = 0; i < 10; i++) {
-      victim.publish('devices/dev-calm/telemetry', JSON.stringify({ at: Date.now() }), { qos: 0 });
+      victim.publish('devices/dev-calm/telemetry', telemetry(i), { qos: 0 });
       await sleep(100);
     }
     flooder.kill('SIGTERM');

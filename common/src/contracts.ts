@@ -14,7 +14,7 @@ export function readContract<T>(relativePath: string): T {
   return JSON.parse(readFileSync(join(contractsDir, relativePath), 'utf8')) as T;
 }
 
-export type Direction = 'device-to-cloud' | 'cloud-to-device' | 'broker-to-services';
+export type Direction = 'device-to-cloud' | 'cloud-to-device' | 'broker-to-services' | 'service-to-services';
 
 export interface TopicEntry {
   readonly class: string;
@@ -81,7 +81,8 @@ export interface ParsedDeviceTopic {
  * regular expressions: this runs for every publish on the broker's hot path.
  */
 const bySuffix = new Map<string, TopicEntry>();
-const presenceEntry = topics.find((t) => t.pattern.startsWith('fleet/presence/'));
+/** The fleet/ topics (presence, alerts): `fleet/<kind>/{id}`, keyed by `fleet/<kind>/`. */
+const fleetTopics = new Map(topics.filter((t) => t.pattern.startsWith('fleet/')).map((t) => [t.pattern.slice(0, -'{id}'.length), t]));
 for (const t of topics) {
   if (t.pattern.startsWith('devices/{id}/')) bySuffix.set(t.pattern.slice('devices/{id}/'.length), t);
 }
@@ -94,9 +95,11 @@ export function parseDeviceTopic(topic: string): ParsedDeviceTopic | null {
     if (!entry) return null;
     return { deviceId: topic.slice(8, slash), entry };
   }
-  if (presenceEntry && topic.startsWith('fleet/presence/')) {
-    const id = topic.slice(15);
-    return id.includes('/') ? null : { deviceId: id, entry: presenceEntry };
+  if (topic.startsWith('fleet/')) {
+    const slash = topic.indexOf('/', 6);
+    const entry = slash < 0 ? undefined : fleetTopics.get(topic.slice(0, slash + 1));
+    const id = topic.slice(slash + 1);
+    return entry && !id.includes('/') ? { deviceId: id, entry } : null;
   }
   return null;
 }

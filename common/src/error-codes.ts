@@ -42,6 +42,8 @@ export const errorCodes = [
   'CMD_INVALID_ARGS',
   'CMD_MALFORMED',
   'CMD_FAILED',
+  'DEVICE_OFFLINE',
+  'COMMAND_TIMEOUT',
   'BROKER_INGRESS_REJECTED',
 ] as const;
 

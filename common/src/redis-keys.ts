@@ -58,4 +58,36 @@ export const redisKeys = {
   deviceTokenFailures: (ip: string) => `fleetwire:rl:devtoken-fail:${ip}`,
   /** Capped stream of audit records. */
   audit: 'fleetwire:audit',
+  // Device service (written by it; the device listing in the auth service reads the indexes).
+  /** Hash: a device's state from heartbeats and presence (last_seen, fw, rssi, …, learned interval). */
+  deviceState: (id: string) => `fleetwire:dstate:${id}`,
+  /**
+   * Listing indexes: sorted sets of device ids scored by registration time (the score in
+   * `devices`), so every filter pages with the same (score, id) cursor. `kind` is one of
+   * type, tag, location (auth service) or fw (device service); see deviceIndexOnline etc.
+   */
+  deviceIndex: (kind: 'type' | 'tag' | 'location' | 'fw', value: string) => `fleetwire:devidx:${kind}:${value}`,
+  /** Set of the values an index kind has now (for fleet health's per-firmware and per-type counts). */
+  deviceIndexValues: (kind: 'type' | 'tag' | 'location' | 'fw') => `fleetwire:devidx-values:${kind}`,
+  deviceIndexOnline: 'fleetwire:devidx:online',
+  deviceIndexSilent: 'fleetwire:devidx:silent',
+  /** Sorted set: device id → last_seen (unix ms). */
+  deviceIndexLastSeen: 'fleetwire:devidx:last-seen',
+  /** Sorted set: device id → when it counts as silent (unix ms): the time-ordered index the silence check reads. */
+  silenceDue: 'fleetwire:silence-due',
+  /** Sorted set: device id → unix ms its active silence alert was raised. */
+  alertsActive: 'fleetwire:alerts:active',
+  /** Capped stream of alert changes, newest kept. */
+  alertLog: 'fleetwire:alerts:log',
+  /** Sorted set of `<device id>:<unix ms>` reboots by time, trimmed to the last hour or so. */
+  reboots: 'fleetwire:reboots',
+  /** Capped stream of a device's telemetry; the latest readings are in telemetryLatest. */
+  telemetry: (id: string) => `fleetwire:telemetry:${id}`,
+  telemetryLatest: (id: string) => `fleetwire:telemetry-latest:${id}`,
+  /** Hash: one command's state, result and timings; expires some time after it ends. */
+  command: (cid: string) => `fleetwire:cmd:${cid}`,
+  /** Pub/sub channel: a command reached a final state (any node may be waiting for it). */
+  commandResults: 'fleetwire:cmd-results',
+  /** Hash: a fleet command batch (selector, counts per state). */
+  commandBatch: (id: string) => `fleetwire:cmd-batch:${id}`,
 } as const;

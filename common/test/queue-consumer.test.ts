@@ -302,8 +302,8 @@ describe('queue consumer', () => {
   it('accepts only queue names from the contract, and says which ones exist', () => {
     const registry = createMetricsRegistry({ defaultMetrics: false });
     const base = { connection, log: createLogger({ level: 'silent' }), metricsRegistry: registry, handle: async () => undefined };
-    expect(() => createQueueConsumer({ ...base, queue: 'telemetry' }))
-      .toThrow('unknown queue "telemetry": the queues in common/contracts/queues.json are heartbeats, cmd-results, ota-events, ml-infer');
+    expect(() => createQueueConsumer({ ...base, queue: 'telemetryy' }))
+      .toThrow('unknown queue "telemetryy": the queues in common/contracts/queues.json are heartbeats, telemetry, cmd-results, ota-events, ml-infer');
     expect(() => createQueueConsumer({ ...base, queue: 'heartbeats', concurrency: 0 })).toThrow(/concurrency/);
   });
 });

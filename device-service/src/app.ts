@@ -1,0 +1,58 @@
+/** Builds the device service on the shared parts: one part per capability, the broker link they publish through. */
+import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
+import { BrokerLink } from './broker-link.js';
+import type { DeviceServiceConfig } from './config.js';
+import type { DeviceServiceContext, Part } from './context.js';
+
+export interface DeviceService {
+  readonly readiness: Record<string, () => Promise<boolean>>;
+  start(port: number): Promise<string[]>;
+  drain(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function buildDeviceService(config: DeviceServiceConfig, deps: ServiceDeps): Promise<DeviceService> {
+  const keys = await deps.keyRing();
+  const node = `${hostname()}-${randomBytes(3).toString('hex')}`;
+  const ownBroker = !config.brokerUrl;
+  let brokerUrl = config.brokerUrl;
+  const link = new BrokerLink({
+    url: () => brokerUrl, signer: () => keys.signer, clientId: `service:device-service:${node}`, log: deps.log.child({ part: 'broker-link' }),
+    allowSelfSigned: ownBroker,
+  });
+  const ctx: DeviceServiceContext = {
+    config, log: deps.log, metricsRegistry: deps.metricsRegistry, redis: deps.redis, http: deps.http, link,
+    queueConnection: createRedis(config.redisUrl, { name: `device-service-queues:${node}`, maxRetriesPerRequest: null }),
+    subscriber: createRedis(config.redisUrl, { name: `device-service-sub:${node}`, maxRetriesPerRequest: null }),
+    guards: {
+      reader: requireRole(keys.verifier, deps.redis, ['admin', 'operator', 'viewer']),
+      operator: requireRole(keys.verifier, deps.redis, ['admin', 'operator']),
+    },
+  };
+  const parts: Part[] = [];
+
+  return {
+    readiness: {
+      broker_link: async () => link.connected,
+      ...Object.assign({}, ...parts.map((p) => p.readiness ?? {})),
+    },
+    async start(port) {
+      // With the broker in this process, its /mqtt is on the shared port.
+      if (ownBroker) brokerUrl = `${config.tlsCertFile ? 'wss' : 'ws'}://127.0.0.1:${port}/mqtt`;
+      await link.start();
+      for (const p of parts) await p.start?.();
+      return [`Device service: node ${node}, publishing through ${brokerUrl}`];
+    },
+    async drain() {
+      for (const p of parts) await p.drain?.();
+    },
+    async close() {
+      for (const p of [...parts].reverse()) await p.close?.();
+      await link.close();
+      ctx.queueConnection.disconnect();
+      ctx.subscriber.disconnect();
+    },
+  };
+}

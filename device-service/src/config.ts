@@ -1,0 +1,77 @@
+/** Device service settings: one spec, units in the names, validated and frozen at start-up. */
+import { baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, type ConfigOf } from '@fleetwire/common';
+
+export const deviceServiceSpec = {
+  ...baseSpec,
+  ...serverSpec,
+  brokerUrl: str('DEVICE_BROKER_URL', '', 'MQTT-over-WebSocket URL of a broker node the service publishes commands and alerts through; empty = this process\'s own /mqtt (when the broker runs in it)'),
+  // heartbeats and state
+  heartbeatBatch: int('HEARTBEAT_BATCH', 256, 'heartbeats written to Redis in one round trip at most (also the consumer\'s concurrency)', { min: 1, max: 5000 }),
+  // silence
+  silenceDefaultIntervalS: int('SILENCE_DEFAULT_INTERVAL_S', 60, 'heartbeat interval assumed until a device has SILENCE_MIN_HISTORY intervals of history', { min: 1 }),
+  silenceMinHistory: int('SILENCE_MIN_HISTORY', 10, 'intervals a device must have shown before its own history sets its threshold', { min: 1, max: 1000 }),
+  silenceMultiplierPct: int('SILENCE_MULTIPLIER_PCT', 300, 'threshold = this % of the smoothed interval, plus 4 smoothed deviations', { min: 100, max: 10_000 }),
+  silenceFloorS: int('SILENCE_FLOOR_S', 3, 'no device is flagged sooner than this after its last heartbeat', { min: 1 }),
+  silenceCeilingS: int('SILENCE_CEILING_S', 86_400, 'every device is flagged at the latest this long after its last heartbeat', { min: 1 }),
+  silenceCheckMs: int('SILENCE_CHECK_MS', 1000, 'how often the time-ordered index is read for devices past their threshold', { min: 50, max: 60_000 }),
+  otaRebootWindowS: int('OTA_REBOOT_WINDOW_S', 300, 'silence alerts are muted this long after a device reports an OTA install or reboot', { min: 0 }),
+  alertWebhookUrl: str('ALERT_WEBHOOK_URL', '', 'POST every alert change here as JSON; empty = off'),
+  alertWebhookAttempts: int('ALERT_WEBHOOK_ATTEMPTS', 6, 'tries per alert before it is dropped (counted)', { min: 1, max: 50 }),
+  alertWebhookBackoffMs: int('ALERT_WEBHOOK_BACKOFF_MS', 1000, 'wait before the first retry, doubling each retry', { min: 10 }),
+  // telemetry
+  telemetryMaxLen: int('TELEMETRY_MAX_LEN', 10_000, 'newest telemetry messages kept per device (about)', { min: 1 }),
+  telemetryMaxAgeS: int('TELEMETRY_MAX_AGE_S', 604_800, 'telemetry older than this is trimmed', { min: 60 }),
+  // commands
+  commandDefaultTimeoutMs: int('COMMAND_DEFAULT_TIMEOUT_MS', 10_000, 'how long POST /v1/devices/{id}/commands waits for the result when timeout_ms is not given', { min: 100 }),
+  commandMaxTimeoutMs: int('COMMAND_MAX_TIMEOUT_MS', 120_000, 'largest timeout_ms accepted', { min: 100, max: 3_600_000 }),
+  commandMaxArgsBytes: int('COMMAND_MAX_ARGS_BYTES', 4096, 'largest args object accepted, as JSON', { min: 2, max: 65_536 }),
+  commandAllow: str('COMMAND_ALLOW', '', 'per-type command allow-list, e.g. "sensor=ping,reboot;gateway=*"; types not listed (and empty) allow any name'),
+  commandQueuedTtlS: int('COMMAND_QUEUED_TTL_S', 86_400, 'longest a command sent with queue_if_offline waits for its device', { min: 1 }),
+  commandRecordTtlS: int('COMMAND_RECORD_TTL_S', 604_800, 'how long a command and its result stay readable at GET /v1/commands/{cid}', { min: 60 }),
+  fleetCommandMaxRate: int('FLEET_COMMAND_MAX_RATE_PER_S', 200, 'largest rate_per_s a fleet command may ask for', { min: 1 }),
+};
+
+export type DeviceServiceConfig = ConfigOf<typeof deviceServiceSpec>;
+
+/** `COMMAND_ALLOW` as device type → allowed command names (absent type = any name). */
+export function parseCommandAllow(text: string): Map<string, ReadonlySet<string> | '*'> {
+  const out = new Map<string, ReadonlySet<string> | '*'>();
+  for (const part of text.split(';').map((p) => p.trim()).filter(Boolean)) {
+    const eq = part.indexOf('=');
+    const type = part.slice(0, eq).trim();
+    const names = part.slice(eq + 1).split(',').map((n) => n.trim()).filter(Boolean);
+    if (eq <= 0 || names.length === 0) throw new Error(`"${part}" is not type=name,name or type=*`);
+    out.set(type, names.includes('*') ? '*' : new Set(names));
+  }
+  return out;
+}
+
+function checkDeviceServiceConfig(config: DeviceServiceConfig): DeviceServiceConfig {
+  const problems = serverConfigProblems(config);
+  for (const [name, value] of [['DEVICE_BROKER_URL', config.brokerUrl], ['ALERT_WEBHOOK_URL', config.alertWebhookUrl]] as const) {
+    if (!value) continue;
+    const schemes = name === 'DEVICE_BROKER_URL' ? ['ws:', 'wss:'] : ['http:', 'https:'];
+    try {
+      url(name, '', '', schemes).parse(value);
+    } catch {
+      problems.push(`${name} must be a ${schemes.map((s) => s.slice(0, -1)).join(' or ')} URL`);
+    }
+  }
+  if (config.silenceFloorS > config.silenceCeilingS) problems.push(`SILENCE_FLOOR_S (${config.silenceFloorS}) must not exceed SILENCE_CEILING_S (${config.silenceCeilingS})`);
+  if (config.commandDefaultTimeoutMs > config.commandMaxTimeoutMs) problems.push(`COMMAND_DEFAULT_TIMEOUT_MS (${config.commandDefaultTimeoutMs}) must not exceed COMMAND_MAX_TIMEOUT_MS (${config.commandMaxTimeoutMs})`);
+  try {
+    parseCommandAllow(config.commandAllow);
+  } catch (err) {
+    problems.push(`COMMAND_ALLOW: ${(err as Error).message}`);
+  }
+  if (problems.length) throw configInvalid(problems);
+  return config;
+}
+
+export function loadDeviceServiceConfig(env: NodeJS.ProcessEnv = process.env): DeviceServiceConfig {
+  return checkDeviceServiceConfig(loadConfig(deviceServiceSpec, env));
+}
+
+export function deviceServiceDefaults(overrides: Partial<DeviceServiceConfig> = {}): DeviceServiceConfig {
+  return checkDeviceServiceConfig(defaults(deviceServiceSpec, overrides));
+}
