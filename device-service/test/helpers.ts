@@ -1,0 +1,110 @@
+/**
+ * Test harness: the `fleetwire up` layout in this process (broker, auth service and device
+ * service on one port, through the real service host), on this test file's own Redis.
+ * Devices are real MQTT-over-WebSocket clients (mqtt.js); e2e/ runs the firmware simulator.
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import type { MqttClient } from 'mqtt';
+import { createLogger, createMetricsRegistry, createRedis, startServices, type Redis, type Registry, type RunningServices } from '@fleetwire/common';
+import { brokerService as broker } from '@fleetwire/broker';
+import { authService as auth } from '@fleetwire/auth-service';
+import { connect } from '../../broker/test/helpers.js';
+import { service as devices } from '../src/service.js';
+
+export { closeOf, connect, nextMessage, sleep, telemetry, waitFor } from '../../broker/test/helpers.js';
+
+export const REDIS_URL = process.env.REDIS_URL!;
+export const ADMIN = { email: 'admin@example.com', password: 'admin-passphrase-for-tests' };
+
+export interface Answer { status: number; headers: Headers; body: Record<string, unknown> & { error?: { code: string; message: string } } }
+
+export interface Fleet {
+  running: RunningServices;
+  /** http://127.0.0.1:<port> */
+  url: string;
+  /** ws://127.0.0.1:<port>/mqtt */
+  mqttUrl: string;
+  /** A connection of the test's own. */
+  redis: Redis;
+  metrics: Registry;
+  logs: string[];
+  api(method: string, path: string, opts?: { token?: string; body?: unknown }): Promise<Answer>;
+  /** An access token for a user of `role` (admin: the bootstrap admin). */
+  tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string>;
+  /** Registers a device (POST /v1/devices) and exchanges its key for a device token. */
+  registerDevice(id: string, meta?: { type?: string; location?: string; tags?: string[] }): Promise<{ apiKey: string; token: string }>;
+  /** Registers (unless `token` is given) and connects a device as mqtt.js (clean session false, like the firmware). */
+  connectDevice(id: string, opts?: { token?: string; meta?: { type?: string; location?: string; tags?: string[] } }): Promise<MqttClient>;
+  /** The metric's value in /metrics, 0 when absent. */
+  metric(name: string, labels?: string): Promise<number>;
+  close(): Promise<void>;
+}
+
+/** `env` overrides any setting of the three services (names as in their specs, e.g. SILENCE_FLOOR_S). */
+export async function startFleet(env: Record<string, string> = {}): Promise<Fleet> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'fw-devsvc-'));
+  const logs: string[] = [];
+  const destination = new Writable({ write(chunk, _e, cb) { logs.push(String(chunk)); cb(); } });
+  const log = createLogger({ level: 'debug', name: 'device-service-test', destination });
+  const metrics = createMetricsRegistry({ defaultMetrics: false });
+  const running = await startServices([broker, auth, devices], {
+    REDIS_URL, PORT: '0', HOST: '127.0.0.1', FLEETWIRE_DATA_DIR: dataDir, TRUSTED_PROXIES: '127.0.0.1',
+    FLEETWIRE_ADMIN_EMAIL: ADMIN.email, FLEETWIRE_ADMIN_PASSWORD: ADMIN.password, ARGON2_PROFILE: 'development', ...env,
+  }, { version: 'test', log, metricsRegistry: metrics });
+  const url = `http://127.0.0.1:${running.port}`;
+  const redis = createRedis(REDIS_URL, { name: 'device-service-test' });
+
+  async function api(method: string, path: string, o: { token?: string; body?: unknown } = {}): Promise<Answer> {
+    const headers: Record<string, string> = {};
+    if (o.token) headers.authorization = `Bearer ${o.token}`;
+    if (o.body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(url + path, { method, headers, body: o.body === undefined ? undefined : typeof o.body === 'string' ? o.body : JSON.stringify(o.body) });
+    const text = await res.text();
+    return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) as Answer['body'] : {} };
+  }
+
+  let adminToken: string | undefined;
+  let users = 0;
+  async function tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string> {
+    const login = async (email: string, password: string) => (await api('POST', '/v1/auth/login', { body: { email, password } })).body.access_token as string;
+    adminToken ??= await login(ADMIN.email, ADMIN.password);
+    if (role === 'admin') return adminToken;
+    const email = `${role}-${users++}@example.com`;
+    const created = await api('POST', '/v1/users', { token: adminToken, body: { email, password: 'a-long-enough-passphrase', role } });
+    if (created.status !== 201) throw new Error(`creating a ${role}: ${JSON.stringify(created.body)}`);
+    return login(email, 'a-long-enough-passphrase');
+  }
+
+  async function registerDevice(id: string, meta: { type?: string; location?: string; tags?: string[] } = {}) {
+    const reg = await api('POST', '/v1/devices', { token: await tokenFor('admin'), body: { id, type: 'sensor', ...meta } });
+    if (reg.status !== 201) throw new Error(`registering ${id}: ${JSON.stringify(reg.body)}`);
+    const apiKey = reg.body.api_key as string;
+    const tok = await api('POST', '/v1/devices/token', { body: { api_key: apiKey } });
+    return { apiKey, token: tok.body.token as string };
+  }
+
+  return {
+    running, url, mqttUrl: `ws://127.0.0.1:${running.port}/mqtt`, redis, metrics, logs, api, tokenFor, registerDevice,
+    async connectDevice(id, opts = {}) {
+      const token = opts.token ?? (await registerDevice(id, opts.meta)).token;
+      return connect(`ws://127.0.0.1:${running.port}/mqtt`, token, id, { clean: false });
+    },
+    async metric(name, labels = '') {
+      const text = await metrics.metrics();
+      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
+      return line ? Number(line.split(' ').pop()) : 0;
+    },
+    async close() {
+      await running.stop();
+      redis.disconnect();
+    },
+  };
+}
+
+/** A schema-valid heartbeat (contracts/schemas/heartbeat.schema.json). */
+export function heartbeat(seq: number, fields: { uptime_s?: number; rssi?: number; heap_free?: number; fw?: string } = {}): string {
+  return JSON.stringify({ seq, uptime_s: fields.uptime_s ?? seq * 5, rssi: fields.rssi ?? -60, heap_free: fields.heap_free ?? 150_000, fw: fields.fw ?? '1.0.0' });
+}
