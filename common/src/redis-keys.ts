@@ -69,6 +69,8 @@ export const redisKeys = {
   deviceIndex: (kind: 'type' | 'tag' | 'location' | 'fw', value: string) => `fleetwire:devidx:${kind}:${value}`,
   /** Set of the values an index kind has now (for fleet health's per-firmware and per-type counts). */
   deviceIndexValues: (kind: 'type' | 'tag' | 'location' | 'fw') => `fleetwire:devidx-values:${kind}`,
+  /** Sorted set: device id → maintenance_until (unix ms), written with the device record (PATCH /v1/devices/{id}). */
+  deviceMaintenance: 'fleetwire:devidx:maintenance',
   deviceIndexOnline: 'fleetwire:devidx:online',
   deviceIndexSilent: 'fleetwire:devidx:silent',
   /** Sorted set: device id → last_seen (unix ms). */
