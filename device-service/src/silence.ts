@@ -8,6 +8,10 @@
  * only the due devices: no timer per device, no scan of the fleet. Raising removes the id
  * from the index in the same step, so with several device-service nodes checking at once,
  * or after a restart, a silence is raised once; the heartbeat that ends it clears it.
+ *
+ * What a crash loses: the raise is recorded in Redis before the sink hears of it, so a
+ * process that dies between the two leaves the alert active (GET /v1/alerts?state=active,
+ * the silent index) without its topic message, log entry or webhook POST.
  */
 import { Counter, Histogram, redisKeys, type Logger, type Redis, type Registry } from '@fleetwire/common';
 import type { AlertChange, AlertSink } from './alert-change.js';
