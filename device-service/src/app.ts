@@ -5,6 +5,9 @@ import { createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
+import { alertsPart } from './alerts.js';
+import { otaEventsPart } from './ota-events.js';
+import { silencePart } from './silence.js';
 
 export interface DeviceService {
   readonly readiness: Record<string, () => Promise<boolean>>;
@@ -32,6 +35,9 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     },
   };
   const parts: Part[] = [];
+  // The alert sink: the heartbeat part gets it too (its cleared changes), so it is made first and closed last.
+  const alerts = alertsPart(ctx);
+  parts.push(alerts, silencePart(ctx, { alerts }), otaEventsPart(ctx));
 
   return {
     readiness: {

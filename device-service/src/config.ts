@@ -18,6 +18,10 @@ export const deviceServiceSpec = {
   alertWebhookUrl: str('ALERT_WEBHOOK_URL', '', 'POST every alert change here as JSON; empty = off'),
   alertWebhookAttempts: int('ALERT_WEBHOOK_ATTEMPTS', 6, 'tries per alert before it is dropped (counted)', { min: 1, max: 50 }),
   alertWebhookBackoffMs: int('ALERT_WEBHOOK_BACKOFF_MS', 1000, 'wait before the first retry, doubling each retry', { min: 10 }),
+  alertWebhookSecret: str('ALERT_WEBHOOK_SECRET', '', 'when set (16 characters or more), every webhook body is signed: header X-Fleetwire-Signature: sha256=<hex HMAC-SHA256 of the raw body with this secret>; never logged or shown'),
+  alertWebhookTimeoutMs: int('ALERT_WEBHOOK_TIMEOUT_MS', 5000, 'one webhook POST is abandoned (and retried) after this long', { min: 100, max: 120_000 }),
+  alertWebhookQueueMax: int('ALERT_WEBHOOK_QUEUE_MAX', 10_000, 'alert changes waiting for the webhook, in memory; when full the oldest is dropped (counted)', { min: 1, max: 1_000_000 }),
+  alertLogMaxLen: int('ALERT_LOG_MAX_LEN', 100_000, 'newest alert changes kept in the alert log (GET /v1/alerts?state=all), about', { min: 100 }),
   // telemetry
   telemetryMaxLen: int('TELEMETRY_MAX_LEN', 10_000, 'newest telemetry messages kept per device (about)', { min: 1 }),
   telemetryMaxAgeS: int('TELEMETRY_MAX_AGE_S', 604_800, 'telemetry older than this is trimmed', { min: 60 }),
@@ -57,6 +61,8 @@ function checkDeviceServiceConfig(config: DeviceServiceConfig): DeviceServiceCon
       problems.push(`${name} must be a ${schemes.map((s) => s.slice(0, -1)).join(' or ')} URL`);
     }
   }
+  // The secret itself is never put in a message.
+  if (config.alertWebhookSecret && config.alertWebhookSecret.length < 16) problems.push('ALERT_WEBHOOK_SECRET must be at least 16 characters (a random string, e.g. openssl rand -hex 32)');
   if (config.silenceFloorS > config.silenceCeilingS) problems.push(`SILENCE_FLOOR_S (${config.silenceFloorS}) must not exceed SILENCE_CEILING_S (${config.silenceCeilingS})`);
   if (config.commandDefaultTimeoutMs > config.commandMaxTimeoutMs) problems.push(`COMMAND_DEFAULT_TIMEOUT_MS (${config.commandDefaultTimeoutMs}) must not exceed COMMAND_MAX_TIMEOUT_MS (${config.commandMaxTimeoutMs})`);
   try {
