@@ -5,6 +5,7 @@ import { createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
+import { telemetryPart } from './telemetry.js';
 
 export interface DeviceService {
   readonly readiness: Record<string, () => Promise<boolean>>;
@@ -32,6 +33,7 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     },
   };
   const parts: Part[] = [];
+  parts.push(telemetryPart(ctx));
 
   return {
     readiness: {
