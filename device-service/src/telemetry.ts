@@ -4,7 +4,7 @@
  *
  * Layout (common/src/redis-keys.ts):
  * - redisKeys.telemetry(id): a stream. Entry id `<received_at>-<n>`: the broker's receive
- *   time, so the stream is in time order and since/until are id ranges. Fields, kept short
+ *   time, so the stream is in time order (but see Ordering) and since/until are id ranges. Fields, kept short
  *   because there are many entries: c = the envelope's cid, a = the device's `at`,
  *   r = readings as JSON `[[name, value, unit], …]`, and t = received_at only for a message
  *   that arrived behind a newer one (see below). Trimmed to about TELEMETRY_MAX_LEN entries
@@ -13,8 +13,12 @@
  *   each name keeping its newest reading by received_at (at most LATEST_MAX_NAMES names).
  *
  * Ordering: a stream only appends. A message whose received_at is older than the stream's
- * newest entry (another broker node's clock, a retry after backoff, two consumers racing)
- * is appended after it rather than dropped, and keeps its received_at in `t`.
+ * newest entry is appended after it rather than dropped, and keeps its received_at in `t`.
+ * That happens often enough: BullMQ hands a worker the jobs it fetched concurrently in the
+ * order the fetches finish, so two quick messages of one device can meet in different
+ * batches in swapped order; also another broker node's clock, a retry after backoff, two
+ * device-service nodes racing. Within a batch a device's messages are written in
+ * received_at order.
  *
  * Duplicates (at-least-once): BullMQ runs a job again when an attempt failed after Redis
  * had stored it (a timeout, a lapsed lock). A retried job carries the same envelope, so
@@ -183,5 +187,5 @@ function itemOf(id: string, flat: readonly string[]): TelemetryItem {
   const f: Record<string, string> = {};
   for (let i = 0; i < flat.length; i += 2) f[flat[i]!] = flat[i + 1]!;
   const readings = (JSON.parse(f.r ?? '[]') as Array<[string, number, string]>).map(([name, value, unit]) => ({ name, value, unit }));
-  return { at: Number(f.a), received_at: Number(f.t ?? id.slice(0, id.indexOf('-'))), readings };
+  return { id, at: Number(f.a), received_at: Number(f.t ?? id.slice(0, id.indexOf('-'))), readings };
 }

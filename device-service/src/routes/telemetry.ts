@@ -6,6 +6,8 @@ export interface Reading { readonly name: string; readonly value: number; readon
 
 /** One stored message. */
 export interface TelemetryItem {
+  /** Its position in the device's stream, `<ms>-<seq>`: a cursor; ms is received_at unless it arrived behind a newer message. */
+  readonly id: string;
   /** The device's clock when it took the readings (unix ms). */
   readonly at: number;
   /** The broker's clock when it received the message (unix ms). */
@@ -30,7 +32,7 @@ export interface StreamPosition {
 }
 
 export interface TelemetryQuery {
-  /** Inclusive bounds on the stream position's time, i.e. received_at (unix ms). */
+  /** Inclusive bounds on the stream position's time (unix ms): received_at, except for a message stored behind a newer one. */
   readonly since?: number;
   readonly until?: number;
   readonly limit: number;
@@ -59,11 +61,13 @@ const latestReading = {
 } as const;
 
 const description = `Messages a device published on devices/{id}/telemetry, newest first (order=asc: oldest first), \
-and its latest value per reading name. A device keeps about TELEMETRY_MAX_LEN messages, none older than \
-TELEMETRY_MAX_AGE_S (by the broker's clock). since and until bound received_at, inclusive; next_cursor, \
-passed back as cursor with the same query, gives the following page (null: no more). A message that \
-reached the service behind a newer one of the same device is placed after it and keeps its own received_at, \
-so received_at is ordered within a few milliseconds, not strictly.
+and its latest value per reading name (the one received last). A device keeps about TELEMETRY_MAX_LEN messages, \
+none older than TELEMETRY_MAX_AGE_S (by the broker's clock). Messages are in the order of their position in the \
+device's stream (item id, <ms>-<seq>), whose ms is the broker's received_at: except for a message that reached the \
+service behind a newer one of the same device (two consumers, a retry), which is placed after it, keeps its own \
+received_at, and takes the newer one's ms in its id. So received_at is ordered within the few milliseconds of such \
+races, not strictly; sort by received_at or at when that matters. since and until bound the id's ms, inclusive. \
+next_cursor, passed back as cursor with the same query, gives the following page (null: no more).
 
 Refused messages are counted, never stored: fleetwire_broker_ingress_rejected_total{topic_class="telemetry"} \
 (failed telemetry.schema.json at the broker) and fleetwire_queue_jobs_total{queue="telemetry",outcome="invalid"} \
@@ -84,8 +88,8 @@ export function telemetryRoutes(app: FastifyInstance, d: TelemetryRouteDeps): vo
       querystring: {
         type: 'object', additionalProperties: false,
         properties: {
-          since: queryInteger({ description: 'Oldest received_at to include, unix ms' }),
-          until: queryInteger({ description: 'Newest received_at to include, unix ms' }),
+          since: queryInteger({ description: 'Oldest position to include (the ms of an item id: its received_at, mostly), unix ms' }),
+          until: queryInteger({ description: 'Newest position to include (the ms of an item id: its received_at, mostly), unix ms' }),
           limit: queryInteger({ minimum: 1, maximum: MAX_TELEMETRY_PAGE, default: 100 }),
           cursor: { type: 'string', pattern: '^[0-9]{1,16}-[0-9]{1,20}$', description: 'next_cursor of the previous page' },
           order: { type: 'string', enum: ['desc', 'asc'], default: 'desc' },
@@ -101,7 +105,9 @@ export function telemetryRoutes(app: FastifyInstance, d: TelemetryRouteDeps): vo
               type: 'array',
               items: {
                 type: 'object',
-                properties: { at: { type: 'integer' }, received_at: { type: 'integer' }, readings: { type: 'array', items: reading } },
+                properties: {
+                  id: { type: 'string' }, at: { type: 'integer' }, received_at: { type: 'integer' }, readings: { type: 'array', items: reading },
+                },
               },
             },
             next_cursor: { type: ['string', 'null'] },
