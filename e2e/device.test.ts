@@ -75,7 +75,13 @@ describe('a simulated device against the real stack', () => {
     try {
       await send({ cid: 'e2e-sample', name: 'sample_sensors' });
       const [sample] = await until(() => mine('e2e-sample'), (j) => j.length === 1);
-      expect(sample!.payload).toMatchObject({ ok: true, result: { readings: { temperature_c: expect.any(Number), humidity_pct: expect.any(Number) }, at: expect.any(Number) } });
+      expect(sample!.payload).toMatchObject({
+        ok: true,
+        result: {
+          at: expect.any(Number),
+          readings: [{ name: 'temperature', value: expect.any(Number), unit: 'Cel' }, { name: 'humidity', value: expect.any(Number), unit: '%RH' }],
+        },
+      });
 
       const reboot = { cid: 'e2e-reboot', name: 'reboot' };
       await send(reboot);

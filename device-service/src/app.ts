@@ -8,6 +8,7 @@ import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
 import { otaEventsPart } from './ota-events.js';
 import { silencePart } from './silence.js';
+import { telemetryPart } from './telemetry.js';
 
 export interface DeviceService {
   readonly readiness: Record<string, () => Promise<boolean>>;
@@ -38,6 +39,7 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
   // The alert sink: the heartbeat part gets it too (its cleared changes), so it is made first and closed last.
   const alerts = alertsPart(ctx);
   parts.push(alerts, silencePart(ctx, { alerts }), otaEventsPart(ctx));
+  parts.push(telemetryPart(ctx));
 
   return {
     readiness: {

@@ -23,8 +23,9 @@ export const deviceServiceSpec = {
   alertWebhookQueueMax: int('ALERT_WEBHOOK_QUEUE_MAX', 10_000, 'alert changes waiting for the webhook, in memory; when full the oldest is dropped (counted)', { min: 1, max: 1_000_000 }),
   alertLogMaxLen: int('ALERT_LOG_MAX_LEN', 100_000, 'newest alert changes kept in the alert log (GET /v1/alerts?state=all), about', { min: 100 }),
   // telemetry
-  telemetryMaxLen: int('TELEMETRY_MAX_LEN', 10_000, 'newest telemetry messages kept per device (about)', { min: 1 }),
-  telemetryMaxAgeS: int('TELEMETRY_MAX_AGE_S', 604_800, 'telemetry older than this is trimmed', { min: 60 }),
+  telemetryMaxLen: int('TELEMETRY_MAX_LEN', 10_000, 'newest telemetry messages kept per device (about: Redis trims whole stream nodes, stream-node-max-entries = 100 by default, at a time)', { min: 1 }),
+  telemetryMaxAgeS: int('TELEMETRY_MAX_AGE_S', 604_800, 'telemetry older than this (by the broker\'s receive time) is trimmed or not stored; a device\'s telemetry is gone this long after its last message', { min: 60 }),
+  telemetryBatch: int('TELEMETRY_BATCH', 128, 'telemetry messages written to Redis in one round trip at most (also the consumer\'s concurrency)', { min: 1, max: 2000 }),
   // commands
   commandDefaultTimeoutMs: int('COMMAND_DEFAULT_TIMEOUT_MS', 10_000, 'how long POST /v1/devices/{id}/commands waits for the result when timeout_ms is not given', { min: 100 }),
   commandMaxTimeoutMs: int('COMMAND_MAX_TIMEOUT_MS', 120_000, 'largest timeout_ms accepted', { min: 100, max: 3_600_000 }),

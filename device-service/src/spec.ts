@@ -10,7 +10,7 @@ export function deviceServiceSpecReport(c: DeviceServiceConfig): Record<string, 
       floor_s: c.silenceFloorS, ceiling_s: c.silenceCeilingS, check_ms: c.silenceCheckMs, ota_reboot_window_s: c.otaRebootWindowS,
     },
     alert_webhook: c.alertWebhookUrl ? { attempts: c.alertWebhookAttempts, backoff_ms: c.alertWebhookBackoffMs } : 'off',
-    telemetry: { max_len: c.telemetryMaxLen, max_age_s: c.telemetryMaxAgeS },
+    telemetry: { max_len: c.telemetryMaxLen, max_age_s: c.telemetryMaxAgeS, batch: c.telemetryBatch },
     commands: {
       default_timeout_ms: c.commandDefaultTimeoutMs, max_timeout_ms: c.commandMaxTimeoutMs, max_args_bytes: c.commandMaxArgsBytes,
       allow_list: c.commandAllow || 'any name', queued_ttl_s: c.commandQueuedTtlS, record_ttl_s: c.commandRecordTtlS,

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::platform::Storage;
+use crate::telemetry::{Reading, Telemetry};
 
 /// Largest `reboot` `args.delay_s`.
 pub const MAX_REBOOT_DELAY_S: u32 = 60;
@@ -89,7 +90,7 @@ pub trait CommandContext {
     fn reboot(&mut self, delay_s: u32) -> Result<(), String>;
     /// Read every sensor now (see [`crate::platform::Board::sample_sensors`]). `Err` (or no readings
     /// at all) when the device has no sensor or a read failed.
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String>;
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String>;
 }
 
 /// Outcome of handling one incoming payload.
@@ -226,11 +227,15 @@ fn execute(cmd: &Command, now_unix_ms: u64, ctx: &mut dyn CommandContext) -> Cmd
                 Err(m) => CmdResult::err(&cmd.cid, codes::FAILED, format!("cannot reboot: {m}")),
             }
         }
+        // The result is a telemetry payload: `{at, readings: [{name, value, unit}]}`.
         "sample_sensors" => match ctx.sample_sensors() {
-            Ok(readings) if !readings.is_empty() => {
-                CmdResult::ok(&cmd.cid, json!({ "readings": readings, "at": now_unix_ms }))
-            }
-            Ok(_) => CmdResult::err(&cmd.cid, codes::FAILED, "no sensors on this device"),
+            Ok(readings) if readings.is_empty() => CmdResult::err(&cmd.cid, codes::FAILED, "no sensors on this device"),
+            Ok(readings) => match Telemetry::new(now_unix_ms, readings) {
+                Ok(t) => CmdResult::ok(&cmd.cid, serde_json::to_value(&t).expect("Telemetry serialises")),
+                Err(e) => {
+                    CmdResult::err(&cmd.cid, codes::FAILED, format!("sensor readings are not valid telemetry: {e}"))
+                }
+            },
             Err(m) => CmdResult::err(&cmd.cid, codes::FAILED, format!("sensor read failed: {m}")),
         },
         other => CmdResult::err(&cmd.cid, codes::UNKNOWN, format!("unknown command {other:?}")),
@@ -247,7 +252,7 @@ mod tests {
         hb: HeartbeatScheduler,
         calls: u32,
         reboots: Vec<u32>,
-        sensors: Option<Map<String, Value>>,
+        sensors: Option<Vec<Reading>>,
     }
     impl CommandContext for Ctx {
         fn set_heartbeat_interval(&mut self, seconds: u32) -> Result<u32, String> {
@@ -261,7 +266,7 @@ mod tests {
             self.reboots.push(delay_s);
             Ok(())
         }
-        fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+        fn sample_sensors(&mut self) -> Result<Vec<Reading>, String> {
             self.sensors.clone().ok_or_else(|| "no sensors on this board".to_string())
         }
     }
@@ -412,14 +417,24 @@ mod tests {
         assert_eq!(e.code, codes::FAILED);
         assert!(e.message.contains("no sensors"), "{e:?}");
 
-        c.sensors = Some(Map::new());
+        c.sensors = Some(Vec::new());
         let r = p.handle(&cmd("s-2", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
         assert_eq!(r.result().unwrap().error.as_ref().unwrap().code, codes::FAILED);
 
-        let readings = json!({"temperature_c": 21.5, "humidity_pct": 40.0});
-        c.sensors = readings.as_object().cloned();
+        c.sensors = Some(vec![Reading::new("temperature", 21.5, "Cel"), Reading::new("humidity", 40.0, "%RH")]);
         let r = p.handle(&cmd("s-3", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
-        assert_eq!(r.result().unwrap().result, Some(json!({"readings": readings, "at": NOW})));
+        let readings = json!([
+            { "name": "temperature", "value": 21.5, "unit": "Cel" },
+            { "name": "humidity", "value": 40.0, "unit": "%RH" },
+        ]);
+        assert_eq!(r.result().unwrap().result, Some(json!({ "at": NOW, "readings": readings })));
+
+        // A board bug (a NaN, a bad name) is reported as a failure, not sent as broken JSON.
+        c.sensors = Some(vec![Reading::new("temperature", f64::NAN, "Cel")]);
+        let r = p.handle(&cmd("s-4", "sample_sensors", json!({}), NOW + 1), NOW, &mut c);
+        let e = r.result().unwrap().error.clone().unwrap();
+        assert_eq!(e.code, codes::FAILED);
+        assert!(e.message.contains("temperature is not a finite number"), "{e:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod outbox;
 pub mod platform;
 pub mod secret;
 pub mod session;
+pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod topics;
@@ -38,6 +39,9 @@ pub mod contracts {
     pub const OTA_OFFER_SCHEMA_JSON: &str = include_str!("../../../common/contracts/schemas/ota-offer.schema.json");
     pub const VALID_OTA_OFFER_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ota.json");
     pub const INVALID_OTA_OFFER_JSON: &str = include_str!("../../../common/contracts/fixtures/invalid/ota.json");
+    pub const TELEMETRY_SCHEMA_JSON: &str = include_str!("../../../common/contracts/schemas/telemetry.schema.json");
+    pub const VALID_TELEMETRY_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/telemetry.json");
+    pub const INVALID_TELEMETRY_JSON: &str = include_str!("../../../common/contracts/fixtures/invalid/telemetry.json");
     pub const OTA_STATUS_SCHEMA_JSON: &str = include_str!("../../../common/contracts/schemas/ota-status.schema.json");
     pub const VALID_OTA_STATUS_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ota-status.json");
     pub const INVALID_OTA_STATUS_JSON: &str =

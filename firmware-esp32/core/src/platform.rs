@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
+use crate::telemetry::Reading;
 
 /// Monotonic and wall clocks.
 pub trait Clock {
@@ -46,9 +46,10 @@ pub trait Board {
     fn rssi(&mut self) -> i8;
     /// Free heap, bytes.
     fn heap_free(&mut self) -> u32;
-    /// Read every sensor now: one member per quantity, e.g. `{"temperature_c": 21.4}`.
+    /// Read every sensor now: one reading per quantity, with its name and unit, e.g.
+    /// `Reading::new("temperature", 21.4, "Cel")` (names and limits: [`crate::telemetry`]).
     /// `Err` (or no readings) when the board has no sensor or a read failed.
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String>;
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String>;
 }
 
 /// Manually driven clock for tests.

@@ -3,7 +3,7 @@
 
 use esp_idf_svc::nvs::{EspDefaultNvsPartition, EspNvs, NvsDefault};
 use fleetwire_core::platform::{Board, Clock, Rng, Storage};
-use serde_json::{Map, Value};
+use fleetwire_core::telemetry::Reading;
 
 pub struct EspClock;
 
@@ -41,11 +41,12 @@ impl Board for EspBoard {
     fn heap_free(&mut self) -> u32 {
         unsafe { esp_idf_svc::sys::esp_get_free_heap_size() }
     }
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String> {
         // No sensor is configured here. To add one: keep its driver in this struct
         // (built from the `Peripherals` taken in main.rs, e.g. an I2C temperature/humidity
-        // chip), read it here and return one member per quantity (`{"temperature_c": 21.4}`).
-        // Telemetry (`SessionConfig::telemetry_s` in session.rs) can then be turned on.
+        // chip), read it here and return one reading per quantity with its unit
+        // (`Reading::new("temperature", 21.4, "Cel")`). Telemetry
+        // (`SessionConfig::telemetry_s` in session.rs) can then be turned on.
         Err("no sensors on this board".into())
     }
 }

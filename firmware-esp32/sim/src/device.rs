@@ -4,7 +4,7 @@
 //! as a reboot keeps the hardware.
 
 use fleetwire_core::platform::{Board, Rng, XorShiftRng};
-use serde_json::{json, Map, Value};
+use fleetwire_core::telemetry::Reading;
 
 /// Free heap of a freshly booted ESP32-S3 with Wi-Fi and TLS up, roughly.
 const HEAP_START: u32 = 180_000;
@@ -42,16 +42,16 @@ impl Board for SimBoard {
         HEAP_START - 8192 + self.rng.gen_range_inclusive(4096) as u32
     }
 
-    /// Advance the walk: `{temperature_c, humidity_pct}`, one decimal. Telemetry and
-    /// the `sample_sensors` command read the same walk.
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+    /// Advance the walk: `temperature` in `Cel` and `humidity` in `%RH`, one decimal.
+    /// Telemetry and the `sample_sensors` command read the same walk.
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String> {
         self.temperature_c = (self.temperature_c + self.step(0.2)).clamp(-10.0, 45.0);
         self.humidity_pct = (self.humidity_pct + self.step(0.5)).clamp(5.0, 95.0);
         let round1 = |v: f64| (v * 10.0).round() / 10.0;
-        let mut m = Map::new();
-        m.insert("temperature_c".into(), json!(round1(self.temperature_c)));
-        m.insert("humidity_pct".into(), json!(round1(self.humidity_pct)));
-        Ok(m)
+        Ok(vec![
+            Reading::new("temperature", round1(self.temperature_c), "Cel"),
+            Reading::new("humidity", round1(self.humidity_pct), "%RH"),
+        ])
     }
 }
 
@@ -64,8 +64,9 @@ mod tests {
         let mut b = SimBoard::new(7);
         for _ in 0..10_000 {
             let v = b.sample_sensors().unwrap();
-            let t = v["temperature_c"].as_f64().unwrap();
-            let h = v["humidity_pct"].as_f64().unwrap();
+            let names: Vec<(&str, &str)> = v.iter().map(|r| (r.name.as_str(), r.unit.as_str())).collect();
+            assert_eq!(names, [("temperature", "Cel"), ("humidity", "%RH")]);
+            let (t, h) = (v[0].value, v[1].value);
             assert!((-10.0..=45.0).contains(&t) && (5.0..=95.0).contains(&h));
             assert!((-90..=-35).contains(&b.rssi()));
             assert!((HEAP_START - 8192..=HEAP_START - 4096).contains(&b.heap_free()));

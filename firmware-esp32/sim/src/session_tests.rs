@@ -7,8 +7,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleetwire_core::contracts::TELEMETRY_SCHEMA_JSON;
 use fleetwire_core::heartbeat::Heartbeat;
 use fleetwire_core::mqtt::{self, QoS};
+use fleetwire_core::telemetry::Telemetry;
+use fleetwire_core::testkit::schema_violations;
 use fleetwire_core::topics::TopicMap;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -199,8 +202,13 @@ async fn telemetry_is_published_qos0_at_its_interval() {
     let t = c.expect_publish_on("devices/esp-01/telemetry").await;
     assert!(approx(Instant::now() - t0, 15_000));
     assert_eq!(t.qos, QoS::AtMostOnce);
+    // The simulated sensor in the contract's format, as the broker checks it.
     let v: Value = serde_json::from_slice(&t.payload).unwrap();
-    assert!(v["temperature_c"].is_f64() && v["humidity_pct"].is_f64());
+    let schema: Value = serde_json::from_str(TELEMETRY_SCHEMA_JSON).unwrap();
+    assert_eq!(schema_violations(&schema, &v), Vec::<String>::new(), "{v}");
+    let readings = Telemetry::from_json(&t.payload).unwrap().readings;
+    let names: Vec<(&str, &str)> = readings.iter().map(|r| (r.name.as_str(), r.unit.as_str())).collect();
+    assert_eq!(names, [("temperature", "Cel"), ("humidity", "%RH")]);
     assert_eq!(h.stop().await, Exit::Shutdown);
 }
 
@@ -297,12 +305,13 @@ async fn sample_sensors_answers_the_simulated_readings_with_their_time() {
     let v: Value = serde_json::from_slice(&result.payload).unwrap();
     assert_eq!((v["cid"].as_str(), v["ok"].as_bool()), (Some("s-1"), Some(true)), "{v}");
     let r = &v["result"];
-    let readings = r["readings"].as_object().unwrap();
-    assert_eq!(readings.keys().collect::<Vec<_>>(), ["humidity_pct", "temperature_c"]);
-    let t = readings["temperature_c"].as_f64().unwrap();
-    let hum = readings["humidity_pct"].as_f64().unwrap();
+    // The same shape as a telemetry message.
+    let sample = Telemetry::from_json(r.to_string().as_bytes()).unwrap();
+    let names: Vec<&str> = sample.readings.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["temperature", "humidity"]);
+    let (t, hum) = (sample.readings[0].value, sample.readings[1].value);
     assert!((-10.0..=45.0).contains(&t) && (5.0..=95.0).contains(&hum), "{r}");
-    let at = r["at"].as_u64().unwrap();
+    let at = sample.at;
     assert!(at >= sent_at && at - sent_at < 60_000, "{at} vs {sent_at}");
     assert_eq!(h.stop().await, Exit::Shutdown);
 }

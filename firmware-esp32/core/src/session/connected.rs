@@ -2,7 +2,7 @@
 //! telemetry, keepalive, token refresh and the wait before a reboot.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::backoff::LinkState;
 use crate::commands::{CommandContext, Handled};
@@ -12,6 +12,7 @@ use crate::outbox::Kind;
 use crate::platform::Board;
 use crate::session::reboot::PlannedReboot;
 use crate::session::{earliest, Event, Link, Now, Out, Session, SessionConfig};
+use crate::telemetry::{Reading, Telemetry};
 
 /// Per-connection timers and bookkeeping.
 pub(super) struct Conn {
@@ -80,7 +81,7 @@ impl CommandContext for CommandCtx<'_> {
         self.reboot_delay_s = Some(self.reboot_delay_s.map_or(delay_s, |d| d.min(delay_s)));
         Ok(())
     }
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String> {
         self.board.sample_sensors()
     }
 }
@@ -317,15 +318,25 @@ impl Session {
             _ => return,
         }
         // No sensor, or a failed read: nothing to publish this time.
-        let Ok(mut reading) = self.hw.board.sample_sensors() else { return };
-        reading.insert("at".into(), json!(now.unix_ms));
+        let readings = match self.hw.board.sample_sensors() {
+            Ok(r) if !r.is_empty() => r,
+            _ => return,
+        };
+        // Readings the broker would refuse are reported here instead of being sent to be dropped.
+        let telemetry = match Telemetry::new(now.unix_ms, readings) {
+            Ok(t) => t,
+            Err(e) => {
+                out.event(Event::TelemetryInvalid { error: e.to_string() });
+                return;
+            }
+        };
         let p = Publish {
             topic: self.topics.telemetry.clone(),
             qos: QoS::AtMostOnce,
             retain: false,
             dup: false,
             packet_id: None,
-            payload: Value::Object(reading).to_string().into_bytes(),
+            payload: telemetry.to_json(),
         };
         self.send(now, mqtt::encode_publish(&p).expect("publishes to contract topics encode"), out);
         out.event(Event::TelemetrySent);

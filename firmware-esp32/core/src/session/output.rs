@@ -201,6 +201,10 @@ pub enum Event {
         error: String,
     },
     TelemetrySent,
+    /// The board's readings break telemetry.schema.json; nothing was sent.
+    TelemetryInvalid {
+        error: String,
+    },
     CommandRun {
         cid: String,
         ok: bool,
@@ -363,6 +367,7 @@ impl Event {
             E::HeartbeatAcked { rtt_ms } => (Debug, "heartbeat-acked", vec![("rtt_ms", s(rtt_ms))]),
             E::HeartbeatInvalid { error } => (Error, "heartbeat-invalid", vec![("error", s(error))]),
             E::TelemetrySent => (Debug, "telemetry", vec![]),
+            E::TelemetryInvalid { error } => (Error, "telemetry-invalid", vec![("error", s(error))]),
             E::CommandRun { cid, ok, code } => (Info, "cmd", vec![("cid", s(cid)), ("ok", s(ok)), ("code", opt(code))]),
             E::CommandDuplicate { cid } => {
                 (Info, "cmd-duplicate", vec![("cid", s(cid)), ("action", s(&"re-sending stored result"))])

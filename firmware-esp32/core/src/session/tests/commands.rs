@@ -58,7 +58,10 @@ fn report_config_and_sample_sensors_answer_from_this_device() {
         json_of(&results[0])["result"],
         json!({ "device_id": ID, "fw": "1.0.0", "heartbeat_interval_s": 30, "keepalive_s": 60, "telemetry_interval_s": 0 })
     );
-    assert_eq!(json_of(&results[1])["result"], json!({ "readings": { "temperature_c": 21.5 }, "at": d.now.unix_ms }));
+    assert_eq!(
+        json_of(&results[1])["result"],
+        json!({ "at": d.now.unix_ms, "readings": [{ "name": "temperature", "value": 21.5, "unit": "Cel" }] })
+    );
 }
 
 #[test]

@@ -6,17 +6,19 @@
 mod commands;
 mod connection;
 mod ota;
+mod telemetry;
 mod tokens;
 
 use std::collections::VecDeque;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::backoff::BackoffConfig;
 use crate::heartbeat::Heartbeat;
 use crate::mqtt::Publish;
 use crate::platform::{Board, MemStorage, Storage};
 use crate::session::*;
+use crate::telemetry::Reading;
 use crate::testkit::{self, device_packets, DevicePacket, MaxRng};
 
 pub const ID: &str = "esp-01";
@@ -26,8 +28,15 @@ pub fn topic(class: &str) -> String {
     format!("devices/{ID}/{class}")
 }
 
-/// A board with steady readings.
-struct TestBoard;
+/// A board with steady readings: `TestBoard::default()` reads 21.5 Cel.
+pub struct TestBoard {
+    pub readings: Result<Vec<Reading>, String>,
+}
+impl Default for TestBoard {
+    fn default() -> Self {
+        TestBoard { readings: Ok(vec![Reading::new("temperature", 21.5, "Cel")]) }
+    }
+}
 impl Board for TestBoard {
     fn rssi(&mut self) -> i8 {
         -61
@@ -35,8 +44,8 @@ impl Board for TestBoard {
     fn heap_free(&mut self) -> u32 {
         120_000
     }
-    fn sample_sensors(&mut self) -> Result<Map<String, Value>, String> {
-        Ok(json!({ "temperature_c": 21.5 }).as_object().unwrap().clone())
+    fn sample_sensors(&mut self) -> Result<Vec<Reading>, String> {
+        self.readings.clone()
     }
 }
 
@@ -85,6 +94,11 @@ impl Device {
 
     /// Power-on with existing NVS; versions in `crashes_on_boot` never come up.
     pub fn boot_with(cfg: SessionConfig, nvs: MemStorage, crashes_on_boot: Vec<String>) -> Device {
+        Device::boot_on(TestBoard::default(), cfg, nvs, crashes_on_boot)
+    }
+
+    /// Power-on of a device whose board reads what `board` says.
+    pub fn boot_on(board: TestBoard, cfg: SessionConfig, nvs: MemStorage, crashes_on_boot: Vec<String>) -> Device {
         let mut d = Device {
             session: None,
             cfg,
@@ -101,7 +115,7 @@ impl Device {
             reboots: Vec::new(),
             stopped: None,
         };
-        let hw = Hardware { board: Box::new(TestBoard), rng: Box::new(MaxRng) };
+        let hw = Hardware { board: Box::new(board), rng: Box::new(MaxRng) };
         d.start(hw, None);
         d
     }
