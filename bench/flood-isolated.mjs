@@ -60,7 +60,7 @@ for (let i = 0; i < nVictims; i++) victims.push(await connect(`victim-${i}`, awa
 const lat = { before: [], flood: [], after: [] };
 let phase = 'before';
 observer.on('message', (topic, payload) => { if (topic.includes('/victim-')) lat[phase].push(Date.now() - JSON.parse(payload).at); });
-const tick = setInterval(() => victims.forEach((v, i) => v.publish(`devices/victim-${i}/telemetry`, JSON.stringify({ at: Date.now() }))), 50);
+const tick = setInterval(() => victims.forEach((v, i) => v.publish(`devices/victim-${i}/telemetry`, JSON.stringify({ at: Date.now(), readings: [{ name: 'n', value: i, unit: '' }] }))), 50);
 await new Promise((r) => setTimeout(r, 2000));
 
 const floodTokens = [];

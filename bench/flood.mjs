@@ -10,7 +10,10 @@
 import { parseArgs, usage, printTable, log, sleep, summarize, procMem, procCpuSeconds } from './lib/util.mjs';
 import { runAcross, setupProcess, hardDeadline, printProfiles } from './lib/runner.mjs';
 import { MqttConn, publishPacket, publishParts, loopbackAddress } from './lib/conn.mjs';
-import { jsonPayload } from './lib/throughput.mjs';
+import { jsonPayload, readingsOf, telemetryPayload } from './lib/throughput.mjs';
+
+/** Phases by number: a telemetry reading is a number. */
+const PHASES = ['baseline', 'flood', 'after', 'done'];
 
 const D = { targets: 'all', qos: 0, flooders: 10, victims: 5, floodSeconds: 10, victimRate: 20, baseline: 3, after: 5, batch: 100, observer: false, maxQueuedBytes: 262144, profile: false, timeline: true };
 const a = parseArgs(D);
@@ -41,7 +44,7 @@ async function probe(t) {
   try {
     await c.connect();
     await c.subscribe(`devices/${id}/telemetry`, 0);
-    c.write(publishPacket(`devices/${id}/telemetry`, '{"probe":1}'));
+    c.write(publishPacket(`devices/${id}/telemetry`, telemetryPayload({ probe: 1 })));
     const until = performance.now() + 5000;
     while (!got && performance.now() < until) await sleep(20);
     c.end();
@@ -68,7 +71,8 @@ const rows = await runAcross(a, 'flood', async (t, ctx) => {
       onPublish(buf, s, e, b0) {
         const now = performance.now();
         const p = publishParts(buf, s, e, b0);
-        const m = JSON.parse(buf.toString('utf8', p.payloadStart, p.payloadEnd));
+        const m = readingsOf(buf.toString('utf8', p.payloadStart, p.payloadEnd));
+        m.ph = PHASES[m.ph];
         if (m.ph && lat[m.ph]) { lat[m.ph].push(now - m.ts); victimGot[m.ph]++; onVictimLatency(now - m.ts); }
       },
     });
@@ -87,7 +91,7 @@ const rows = await runAcross(a, 'flood', async (t, ctx) => {
     v.timer = setInterval(() => {
       if (v.c.closed || phase === 'done') return;
       victimSent[phase]++;
-      v.c.write(publishPacket(v.topic, `{"ts":${performance.now()},"ph":"${phase}","seq":${v.seq++}}`));
+      v.c.write(publishPacket(v.topic, telemetryPayload({ ts: performance.now(), ph: PHASES.indexOf(phase), seq: v.seq++ })));
     }, 1000 / a.victimRate);
   }, (i * 1000) / a.victimRate / victims.length));
 

@@ -9,7 +9,7 @@
 import { parseArgs, usage, printTable, log, sleep, summarize } from './lib/util.mjs';
 import { transportFor } from './lib/targets.mjs';
 import { runAcross, setupProcess, hardDeadline, cpuSnapshot, cpuDelta, printProfiles } from './lib/runner.mjs';
-import { connectAll } from './lib/throughput.mjs';
+import { connectAll, readingsOf, telemetryPayload } from './lib/throughput.mjs';
 import { MqttConn, publishPacket, publishParts } from './lib/conn.mjs';
 
 const D = { targets: 'all', transport: 'ws', rate: 2000, pubs: 10, warmup: 2, duration: 10, profile: false };
@@ -29,7 +29,7 @@ const rows = await runAcross(a, `latency-${a.transport}`, async (t, ctx) => {
     onPublish(buf, s, e, b0) {
       const now = performance.now();
       const p = publishParts(buf, s, e, b0);
-      const msg = JSON.parse(buf.toString('utf8', p.payloadStart, p.payloadEnd));
+      const msg = readingsOf(buf.toString('utf8', p.payloadStart, p.payloadEnd));
       if (msg.w === 1) { receivedInWindow++; samples.push(now - msg.ts); }
     },
   });
@@ -52,7 +52,7 @@ const rows = await runAcross(a, `latency-${a.transport}`, async (t, ctx) => {
       if (measuring && due - sent > 0) maxLagMs = Math.max(maxLagMs, ((due - sent - 1) * 1000) / a.rate);
       while (sent < due) {
         const i = sent % pubs.length;
-        const payload = `{"ts":${performance.now()},"seq":${sent},"w":${measuring ? 1 : 0},"temp":21.5}`;
+        const payload = telemetryPayload({ ts: performance.now(), seq: sent, w: measuring ? 1 : 0, temp: 21.5 });
         pubs[i].write(publishPacket(topics[i], payload));
         if (measuring) sentInWindow++;
         sent++;

@@ -3,6 +3,7 @@
 //   node bench/smoke.mjs [--targets all]
 import { parseArgs, usage, log, sleep } from './lib/util.mjs';
 import { MqttConn, publishPacket, publishParts } from './lib/conn.mjs';
+import { telemetryPayload } from './lib/throughput.mjs';
 import { startTarget, parseTargets, fleetwireAvailable, transportFor } from './lib/targets.mjs';
 
 const D = { targets: 'all' };
@@ -25,7 +26,7 @@ for (const name of parseTargets(a.targets)) {
       const pubId = { kind: 'device', id: 'dev-smoke' };
       const pub = new MqttConn({ ...(await t.clientOpts(pubId, transportFor('device', transport))), keepalive: 60 });
       await pub.connect();
-      for (let i = 0; i < 3; i++) pub.write(publishPacket('devices/dev-smoke/telemetry', JSON.stringify({ seq: i, temp: 21.5 })));
+      for (let i = 0; i < 3; i++) pub.write(publishPacket('devices/dev-smoke/telemetry', telemetryPayload({ seq: i, temp: 21.5 })));
       await sleep(500);
       await pub.ping();
       const ok = got.length === 3;

@@ -10,14 +10,28 @@ import { MqttConn, publishPacket } from './conn.mjs';
 import { cpuSnapshot, cpuDelta } from './runner.mjs';
 import { sleep, log } from './util.mjs';
 
-export function jsonPayload(bytes, extra = {}) {
-  const base = { temp: 21.5, hum: 40.25, bat: 3.71, ...extra };
-  let s = JSON.stringify(base);
-  if (s.length < bytes) {
-    base.pad = 'x'.repeat(Math.max(1, bytes - s.length - 9));
-    s = JSON.stringify(base);
+/**
+ * A telemetry payload the broker accepts (common/contracts/schemas/telemetry.schema.json:
+ * `{at, readings: [{name, value, unit}]}`), carrying `values` as readings, padded with
+ * readings to about `padTo` bytes (up to the schema's 32 readings).
+ */
+export function telemetryPayload(values, padTo = 0) {
+  const readings = Object.entries(values).map(([name, value]) => ({ name, value, unit: '' }));
+  let s = JSON.stringify({ at: Date.now(), readings });
+  for (let i = 0; s.length < padTo && readings.length < 32; i++) {
+    readings.push({ name: `p${i}`, value: 0, unit: 'x'.repeat(Math.max(0, Math.min(16, padTo - s.length - 32))) });
+    s = JSON.stringify({ at: Date.now(), readings });
   }
-  return Buffer.from(s);
+  return s;
+}
+
+/** The readings of a telemetry payload as {name: value}. */
+export function readingsOf(text) {
+  return Object.fromEntries(JSON.parse(text).readings.map((r) => [r.name, r.value]));
+}
+
+export function jsonPayload(bytes, extra = {}) {
+  return Buffer.from(telemetryPayload({ temp: 21.5, hum: 40.25, bat: 3.71, ...extra }, bytes));
 }
 
 /** Connects `n` clients with bounded concurrency. */
