@@ -5,6 +5,9 @@ import { createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
+import { fleetHealthPart } from './fleet-health.js';
+import { heartbeatsPart } from './heartbeats.js';
+import { presencePart } from './presence.js';
 
 export interface DeviceService {
   readonly readiness: Record<string, () => Promise<boolean>>;
@@ -32,6 +35,8 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     },
   };
   const parts: Part[] = [];
+  // Heartbeats into state, presence, fleet health. The no-op sink stands in until the alerts part lands (the integrator wires its sink here).
+  parts.push(heartbeatsPart(ctx, { alerts: { emit: () => {} } }), presencePart(ctx), fleetHealthPart(ctx));
 
   return {
     readiness: {
