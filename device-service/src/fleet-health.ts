@@ -61,9 +61,10 @@ export async function readFleetHealth(redis: Redis, now = Date.now()): Promise<F
 }
 
 async function countsOf(redis: Redis, kind: 'fw' | 'type', values: string[]): Promise<Record<string, number>> {
-  const sizes = await Promise.all(values.map((v) => redis.zcard(redisKeys.deviceIndex(kind, v))));
+  const sorted = [...values].sort();
+  const sizes = await Promise.all(sorted.map((v) => redis.zcard(redisKeys.deviceIndex(kind, v))));
   const out: Record<string, number> = {};
-  values.sort().forEach((v, i) => { if (sizes[i]! > 0) out[v] = sizes[i]!; });
+  sorted.forEach((v, i) => { if (sizes[i]! > 0) out[v] = sizes[i]!; });
   return out;
 }
 
