@@ -9,6 +9,7 @@ import { heartbeat, REDIS_URL, sleep, startFleet, waitFor, type Answer, type Fle
 import type { AlertChange } from '../src/alert-change.js';
 import { BrokerLink } from '../src/broker-link.js';
 import { deviceServiceDefaults } from '../src/config.js';
+import type { DeviceState } from '../src/device-state.js';
 import { heartbeatsPart } from '../src/heartbeats.js';
 
 // Five learned intervals instead of ten, so the 1 s device learns its rhythm within this file's time budget.
@@ -31,6 +32,9 @@ afterAll(async () => {
 });
 
 const state = (id: string): Promise<Answer> => f.api('GET', `/v1/devices/${id}/state`, { token: admin });
+/** The state of `id` once `ok` holds for it. */
+const stateWhen = async (id: string, ok: (s: DeviceState) => boolean): Promise<DeviceState> =>
+  (await waitFor(() => state(id), (a) => ok(a.body as unknown as DeviceState))).body as unknown as DeviceState;
 const heartbeats = (outcome: string): Promise<number> => f.metric('fleetwire_device_heartbeats_total', `outcome="${outcome}"`);
 
 interface Beat { seq: number; uptime_s: number; rssi?: number; heap_free?: number; fw?: string }
@@ -47,11 +51,11 @@ async function enqueue(q: Queue, deviceId: string, receivedAt: number, beat: Bea
 }
 
 /** Queues beats at the given receive times one by one, each once the previous is applied (seq shows it), as a device's would arrive. */
-async function beatAt(deviceId: string, times: number[], fields: Partial<Beat> = {}): Promise<Answer> {
-  let last: Answer | undefined;
+async function beatAt(deviceId: string, times: number[], fields: Partial<Beat> = {}): Promise<DeviceState> {
+  let last: DeviceState | undefined;
   for (const [i, at] of times.entries()) {
     await enqueue(queue, deviceId, at, { seq: i + 1, uptime_s: 1000 + Math.round((at - times[0]!) / 1000), ...fields });
-    last = await waitFor(() => state(deviceId), (s) => s.body.seq === i + 1);
+    last = await stateWhen(deviceId, (s) => s.seq === i + 1);
   }
   return last!;
 }
@@ -61,51 +65,53 @@ describe('heartbeats into device state', () => {
     const dev = await f.connectDevice('hb-move');
     const before = Date.now();
     await dev.publishAsync('devices/hb-move/heartbeat', heartbeat(1, { uptime_s: 10, rssi: -55, heap_free: 120_000, fw: '1.2.0' }), { qos: 1 });
-    const first = (await waitFor(() => state('hb-move'), (s) => s.body.seq === 1)).body;
+    const first = await stateWhen('hb-move', (s) => s.seq === 1);
     expect(first).toMatchObject({
       device_id: 'hb-move', fw: '1.2.0', rssi: -55, heap_free: 120_000, uptime_s: 10, boot_count: 0, last_reboot_at: null,
       interval: { last_ms: null, mean_ms: null, deviation_ms: null, n: 0 },
       // No history yet: 300 % of the default 60 s interval.
       silence_threshold_ms: 180_000, silent: false, silent_since: null,
     });
-    expect(first.last_seen).toBeGreaterThanOrEqual(before);
-    expect(first.last_seen).toBeLessThanOrEqual(Date.now());
+    const firstSeen = first.last_seen!;
+    expect(firstSeen).toBeGreaterThanOrEqual(before);
+    expect(firstSeen).toBeLessThanOrEqual(Date.now());
 
     await dev.publishAsync('devices/hb-move/heartbeat', heartbeat(2, { uptime_s: 15, rssi: -70, heap_free: 110_000, fw: '1.2.0' }), { qos: 1 });
-    const second = (await waitFor(() => state('hb-move'), (s) => s.body.seq === 2)).body as Record<string, number> & { interval: Record<string, number> };
-    expect(second).toMatchObject({ rssi: -70, heap_free: 110_000, uptime_s: 15, online: true });
-    expect(second.last_seen).toBeGreaterThan(first.last_seen as number);
-    expect(second.interval).toMatchObject({ last_ms: second.last_seen - (first.last_seen as number), n: 1 });
+    const second = await stateWhen('hb-move', (s) => s.seq === 2 && s.online);
+    expect(second).toMatchObject({ rssi: -70, heap_free: 110_000, uptime_s: 15 });
+    const secondSeen = second.last_seen!;
+    expect(secondSeen).toBeGreaterThan(firstSeen);
+    expect(second.interval).toMatchObject({ last_ms: secondSeen - firstSeen, n: 1 });
 
     // The indexes the listing and the silence checker read.
-    expect(Number(await f.redis.zscore(redisKeys.deviceIndexLastSeen, 'hb-move'))).toBe(second.last_seen);
-    expect(Number(await f.redis.zscore(redisKeys.silenceDue, 'hb-move'))).toBe(second.last_seen + second.silence_threshold_ms);
+    expect(Number(await f.redis.zscore(redisKeys.deviceIndexLastSeen, 'hb-move'))).toBe(secondSeen);
+    expect(Number(await f.redis.zscore(redisKeys.silenceDue, 'hb-move'))).toBe(secondSeen + second.silence_threshold_ms!);
     const registeredAt = Number(await f.redis.zscore(redisKeys.devices, 'hb-move'));
     expect(Number(await f.redis.zscore(redisKeys.deviceIndex('fw', '1.2.0'), 'hb-move'))).toBe(registeredAt);
     expect(await f.redis.sismember(redisKeys.deviceIndexValues('fw'), '1.2.0')).toBe(1);
 
     // State outlives the connection.
     await dev.endAsync();
-    const after = await waitFor(() => state('hb-move'), (s) => s.body.online === false);
-    expect(after.body).toMatchObject({ last_seen: second.last_seen, seq: 2, fw: '1.2.0' });
+    const after = await stateWhen('hb-move', (s) => !s.online);
+    expect(after).toMatchObject({ last_seen: secondSeen, seq: 2, fw: '1.2.0' });
   });
 
   it('detects a reboot when uptime goes backwards', async () => {
     const rebootsBefore = await f.metric('fleetwire_device_reboots_total');
     const dev = await f.connectDevice('hb-reboot');
     await dev.publishAsync('devices/hb-reboot/heartbeat', heartbeat(41, { uptime_s: 5000 }), { qos: 1 });
-    await waitFor(() => state('hb-reboot'), (s) => s.body.seq === 41);
+    await stateWhen('hb-reboot', (s) => s.seq === 41);
     await dev.publishAsync('devices/hb-reboot/heartbeat', heartbeat(1, { uptime_s: 3 }), { qos: 1 });
-    const s = (await waitFor(() => state('hb-reboot'), (a) => a.body.seq === 1)).body as Record<string, number>;
+    const s = await stateWhen('hb-reboot', (a) => a.seq === 1);
     expect(s.boot_count).toBe(1);
     // When it booted, by its uptime: 3 s before the heartbeat arrived.
-    expect(s.last_reboot_at).toBe(s.last_seen - 3000);
+    expect(s.last_reboot_at).toBe(s.last_seen! - 3000);
     expect(await f.redis.zscore(redisKeys.reboots, `hb-reboot:${s.last_reboot_at}`)).toBe(String(s.last_reboot_at));
     expect(await f.metric('fleetwire_device_reboots_total')).toBe(rebootsBefore + 1);
 
     // Uptime moving on again is no reboot.
     await dev.publishAsync('devices/hb-reboot/heartbeat', heartbeat(2, { uptime_s: 8 }), { qos: 1 });
-    expect((await waitFor(() => state('hb-reboot'), (a) => a.body.seq === 2)).body.boot_count).toBe(1);
+    expect((await stateWhen('hb-reboot', (a) => a.seq === 2)).boot_count).toBe(1);
     await dev.endAsync();
   });
 
@@ -116,14 +122,16 @@ describe('heartbeats into device state', () => {
       if (seq > 1) await sleep(1000);
       await dev.publishAsync('devices/hb-fast/heartbeat', heartbeat(seq, { uptime_s: 100 + seq }), { qos: 1 });
     }
-    const s = (await waitFor(() => state('hb-fast'), (a) => a.body.seq === MIN_HISTORY + 2)).body as { interval: { mean_ms: number; deviation_ms: number; n: number }; silence_threshold_ms: number };
-    expect(s.interval.n).toBe(MIN_HISTORY + 1);
-    expect(s.interval.mean_ms).toBeGreaterThan(900);
-    expect(s.interval.mean_ms).toBeLessThan(1200);
-    // 300 % of the mean plus 4 deviations, but never under the 3 s floor.
-    expect(s.silence_threshold_ms).toBeGreaterThanOrEqual(3000);
-    expect(s.silence_threshold_ms).toBeLessThan(5000);
-    expect(Math.abs(s.silence_threshold_ms - Math.max(3000, 3 * s.interval.mean_ms + 4 * s.interval.deviation_ms))).toBeLessThanOrEqual(4);
+    const s = await stateWhen('hb-fast', (a) => a.seq === MIN_HISTORY + 2);
+    const { n, mean_ms: mean, deviation_ms: deviation } = s.interval;
+    expect(n).toBe(MIN_HISTORY + 1);
+    expect(mean).toBeGreaterThan(900);
+    expect(mean).toBeLessThan(1200);
+    // 300 % of the mean plus 4 deviations, but never under the 3 s floor (the stored mean and deviation are rounded to the ms).
+    const threshold = s.silence_threshold_ms!;
+    expect(threshold).toBeGreaterThanOrEqual(3000);
+    expect(threshold).toBeLessThan(5000);
+    expect(Math.abs(threshold - Math.max(3000, 3 * mean! + 4 * deviation!))).toBeLessThanOrEqual(4);
     await dev.endAsync();
   });
 
@@ -132,22 +140,18 @@ describe('heartbeats into device state', () => {
     // heartbeats queue, carrying the receive times the broker would have stamped.
     await f.registerDevice('hb-30s');
     const t0 = Date.now() - (MIN_HISTORY + 1) * 30_000;
-    const slow = (await beatAt('hb-30s', Array.from({ length: MIN_HISTORY + 2 }, (_, i) => t0 + i * 30_000))).body as {
-      last_seen: number; interval: { last_ms: number; mean_ms: number; deviation_ms: number; n: number }; silence_threshold_ms: number;
-    };
+    const slow = await beatAt('hb-30s', Array.from({ length: MIN_HISTORY + 2 }, (_, i) => t0 + i * 30_000));
     expect(slow.interval).toMatchObject({ last_ms: 30_000, mean_ms: 30_000, n: MIN_HISTORY + 1 });
     // The deviation starts at half the first gap and shrinks by a quarter with every regular gap.
     expect(slow.interval.deviation_ms).toBe(Math.round(15_000 * 0.75 ** MIN_HISTORY));
     expect(slow.silence_threshold_ms).toBeGreaterThan(90_000);
     expect(slow.silence_threshold_ms).toBeLessThan(110_000);
-    expect(Number(await f.redis.zscore(redisKeys.silenceDue, 'hb-30s'))).toBe(slow.last_seen + slow.silence_threshold_ms);
+    expect(Number(await f.redis.zscore(redisKeys.silenceDue, 'hb-30s'))).toBe(slow.last_seen! + slow.silence_threshold_ms!);
 
     // Slower than the default interval (a gap over the 180 s default threshold): warming up, it still learns its own.
     await f.registerDevice('hb-10min');
     const t1 = Date.now() - (MIN_HISTORY + 1) * 600_000;
-    const sleepy = (await beatAt('hb-10min', Array.from({ length: MIN_HISTORY + 2 }, (_, i) => t1 + i * 600_000))).body as {
-      interval: { mean_ms: number; n: number }; silence_threshold_ms: number;
-    };
+    const sleepy = await beatAt('hb-10min', Array.from({ length: MIN_HISTORY + 2 }, (_, i) => t1 + i * 600_000));
     expect(sleepy.interval).toMatchObject({ mean_ms: 600_000, n: MIN_HISTORY + 1 });
     // Not flagged at 11 minutes: its threshold is over half an hour.
     expect(sleepy.silence_threshold_ms).toBeGreaterThan(30 * 60_000);
@@ -164,7 +168,7 @@ describe('heartbeats into device state', () => {
     await enqueue(queue, 'hb-dup', t + 1000, { seq: 9, uptime_s: 1001, fw: '0.0.1' });
     await enqueue(queue, 'hb-dup', t + 9000, { seq: 2, uptime_s: 1005, fw: '3.0.0' });
     await waitFor(() => heartbeats('stale'), (n) => n === stale + 3);
-    expect((await state('hb-dup')).body).toEqual(applied.body);
+    expect((await state('hb-dup')).body).toEqual(applied);
     expect(await f.redis.exists(redisKeys.deviceIndex('fw', '0.0.1'))).toBe(0);
     expect(await f.redis.sismember(redisKeys.deviceIndexValues('fw'), '0.0.1')).toBe(0);
   });
@@ -194,7 +198,7 @@ describe('heartbeats into device state', () => {
     expect((await state('hb-quiet')).body).toMatchObject({ silent: true, silent_since: t + 180_000 });
 
     await enqueue(queue, 'hb-quiet', t + 400_000, { seq: 2, uptime_s: 1400 });
-    const s = (await waitFor(() => state('hb-quiet'), (a) => a.body.seq === 2)).body;
+    const s = await stateWhen('hb-quiet', (a) => a.seq === 2);
     expect(s).toMatchObject({ silent: false, silent_since: null, last_seen: t + 400_000 });
     expect(await f.redis.hexists(redisKeys.deviceState('hb-quiet'), 'alert_threshold_ms')).toBe(0);
     expect(await f.redis.zscore(redisKeys.deviceIndexSilent, 'hb-quiet')).toBeNull();
