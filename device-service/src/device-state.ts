@@ -4,16 +4,17 @@
  * (lua/apply-presence.lua) and the silence checker, read here for GET /v1/devices/{id}/state.
  *
  * Fields of the hash (all strings in Redis; times are unix ms). The names are the interface
- * the other parts read; they are kept to what a listpack-encoded hash holds cheaply:
+ * the other parts read. The hash stays small enough for Redis' compact listpack encoding
+ * (under 128 fields of at most 64 bytes): about 270 bytes per device with its key.
  *   last_seen           received_at of the newest heartbeat applied
  *   fw, rssi, heap_free, uptime_s, seq   as in that heartbeat
- *   boot_count          reboots detected (uptime went backwards) since the first heartbeat
+ *   boot_count          reboots detected (uptime went backwards) since the first heartbeat; absent = 0
  *   last_reboot_at      when the latest detected reboot happened (received_at − uptime)
  *   interval_ms         the latest gap between two heartbeats
  *   interval_mean_ms    smoothed gap (EWMA, alpha 1/8), rounded to the ms
  *   interval_dev_ms     smoothed deviation of the gap (EWMA, alpha 1/4), rounded to the ms
  *   interval_n          gaps learned from
- *   interval_skips      gaps in a row too long to learn from (see apply-heartbeats.lua)
+ *   interval_skips      gaps in a row too long to learn from (see apply-heartbeats.lua); absent = 0
  *   threshold_ms        the silence threshold in force: silent when last_seen + this has passed
  *   silent_since, alert_threshold_ms   set by the silence checker while an alert is active
  *   online, presence_seq, presence_at, presence_node   the newest presence seen (seq-ordered)

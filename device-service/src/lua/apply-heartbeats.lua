@@ -73,18 +73,26 @@ for i = 1, count do
             dev = dev + (math.abs(interval - mean) - dev) / 4
             mean = mean + (interval - mean) / 8
           end
+          -- Whole ms, as stored: the threshold is then always a function of the stored values.
+          mean, dev = round(mean), round(dev)
           learned, skips = learned + 1, 0
         else
           skips = skips + 1
           -- As many too-long gaps in a row as warming up takes: the device changed its rhythm
           -- (e.g. a new reporting interval), so learn it again from this gap on.
-          if skips >= minHistory then mean, dev, learned, skips = interval, interval / 2, 1, 0 end
+          if skips >= minHistory then mean, dev, learned, skips = interval, round(interval / 2), 1, 0 end
         end
         fields[#fields + 1] = 'interval_ms'; fields[#fields + 1] = interval
       end
       if learned >= minHistory then threshold = clamp(multiplier * mean + 4 * dev) else threshold = defaultThreshold end
-      for _, v in ipairs({ 'interval_mean_ms', round(mean), 'interval_dev_ms', round(dev), 'interval_n', learned,
-        'interval_skips', skips, 'threshold_ms', threshold }) do fields[#fields + 1] = v end
+      for _, v in ipairs({ 'interval_mean_ms', mean, 'interval_dev_ms', dev, 'interval_n', learned,
+        'threshold_ms', threshold }) do fields[#fields + 1] = v end
+      -- Fields that are usually 0 are kept only while they are not (absent reads as 0): bytes per device count.
+      if skips > 0 then
+        fields[#fields + 1] = 'interval_skips'; fields[#fields + 1] = skips
+      elseif s[7] then
+        redis.call('HDEL', key, 'interval_skips')
+      end
 
       local previousUptime = tonumber(s[2])
       if previousUptime and uptime < previousUptime then
@@ -94,8 +102,6 @@ for i = 1, count do
         fields[#fields + 1] = 'boot_count'; fields[#fields + 1] = (tonumber(s[9]) or 0) + 1
         fields[#fields + 1] = 'last_reboot_at'; fields[#fields + 1] = bootedAt
         redis.call('ZADD', KEYS[3], bootedAt, id .. ':' .. bootedAt)
-      elseif not s[9] then
-        fields[#fields + 1] = 'boot_count'; fields[#fields + 1] = 0
       end
 
       if s[3] ~= fw then
