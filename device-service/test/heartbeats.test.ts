@@ -127,11 +127,10 @@ describe('heartbeats into device state', () => {
     expect(n).toBe(MIN_HISTORY + 1);
     expect(mean).toBeGreaterThan(900);
     expect(mean).toBeLessThan(1200);
-    // 300 % of the mean plus 4 deviations, but never under the 3 s floor (the stored mean and deviation are rounded to the ms).
+    // 300 % of the mean plus 4 deviations, but never under the 3 s floor.
     const threshold = s.silence_threshold_ms!;
-    expect(threshold).toBeGreaterThanOrEqual(3000);
+    expect(threshold).toBe(Math.max(3000, 3 * mean! + 4 * deviation!));
     expect(threshold).toBeLessThan(5000);
-    expect(Math.abs(threshold - Math.max(3000, 3 * mean! + 4 * deviation!))).toBeLessThanOrEqual(4);
     await dev.endAsync();
   });
 
@@ -155,6 +154,33 @@ describe('heartbeats into device state', () => {
     expect(sleepy.interval).toMatchObject({ mean_ms: 600_000, n: MIN_HISTORY + 1 });
     // Not flagged at 11 minutes: its threshold is over half an hour.
     expect(sleepy.silence_threshold_ms).toBeGreaterThan(30 * 60_000);
+  });
+
+  it('does not learn from a silence, but learns a new rhythm the device keeps', async () => {
+    await f.registerDevice('hb-slows');
+    const regular = Array.from({ length: MIN_HISTORY + 2 }, (_, i) => i * 30_000);
+    // Then gaps of 5 minutes, longer than its learned threshold (about 100 s), for good.
+    const slower = Array.from({ length: 2 * MIN_HISTORY - 1 }, (_, i) => regular.at(-1)! + (i + 1) * 300_000);
+    const t0 = Date.now() - slower.at(-1)!;
+    const learned = await beatAt('hb-slows', regular.map((t) => t0 + t));
+    expect(learned.interval).toMatchObject({ mean_ms: 30_000, n: MIN_HISTORY + 1 });
+
+    let s = learned;
+    for (const [i, t] of slower.entries()) {
+      await enqueue(queue, 'hb-slows', t0 + t, { seq: regular.length + i + 1, uptime_s: 2000 + i });
+      s = await stateWhen('hb-slows', (a) => a.seq === regular.length + i + 1);
+      if (i < MIN_HISTORY - 1) {
+        // A gap over the threshold was a silence, not the device's rhythm: nothing learned.
+        expect(s.interval).toMatchObject({ last_ms: 300_000, mean_ms: 30_000, n: MIN_HISTORY + 1 });
+        expect(s.silence_threshold_ms).toBe(learned.silence_threshold_ms);
+      } else if (i === MIN_HISTORY - 1) {
+        // As many long gaps in a row as warming up takes: the rhythm changed; learning starts again from this gap.
+        expect(s.interval).toMatchObject({ mean_ms: 300_000, n: 1 });
+        expect(s.silence_threshold_ms).toBe(180_000);
+      }
+    }
+    expect(s.interval).toMatchObject({ mean_ms: 300_000, n: MIN_HISTORY });
+    expect(s.silence_threshold_ms).toBeGreaterThan(900_000);
   });
 
   it('a duplicate, an older heartbeat and a resent one change nothing', async () => {
