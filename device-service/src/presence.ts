@@ -62,8 +62,9 @@ export function presencePart(ctx: DeviceServiceContext): Part {
 
   function onMessage(topic: string, payload: Buffer): void {
     const done = apply(topic, payload).catch((err: unknown) => {
-      // Redis unreachable: this event is lost here, but the retained event comes again with
-      // the next resubscribe (the link reconnects when Redis and the broker are back).
+      // Redis unreachable past ioredis' retries: this event is lost here. The device's next
+      // presence change corrects it, and so does the retained event the broker sends again
+      // when the link resubscribes.
       log.error({ err, topic }, 'applying a presence event failed');
     });
     inFlight.add(done);
