@@ -83,6 +83,12 @@ export const redisKeys = {
   alertLog: 'fleetwire:alerts:log',
   /** Sorted set of `<device id>:<unix ms>` reboots by time, trimmed to the last hour or so. */
   reboots: 'fleetwire:reboots',
+  /**
+   * Hash: heartbeat lag (received_at → state written) counts of one minute (`minute` = unix ms /
+   * 60000, rounded down), fleet-wide: field = log-spaced bucket number b, 4 per doubling, holding
+   * lags in [2^(b/4) − 1, 2^((b+1)/4) − 1) ms. Expires after about 10 minutes.
+   */
+  heartbeatLag: (minute: string) => `fleetwire:hb-lag:${minute}`,
   /** Capped stream of a device's telemetry; the latest readings are in telemetryLatest. */
   telemetry: (id: string) => `fleetwire:telemetry:${id}`,
   telemetryLatest: (id: string) => `fleetwire:telemetry-latest:${id}`,

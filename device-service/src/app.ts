@@ -6,7 +6,10 @@ import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
+import { fleetHealthPart } from './fleet-health.js';
+import { heartbeatsPart } from './heartbeats.js';
 import { otaEventsPart } from './ota-events.js';
+import { presencePart } from './presence.js';
 import { silencePart } from './silence.js';
 import { telemetryPart } from './telemetry.js';
 
@@ -36,10 +39,11 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     },
   };
   const parts: Part[] = [];
-  // The alert sink: the heartbeat part gets it too (its cleared changes), so it is made first and closed last.
+  // The alert sink gets the silence checker's raised changes and the heartbeat part's cleared ones,
+  // so it is made first and closed last, after both have stopped.
   const alerts = alertsPart(ctx);
-  parts.push(alerts, silencePart(ctx, { alerts }), otaEventsPart(ctx));
-  parts.push(telemetryPart(ctx));
+  parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx));
+  parts.push(telemetryPart(ctx), fleetHealthPart(ctx));
 
   return {
     readiness: {

@@ -7,6 +7,7 @@ export const deviceServiceSpec = {
   brokerUrl: str('DEVICE_BROKER_URL', '', 'MQTT-over-WebSocket URL of a broker node the service publishes commands and alerts through; empty = this process\'s own /mqtt (when the broker runs in it)'),
   // heartbeats and state
   heartbeatBatch: int('HEARTBEAT_BATCH', 256, 'heartbeats written to Redis in one round trip at most (also the consumer\'s concurrency)', { min: 1, max: 5000 }),
+  fleetHealthCacheMs: int('FLEET_HEALTH_CACHE_MS', 2000, 'GET /v1/fleet/health and the fleet gauges reuse a reading of Redis this long, so a scrape storm does not hammer it', { min: 0, max: 60_000 }),
   // silence
   silenceDefaultIntervalS: int('SILENCE_DEFAULT_INTERVAL_S', 60, 'heartbeat interval assumed until a device has SILENCE_MIN_HISTORY intervals of history', { min: 1 }),
   silenceMinHistory: int('SILENCE_MIN_HISTORY', 10, 'intervals a device must have shown before its own history sets its threshold', { min: 1, max: 1000 }),

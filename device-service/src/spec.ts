@@ -5,6 +5,7 @@ export function deviceServiceSpecReport(c: DeviceServiceConfig): Record<string, 
   return {
     broker: c.brokerUrl ? 'DEVICE_BROKER_URL' : 'this process\'s own /mqtt',
     heartbeat_batch: c.heartbeatBatch,
+    fleet_health_cache_ms: c.fleetHealthCacheMs,
     silence: {
       default_interval_s: c.silenceDefaultIntervalS, min_history: c.silenceMinHistory, multiplier_pct: c.silenceMultiplierPct,
       floor_s: c.silenceFloorS, ceiling_s: c.silenceCeilingS, check_ms: c.silenceCheckMs, ota_reboot_window_s: c.otaRebootWindowS,
