@@ -3,13 +3,11 @@
  * an OTA reboot window (and raised when the mute ends if the device is still silent),
  * raised once with two checkers racing, cleared on recovery.
  *
- * The heartbeat part (heartbeats.ts, built in parallel) is the real writer of a device's
- * last_seen, threshold_ms and its place in the silence-due index. Where it is not in this
- * branch yet, lastHeartbeat() below writes exactly what its contract says a heartbeat
- * writes. The recovery test at the end drives real heartbeats through the broker and runs
- * once heartbeats.ts is in the tree.
+ * The heartbeat part (heartbeats.ts) is the real writer of a device's last_seen,
+ * threshold_ms and its place in the silence-due index; where a test needs a device that
+ * went quiet at a chosen time, lastHeartbeat() below writes exactly those fields. The
+ * recovery test at the end drives real heartbeats through the broker.
  */
-import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
 import {
@@ -19,7 +17,6 @@ import type { AlertChange } from '../src/alert-change.js';
 import { createSilenceChecker } from '../src/silence.js';
 import { connect, heartbeat, REDIS_URL, sleep, startFleet, waitFor, type Fleet } from './helpers.js';
 
-const heartbeatsLanded = existsSync(new URL('../src/heartbeats.ts', import.meta.url));
 const isAlert = payloadValidator('alert');
 
 /** What a heartbeat at `at` writes for the silence check (the heartbeat part's documented writes). */
@@ -197,8 +194,7 @@ describe('silence alerts in the device service', () => {
     await device.endAsync();
   });
 
-  // Needs the heartbeat part (heartbeats.ts, wired with this alert sink in app.ts): it runs once both are in the tree.
-  it.runIf(heartbeatsLanded)('raises once for a 1 s heartbeat device that stops, and clears on recovery with how long it was silent', async () => {
+  it('raises once for a 1 s heartbeat device that stops, and clears on recovery with how long it was silent', async () => {
     const device = await fleet.connectDevice('beat-1');
     for (let seq = 1; seq <= 3; seq++) {
       await device.publishAsync('devices/beat-1/heartbeat', heartbeat(seq), { qos: 1 });
