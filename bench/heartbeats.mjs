@@ -24,19 +24,21 @@ import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds, se
 import { startTarget, FLEETWIRE_MAIN, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
+import { openInspector, topSelf, selfByArea } from './lib/inspector.mjs';
 
-const D = { devices: 10000, rate: 10000, duration: 20, warmup: 5, ips: 64, concurrency: 50, serviceCpu: 'any', drainS: 30 };
+const D = { devices: 10000, rate: 10000, duration: 20, warmup: 5, ips: 64, concurrency: 50, serviceCpu: 'any', drainS: 30, profile: false };
 const a = parseArgs(D);
 if (a.help) {
   console.log(usage('heartbeats', 'heartbeat ingest: broker -> queue -> device service -> Redis, open-loop at --rate', D));
   console.log('  --service-cpu any|0|1: where the device service runs (default: not pinned; the broker is on core 0, redis and the generator on core 1)');
+  console.log('  --profile: CPU profiles of the broker and the device service over the window (the figures of such a run are not the ones to quote)');
   process.exit(0);
 }
 setupProcess();
 hardDeadline(600 + a.devices / 100);
 
 const ids = Array.from({ length: a.devices }, (_, i) => `hb-${String(i).padStart(6, '0')}`);
-const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' } });
+const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' }, inspect: a.profile });
 let service = null;
 const conns = [];
 try {
@@ -46,7 +48,9 @@ try {
 
   const servicePort = await freePort();
   const env = { ...t.env, PORT: String(servicePort), DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, BROKER_TCP_PORT: undefined };
-  const cmd = a.serviceCpu === 'any' ? [process.execPath, FLEETWIRE_MAIN, 'device-service'] : ['taskset', '-c', String(a.serviceCpu), process.execPath, FLEETWIRE_MAIN, 'device-service'];
+  const serviceInspect = a.profile ? await freePort() : null;
+  const node = [process.execPath, ...(serviceInspect ? [`--inspect=127.0.0.1:${serviceInspect}`] : []), FLEETWIRE_MAIN, 'device-service'];
+  const cmd = a.serviceCpu === 'any' ? node : ['taskset', '-c', String(a.serviceCpu), ...node];
   service = spawn(cmd[0], cmd.slice(1), { env, cwd: env.FLEETWIRE_DATA_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
   const serviceTail = [];
   service.stderr.on('data', (d) => { serviceTail.push(...d.toString().split('\n').filter(Boolean)); serviceTail.splice(0, Math.max(0, serviceTail.length - 30)); });
@@ -89,9 +93,13 @@ try {
   })();
 
   await sleep(a.warmup * 1000);
+  const profilers = a.profile ? { broker: await openInspector(t.inspectPort), 'device service': await openInspector(serviceInspect) } : {};
+  for (const p of Object.values(profilers)) await p.profileStart(500);
   const m0 = await scrape(metricsUrl);
   const c0 = cpu(); const sent0 = sent;
   await sleep(a.duration * 1000);
+  const profiles = {};
+  for (const [name, p] of Object.entries(profilers)) { profiles[name] = await p.profileStop(); p.close(); }
   const m1 = await scrape(metricsUrl);
   const c1 = cpu(); const sent1 = sent;
   const backlog = await redis.llen('fleetwire:heartbeats:wait');
@@ -123,6 +131,12 @@ try {
     `  CPU (cores): broker ${row.cpu_broker.toFixed(2)}, device service ${row.cpu_device_service.toFixed(2)}, redis ${row.cpu_redis.toFixed(2)}, generator ${row.cpu_generator.toFixed(2)}`,
     `  Redis memory per tracked device: ${row.redis_bytes_per_tracked_device?.toFixed(0)} B (${tracked} devices with state)`,
   ].join('\n'));
+  for (const [name, prof] of Object.entries(profiles)) {
+    console.log(`\n--- CPU profile of the ${name} over the window ---\ntop self-time functions:`);
+    for (const f of topSelf(prof, 15)) console.log(`  ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}`);
+    console.log('self time by package/area:');
+    for (const x of selfByArea(prof).slice(0, 12)) console.log(`  ${x.pct.toFixed(1).padStart(5)}%  ${x.area}`);
+  }
   redis.disconnect();
 } finally {
   for (const c of conns) c?.destroy();

@@ -4,6 +4,8 @@
  * - Which queue: a device's message goes to the queue its topic class names in
  *   contracts/topics.json (one of contracts/queues.json). A class without one
  *   and whatever a user or service publishes only reach subscribers.
+ *   On a queue with `batch` (heartbeats, telemetry) messages travel in jobs of many
+ *   (ingress-batcher.ts).
  * - Refusal: a payload that does not decode, fails its schema or cannot be a JSON job
  *   (ingress-payload.ts) is acknowledged, so the device does not retransmit it forever,
  *   but reaches nobody, with a metric and a log line.
@@ -15,10 +17,11 @@
  *   and the device sends it again after reconnecting. A retransmission with the same
  *   cid maps to the same job id and is not queued twice.
  */
-import { Queue } from 'bullmq';
+import { Queue, type JobsOptions } from 'bullmq';
 import type { Client, PublishPacket } from 'aedes';
 import { randomUUID } from 'node:crypto';
-import { queues as queueContract, topicFor, type IngressEnvelope, type Logger, type Redis, type TopicEntry } from '@fleetwire/common';
+import { queues as queueContract, topicFor, type IngressEnvelope, type Logger, type QueueSpec, type Redis, type TopicEntry } from '@fleetwire/common';
+import { IngressBatcher } from './ingress-batcher.js';
 import { setCloseIntent, type ConnState } from './conn-state.js';
 import { decodeDevicePayload, IngressRejected } from './ingress-payload.js';
 import type { BrokerMetrics } from './metrics.js';
@@ -92,10 +95,14 @@ export class IngressPolicy {
 /** The BullMQ queues of contracts/queues.json, holding device messages as ingress envelopes. */
 export class IngressRouter {
   private readonly queues = new Map<string, Queue>();
+  /** Queues whose jobs carry batches of envelopes (contracts/queues.json `batch`). */
+  private readonly batchers = new Map<string, IngressBatcher>();
 
   constructor(connection: Redis, private readonly nodeId: string) {
-    for (const name of Object.keys(queueContract.queues)) {
-      this.queues.set(name, new Queue(name, { connection, prefix: queueContract.prefix }));
+    for (const [name, spec] of Object.entries(queueContract.queues)) {
+      const queue = new Queue(name, { connection, prefix: queueContract.prefix });
+      this.queues.set(name, queue);
+      if (spec.batch) this.batchers.set(name, new IngressBatcher(queue, spec.batch, jobOptions(spec)));
     }
   }
 
@@ -110,18 +117,32 @@ export class IngressRouter {
     const spec = queueContract.queues[queueName]!;
     const cid = typeof payload.cid === 'string' ? payload.cid : randomUUID();
     const envelope: IngressEnvelope = { cid, device_id: deviceId, topic_class: topicClass, payload, received_at: Date.now(), node: this.nodeId };
+    const batcher = this.batchers.get(queueName);
+    if (batcher) {
+      await batcher.add(envelope);
+      return cid;
+    }
     await this.queue(queueName).add(topicClass, envelope, {
       // Stable id for messages with a device-chosen cid, so a QoS 1 retransmission is not queued twice.
       ...(typeof payload.cid === 'string' ? { jobId: `${deviceId}.${cid.replaceAll(':', '_')}` } : {}),
-      attempts: spec.attempts,
-      backoff: { type: 'exponential', delay: spec.backoff_ms },
-      removeOnComplete: spec.remove_on_complete,
-      removeOnFail: spec.remove_on_fail,
+      ...jobOptions(spec),
     });
     return cid;
   }
 
+  /** Sends the batches still gathering, then closes the queues. */
   async close(): Promise<void> {
+    await Promise.all([...this.batchers.values()].map((b) => b.close()));
     await Promise.all([...this.queues.values()].map((q) => q.close()));
   }
+}
+
+/** Retries and retention of a queue's jobs, from the contract. */
+function jobOptions(spec: QueueSpec): JobsOptions {
+  return {
+    attempts: spec.attempts,
+    backoff: { type: 'exponential', delay: spec.backoff_ms },
+    removeOnComplete: spec.remove_on_complete,
+    removeOnFail: spec.remove_on_fail,
+  };
 }

@@ -6,9 +6,10 @@ import { Writable } from 'node:stream';
 import mqtt, { type MqttClient, type IClientOptions } from 'mqtt';
 import WebSocket from 'ws';
 import mqttPacket from 'mqtt-packet';
+import type { Job, JobType, Queue } from 'bullmq';
 import {
   createLogger, createRedis, createTokenVerifier, generateSigningKey, loadOrCreateKeySet, saveDevice, signToken,
-  type Redis, type SigningKey, type TokenRequest,
+  type IngressEnvelope, type Redis, type SigningKey, type TokenRequest,
 } from '@fleetwire/common';
 import { buildBroker, brokerDefaults, type Broker, type BrokerConfig } from '@fleetwire/broker';
 
@@ -211,4 +212,13 @@ export function telemetryOfSize(bytes: number): string {
   const readings = [reading(0)];
   while (JSON.stringify({ at: 0, readings }).length + 75 <= bytes && readings.length < 32) readings.push(reading(readings.length));
   return JSON.stringify({ at: Date.now(), readings });
+}
+
+/** The envelopes in a queue's jobs, whether a job holds one or a batch (contracts/queues.json `batch`). */
+export async function queuedEnvelopes(queue: Queue, states: JobType[] = ['waiting']): Promise<Array<IngressEnvelope & { job: Job }>> {
+  const jobs = await queue.getJobs(states);
+  return jobs.flatMap((job) => {
+    const data = job.data as IngressEnvelope | { batch: IngressEnvelope[] };
+    return ('batch' in data ? data.batch : [data]).map((e) => ({ ...e, job }));
+  });
 }

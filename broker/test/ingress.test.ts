@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { pack } from 'msgpackr';
 import { createRedis, queues, schemaValidator } from '@fleetwire/common';
-import { connect, nextMessage, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { connect, nextMessage, queuedEnvelopes, REDIS_URL, sleep, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 let t: TestBroker;
 const conn = createRedis(REDIS_URL, { name: 'test-queues', maxRetriesPerRequest: null });
@@ -18,15 +18,17 @@ afterAll(async () => {
 const heartbeat = { seq: 1, uptime_s: 60, rssi: -55, heap_free: 120_000, fw: '1.0.0' };
 
 describe('ingress routing to BullMQ', () => {
-  it('routes a heartbeat to the heartbeats queue as an envelope with device id, class and cid', async () => {
+  it('routes a heartbeat to the heartbeats queue as an envelope with device id, class and cid, in a batch job', async () => {
     const dev = await connect(t.url, await t.registerDevice('dev-hb'), 'dev-hb');
     dev.publish('devices/dev-hb/heartbeat', JSON.stringify(heartbeat), { qos: 0 });
     const q = queue('heartbeats');
     const [job] = await waitFor(() => q.getJobs(['waiting']), (jobs) => jobs.length === 1);
     expect(job!.name).toBe('heartbeat');
-    expect(job!.data).toMatchObject({ device_id: 'dev-hb', topic_class: 'heartbeat', payload: heartbeat, node: t.broker.nodeId });
-    expect(typeof job!.data.cid).toBe('string');
-    expect(schemaValidator('ingress-envelope.schema.json')(job!.data)).toBe(true); // the contract consumers read
+    expect(schemaValidator('ingress-batch.schema.json')(job!.data)).toBe(true); // the contract consumers read
+    const [envelope] = job!.data.batch;
+    expect(envelope).toMatchObject({ device_id: 'dev-hb', topic_class: 'heartbeat', payload: heartbeat, node: t.broker.nodeId });
+    expect(typeof envelope.cid).toBe('string');
+    expect(schemaValidator('ingress-envelope.schema.json')(envelope)).toBe(true);
     expect(job!.opts.attempts).toBe(queues.queues.heartbeats!.attempts);
     expect(job!.opts.backoff).toEqual({ type: 'exponential', delay: queues.queues.heartbeats!.backoff_ms });
     await dev.endAsync();
@@ -74,8 +76,7 @@ describe('ingress routing to BullMQ', () => {
     dev.publish('devices/dev-bad/heartbeat', JSON.stringify({ seq: -1, fw: '' }), { qos: 0 });
     dev.publish('devices/dev-bad/heartbeat', 'not json at all', { qos: 0 });
     await sleep(300);
-    const waiting = await queue('heartbeats').getJobs(['waiting']);
-    expect(waiting.filter((j) => j.data.device_id === 'dev-bad')).toEqual([]);
+    expect((await queuedEnvelopes(queue('heartbeats'))).filter((e) => e.device_id === 'dev-bad')).toEqual([]);
     expect(seen).toEqual([]);
     expect(dev.connected).toBe(true);
     const metrics = await (await fetch(`${t.httpUrl}/metrics`)).text();

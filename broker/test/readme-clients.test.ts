@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
 import { createRedis, queues } from '@fleetwire/common';
-import { REDIS_URL, startBroker, waitFor, type TestBroker } from './helpers.js';
+import { queuedEnvelopes, REDIS_URL, startBroker, waitFor, type TestBroker } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const read = (path: string): string => readFileSync(ROOT + path, 'utf8');
@@ -57,8 +57,8 @@ describe('Connecting with common clients (README)', () => {
       const device = run('dev-readme-js', await t.registerDevice('dev-readme-js'));
       await waitFor(() => device.output(), (o) => o.includes('connected as dev-readme-js'));
       const heartbeats = new Queue('heartbeats', { connection: conn, prefix: queues.prefix });
-      const [job] = await waitFor(() => heartbeats.getJobs(['waiting']), (jobs) => jobs.some((j) => j.data.device_id === 'dev-readme-js'));
-      expect(job!.data.payload).toMatchObject({ seq: 0, fw: 'example-1.0.0' });
+      const queued = await waitFor(() => queuedEnvelopes(heartbeats), (envelopes) => envelopes.some((e) => e.device_id === 'dev-readme-js'));
+      expect(queued.find((e) => e.device_id === 'dev-readme-js')!.payload).toMatchObject({ seq: 0, fw: 'example-1.0.0' });
       await t.broker.kick('dev-readme-js', 'readme test', 'test');
       expect(await device.exited).toBe(0);
       expect(device.output()).toMatch(/connection closed: code 4000/);

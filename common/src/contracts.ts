@@ -28,7 +28,13 @@ export interface TopicEntry {
 }
 
 interface TopicsFile { device_id_pattern: string; topics: TopicEntry[] }
-interface QueuesFile { prefix: string; queues: Record<string, { consumer: string; attempts: number; remove_on_complete: number; remove_on_fail: number; backoff_ms: number }> }
+/** A queue with `batch` carries jobs of up to max_messages envelopes, gathered by the producer for at most max_wait_ms. */
+export interface QueueBatchSpec { readonly max_messages: number; readonly max_wait_ms: number }
+export interface QueueSpec {
+  readonly consumer: string; readonly attempts: number; readonly remove_on_complete: number; readonly remove_on_fail: number; readonly backoff_ms: number;
+  readonly batch?: QueueBatchSpec;
+}
+interface QueuesFile { prefix: string; queues: Record<string, QueueSpec> }
 interface JwtFile {
   alg: string[]; iss: string; aud: string; required_claims: string[]; types: string[]; user_roles: string[];
   optional_claims: Record<string, string>;

@@ -29,6 +29,7 @@ export interface IngressEnvelope {
 export class InvalidJobError extends UnrecoverableError {}
 
 const validateEnvelope = schemaValidator('ingress-envelope.schema.json');
+const validateBatch = schemaValidator('ingress-batch.schema.json');
 const queueOfClass = new Map(topics.map((t) => [t.class, t.queue]));
 
 /** Throws a clear error when `name` is not a queue in contracts/queues.json. */
@@ -43,6 +44,36 @@ export function assertIngressQueue(name: string): void {
  * topic class against the queue it is routed to (contracts/topics.json), and
  * the payload against the topic class schema. Throws InvalidJobError.
  */
+/** Job data meant as a batch of envelopes ({batch: [...]}, contracts/queues.json `batch`); checkIngressBatch checks its shape. */
+export function isIngressBatch(data: unknown): data is { batch: unknown[] } {
+  return typeof data === 'object' && data !== null && Object.hasOwn(data, 'batch');
+}
+
+/** A batch job's envelopes, each checked on its own: the valid ones, and why each of the others is not. */
+export interface CheckedBatch {
+  readonly valid: { readonly index: number; readonly envelope: IngressEnvelope }[];
+  readonly invalid: { readonly index: number; readonly reason: string }[];
+}
+
+/**
+ * Checks batch job data taken from `queue`: the batch shape (InvalidJobError when it is
+ * wrong, or when the queue takes no batches), then every envelope as checkIngressJob does.
+ */
+export function checkIngressBatch(queue: string, data: unknown): CheckedBatch {
+  if (!queues.queues[queue]?.batch) throw new InvalidJobError(`queue ${queue} takes single envelopes, not batches (common/contracts/queues.json)`);
+  if (!validateBatch(data)) throw new InvalidJobError(`invalid ingress batch: ${describeValidationError(validateBatch)}`);
+  const out: CheckedBatch = { valid: [], invalid: [] };
+  for (const [index, item] of (data as { batch: unknown[] }).batch.entries()) {
+    try {
+      out.valid.push({ index, envelope: checkIngressJob(queue, item) });
+    } catch (err) {
+      if (!(err instanceof InvalidJobError)) throw err;
+      out.invalid.push({ index, reason: err.message });
+    }
+  }
+  return out;
+}
+
 export function checkIngressJob(queue: string, data: unknown): IngressEnvelope {
   if (!validateEnvelope(data)) throw new InvalidJobError(`invalid ingress envelope: ${describeValidationError(validateEnvelope)}`);
   const envelope = data as IngressEnvelope;

@@ -12,7 +12,7 @@
 import { Worker, type Job } from 'bullmq';
 import type { Registry } from 'prom-client';
 import { queues } from './contracts.js';
-import { assertIngressQueue, checkIngressJob, InvalidJobError, type IngressEnvelope } from './ingress-envelope.js';
+import { assertIngressQueue, checkIngressBatch, checkIngressJob, InvalidJobError, isIngressBatch, type IngressEnvelope } from './ingress-envelope.js';
 import type { Logger } from './logger.js';
 import { collectBatches, type BatchFailures } from './queue-batch.js';
 import { queueJobOutcomes, queueMetrics, type QueueJobOutcome } from './queue-metrics.js';
@@ -23,7 +23,10 @@ export interface QueueJob {
   readonly envelope: IngressEnvelope;
   /** Child logger whose lines carry queue, job_id, attempt, cid and device_id. */
   readonly log: Logger;
+  /** The BullMQ job's id (shared by the messages of a batch job). */
   readonly id: string;
+  /** The message's place in its batch job (contracts/queues.json `batch`); absent for a job of one envelope. */
+  readonly index?: number;
   /** 1 on the first try. */
   readonly attempt: number;
   /**
@@ -34,6 +37,7 @@ export interface QueueJob {
 }
 
 export type JobHandler = (job: QueueJob) => Promise<void>;
+
 
 /**
  * Receives the jobs that are ready now (at most `concurrency`), e.g. to write
@@ -49,7 +53,11 @@ interface CommonOptions {
   connection: Redis;
   log: Logger;
   metricsRegistry: Registry;
-  /** Jobs in progress at once; in batch mode also the largest batch. Default 1. */
+  /**
+   * Messages in progress at once; in batch mode also the largest batch. Default 1. On a queue whose
+   * jobs carry batches (contracts/queues.json `batch`), the worker takes as many jobs at once as
+   * hold about this many messages (at least one).
+   */
   concurrency?: number;
   /** How long drain() waits for running jobs. Default 10 s. */
   drainTimeoutMs?: number;
@@ -91,26 +99,44 @@ export function createQueueConsumer(opts: QueueConsumerOptions): QueueConsumer {
   for (const outcome of queueJobOutcomes) metrics.jobs.inc({ queue, outcome }, 0);
   const count = (outcome: QueueJobOutcome): void => metrics.jobs.inc({ queue, outcome });
 
+  // Batch jobs hold up to max_messages messages each: take as many jobs at once as hold about `concurrency` messages.
+  const perJob = spec.batch?.max_messages ?? 1;
+  const workerConcurrency = Math.max(1, Math.round(concurrency / perJob));
   const handleOne: JobHandler = opts.handle
-    ?? collectBatches(opts.handleBatch!, concurrency, (size) => metrics.batchSize.observe({ queue }, size));
+    ?? collectBatches(opts.handleBatch!, workerConcurrency * perJob, (size) => metrics.batchSize.observe({ queue }, size));
   const running = new Set<string>();
+
+  /**
+   * The messages of a job: its envelope, or the valid envelopes of its batch with their place
+   * in it (the others are counted and logged, and the rest of the job goes on).
+   */
+  const messagesOf = (job: Job): { index?: number; envelope: IngressEnvelope }[] => {
+    if (!isIngressBatch(job.data)) return [{ envelope: checkIngressJob(queue, job.data) }];
+    const { valid, invalid } = checkIngressBatch(queue, job.data);
+    if (invalid.length > 0) {
+      metrics.invalidMessages.inc({ queue }, invalid.length);
+      log.warn({ job_id: job.id, invalid: invalid.slice(0, 5), invalid_count: invalid.length }, 'dropped messages of a batch job that break the contract');
+    }
+    return valid;
+  };
 
   // The third parameter makes BullMQ pass an AbortSignal (it checks the processor's arity).
   const processor = async (job: Job, _token: string | undefined, signal?: AbortSignal): Promise<void> => {
-    const envelope = checkIngressJob(queue, job.data);
+    const messages = messagesOf(job);
     const started = Date.now();
-    metrics.lag.observe({ queue }, Math.max(0, started - envelope.received_at) / 1000);
     const attempt = job.attemptsMade + 1;
-    const queueJob: QueueJob = {
-      envelope,
-      id: job.id!,
-      attempt,
-      signal: signal ?? new AbortController().signal,
-      log: log.child({ job_id: job.id, attempt, cid: envelope.cid, device_id: envelope.device_id }),
-    };
+    const jobSignal = signal ?? new AbortController().signal;
+    const queueJobs = messages.map(({ index, envelope }): QueueJob => {
+      metrics.lag.observe({ queue }, Math.max(0, started - envelope.received_at) / 1000);
+      return {
+        envelope, id: job.id!, index, attempt, signal: jobSignal,
+        log: log.child({ job_id: job.id, index, attempt, cid: envelope.cid, device_id: envelope.device_id }),
+      };
+    });
     running.add(job.id!);
     try {
-      await handleOne(queueJob);
+      // A batch job succeeds when all its messages did; otherwise BullMQ retries all of it (handlers are idempotent).
+      await Promise.all(queueJobs.map(handleOne));
     } finally {
       running.delete(job.id!);
       metrics.duration.observe({ queue }, (Date.now() - started) / 1000);
@@ -124,7 +150,7 @@ export function createQueueConsumer(opts: QueueConsumerOptions): QueueConsumer {
     const w = new Worker(queue, processor, {
       connection: opts.connection,
       prefix: queues.prefix,
-      concurrency,
+      concurrency: workerConcurrency,
       autorun: false,
       // The producer sets these per job from the same contract; the worker applies them to jobs added without.
       removeOnComplete: { count: spec.remove_on_complete },
@@ -145,6 +171,7 @@ export function createQueueConsumer(opts: QueueConsumerOptions): QueueConsumer {
     const data = (job?.data ?? {}) as Partial<IngressEnvelope>;
     const context = {
       job_id: job?.id,
+      messages: isIngressBatch(job?.data) ? job.data.batch.length : undefined,
       attempts_made: job?.attemptsMade,
       cid: typeof data.cid === 'string' ? data.cid : undefined,
       device_id: typeof data.device_id === 'string' ? data.device_id : undefined,
@@ -173,7 +200,7 @@ export function createQueueConsumer(opts: QueueConsumerOptions): QueueConsumer {
       // run() resolves when the worker closes; its errors are also emitted as 'error'.
       w.run().catch((err: unknown) => log.error({ err }, 'queue worker stopped'));
       await w.waitUntilReady();
-      log.info({ concurrency, batch: Boolean(opts.handleBatch) }, 'queue consumer started');
+      log.info({ concurrency, jobs_at_once: workerConcurrency, batch: Boolean(opts.handleBatch) }, 'queue consumer started');
     },
 
     isRunning() {

@@ -24,6 +24,8 @@ export interface QueueMetrics {
   readonly duration: Histogram<'queue'>;
   readonly lag: Histogram<'queue'>;
   readonly batchSize: Histogram<'queue'>;
+  /** Envelopes of batch jobs dropped for breaking the contract (the rest of their job is handled). */
+  readonly invalidMessages: Counter<'queue'>;
 }
 
 const byRegistry = new WeakMap<Registry, QueueMetrics>();
@@ -54,9 +56,15 @@ export function queueMetrics(registry: Registry): QueueMetrics {
       }),
       batchSize: new Histogram({
         name: 'fleetwire_queue_batch_size',
-        help: 'jobs per call of a batch handler',
+        help: 'messages per call of a batch handler',
         labelNames: ['queue'],
-        buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+        buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
+        registers: [registry],
+      }),
+      invalidMessages: new Counter({
+        name: 'fleetwire_queue_invalid_messages_total',
+        help: 'messages in batch jobs that broke the contract and were dropped while the rest of the job was handled',
+        labelNames: ['queue'],
         registers: [registry],
       }),
     };

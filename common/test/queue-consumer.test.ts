@@ -21,6 +21,8 @@ const REDIS_URL = process.env.REDIS_URL!;
 const heartbeat = readContract<Record<string, unknown>>('fixtures/valid/heartbeat.json');
 const badHeartbeat = readContract<Record<string, unknown>>('fixtures/invalid/heartbeat.json');
 const cmdResult = readContract<Record<string, unknown>>('fixtures/valid/cmd-result.json');
+const otaStatus = readContract<Record<string, unknown>>('fixtures/valid/ota-status.json');
+const mlInfer = readContract<Record<string, unknown>>('fixtures/valid/ml-infer.json');
 
 let t: TestBroker;
 /** The connection the consumers share, as a service would pass it. */
@@ -137,22 +139,22 @@ describe('queue consumer', () => {
   it('retries a job whose handler throws as many times as the contract says, then fails it with the handler\'s message', async () => {
     const attempts: number[] = [];
     const { registry, logs } = await consumer({
-      queue: 'heartbeats',
+      queue: 'ml-infer',
       handle: async (job) => {
         attempts.push(job.attempt);
         throw new Error('device store unavailable');
       },
     });
-    await enqueue('heartbeats', 'dev-q-retry', 'heartbeat', heartbeat);
-    const contractAttempts = queues.queues.heartbeats!.attempts;
+    await enqueue('ml-infer', 'dev-q-retry', 'ml-infer', mlInfer);
+    const contractAttempts = queues.queues['ml-infer']!.attempts;
 
-    const [job] = await waitFor(() => queue('heartbeats').getJobs(['failed']), (jobs) => jobs.length === 1, 15_000);
+    const [job] = await waitFor(() => queue('ml-infer').getJobs(['failed']), (jobs) => jobs.length === 1, 15_000);
     expect(attempts).toEqual(Array.from({ length: contractAttempts }, (_, i) => i + 1));
     expect(job!.failedReason).toBe('device store unavailable');
     expect(job!.attemptsMade).toBe(contractAttempts);
     const counts = await metricLines(registry, 'fleetwire_queue_jobs_total');
-    expect(counts).toContain(`fleetwire_queue_jobs_total{queue="heartbeats",outcome="retried"} ${contractAttempts - 1}`);
-    expect(counts).toContain('fleetwire_queue_jobs_total{queue="heartbeats",outcome="failed"} 1');
+    expect(counts).toContain(`fleetwire_queue_jobs_total{queue="ml-infer",outcome="retried"} ${contractAttempts - 1}`);
+    expect(counts).toContain('fleetwire_queue_jobs_total{queue="ml-infer",outcome="failed"} 1');
     expect(logs.filter((l) => l.msg === 'job attempt failed; BullMQ will retry it')).toHaveLength(contractAttempts - 1);
     expect(logs.find((l) => l.msg === 'job failed on its last attempt')).toMatchObject({ device_id: 'dev-q-retry', reason: 'device store unavailable' });
   });
@@ -185,7 +187,7 @@ describe('queue consumer', () => {
     let lone!: (at: number) => void;
     const loneHandled = new Promise<number>((r) => { lone = r; });
     const { consumer: c, registry } = await consumer({
-      queue: 'heartbeats',
+      queue: 'ota-events',
       concurrency: 8,
       handleBatch: async (jobs) => {
         batches.push(jobs.map((j) => j.envelope.device_id));
@@ -193,26 +195,26 @@ describe('queue consumer', () => {
       },
     }, false);
     // Five messages wait in the queue before the consumer starts.
-    for (const n of [1, 2, 3, 4, 5]) await enqueue('heartbeats', `dev-q-b${n}`, 'heartbeat', heartbeat);
+    for (const n of [1, 2, 3, 4, 5]) await enqueue('ota-events', `dev-q-b${n}`, 'ota-status', otaStatus);
     await c.start();
     await waitFor(() => batches.length, (n) => n === 1);
     expect(batches[0]).toEqual(['dev-q-b1', 'dev-q-b2', 'dev-q-b3', 'dev-q-b4', 'dev-q-b5']);
 
     const sent = Date.now();
-    await enqueue('heartbeats', 'dev-q-lone', 'heartbeat', heartbeat);
+    await enqueue('ota-events', 'dev-q-lone', 'ota-status', otaStatus);
     const latency = (await loneHandled) - sent;
     expect(batches[1]).toEqual(['dev-q-lone']);
     expect(latency).toBeLessThan(250); // no batching window: a few Redis round trips
-    await waitFor(() => queue('heartbeats').getJobCounts('completed'), (n) => n.completed === 6);
+    await waitFor(() => queue('ota-events').getJobCounts('completed'), (n) => n.completed === 6);
     const sizes = await metricLines(registry, 'fleetwire_queue_batch_size');
-    expect(sizes).toContain('fleetwire_queue_batch_size_count{queue="heartbeats"} 2');
-    expect(sizes).toContain('fleetwire_queue_batch_size_sum{queue="heartbeats"} 6');
+    expect(sizes).toContain('fleetwire_queue_batch_size_count{queue="ota-events"} 2');
+    expect(sizes).toContain('fleetwire_queue_batch_size_sum{queue="ota-events"} 6');
   });
 
   it('in batch mode retries only the jobs a batch handler reports as failed', async () => {
     const calls: Array<Array<[string, number]>> = [];
     const { consumer: c } = await consumer({
-      queue: 'heartbeats',
+      queue: 'ota-events',
       concurrency: 4,
       handleBatch: async (jobs) => {
         calls.push(jobs.map((j) => [j.envelope.device_id, j.attempt]));
@@ -220,11 +222,11 @@ describe('queue consumer', () => {
         return flaky ? new Map([[flaky, new Error('write refused')]]) : undefined;
       },
     }, false);
-    await enqueue('heartbeats', 'dev-q-fine', 'heartbeat', heartbeat);
-    await enqueue('heartbeats', 'dev-q-flaky', 'heartbeat', heartbeat);
+    await enqueue('ota-events', 'dev-q-fine', 'ota-status', otaStatus);
+    await enqueue('ota-events', 'dev-q-flaky', 'ota-status', otaStatus);
     await c.start();
 
-    await waitFor(() => queue('heartbeats').getJobCounts('completed'), (n) => n.completed === 2, 5000);
+    await waitFor(() => queue('ota-events').getJobCounts('completed'), (n) => n.completed === 2, 5000);
     expect(calls).toEqual([[['dev-q-fine', 1], ['dev-q-flaky', 1]], [['dev-q-flaky', 2]]]);
   });
 
@@ -235,7 +237,7 @@ describe('queue consumer', () => {
     let began!: () => void;
     const running = new Promise<void>((r) => { began = r; });
     const { consumer: c } = await consumer({
-      queue: 'heartbeats',
+      queue: 'ota-events',
       concurrency: 2, // a free slot, so "no new job" is the drain's doing
       handle: async (job) => {
         handled.push(job.envelope.device_id);
@@ -243,38 +245,38 @@ describe('queue consumer', () => {
         await gate;
       },
     });
-    await enqueue('heartbeats', 'dev-q-first', 'heartbeat', heartbeat);
+    await enqueue('ota-events', 'dev-q-first', 'ota-status', otaStatus);
     await running;
 
     const drained = c.drain();
     expect(c.isRunning()).toBe(false);
-    await enqueue('heartbeats', 'dev-q-late', 'heartbeat', heartbeat);
+    await enqueue('ota-events', 'dev-q-late', 'ota-status', otaStatus);
     await sleep(200);
     release();
     expect(await drained).toEqual({ unfinished: 0 });
 
     expect(handled).toEqual(['dev-q-first']);
-    const counts = await queue('heartbeats').getJobCounts('completed', 'waiting', 'active');
+    const counts = await queue('ota-events').getJobCounts('completed', 'waiting', 'active');
     expect(counts).toEqual({ completed: 1, waiting: 1, active: 0 });
   });
 
   it('gives up a drain after its timeout, aborts the running job\'s signal, and the job goes back for a retry', async () => {
     const { consumer: c, logs } = await consumer({
-      queue: 'heartbeats',
+      queue: 'ota-events',
       drainTimeoutMs: 300,
       handle: async (job) => {
         await new Promise((resolve) => job.signal.addEventListener('abort', resolve));
         throw new Error('stopped by drain');
       },
     });
-    await enqueue('heartbeats', 'dev-q-stuck', 'heartbeat', heartbeat);
-    await waitFor(() => queue('heartbeats').getJobCounts('active'), (n) => n.active === 1);
+    await enqueue('ota-events', 'dev-q-stuck', 'ota-status', otaStatus);
+    await waitFor(() => queue('ota-events').getJobCounts('active'), (n) => n.active === 1);
 
     const before = Date.now();
     expect(await c.drain()).toEqual({ unfinished: 1 });
     expect(Date.now() - before).toBeGreaterThanOrEqual(290);
     expect(logs.find((l) => l.msg === 'drain timed out with jobs still running')).toMatchObject({ timeout_ms: 300 });
-    const [job] = await waitFor(() => queue('heartbeats').getJobs(['delayed', 'wait']), (jobs) => jobs.length === 1);
+    const [job] = await waitFor(() => queue('ota-events').getJobs(['delayed', 'wait']), (jobs) => jobs.length === 1);
     expect(job!.failedReason).toBe('stopped by drain');
     expect(job!.attemptsMade).toBe(1);
   });
@@ -297,6 +299,74 @@ describe('queue consumer', () => {
     expect(lagSum).toBeLessThan(5);
     expect(lag).toContain('fleetwire_queue_lag_seconds_bucket{le="0.25",queue="cmd-results"} 0');
     expect(await metricLines(registry, 'fleetwire_queue_job_duration_seconds')).toContain('fleetwire_queue_job_duration_seconds_count{queue="cmd-results"} 2');
+  });
+
+  describe('on a queue whose jobs carry batches (contracts/queues.json batch: heartbeats, telemetry)', () => {
+    const spec = queues.queues.heartbeats!.batch!;
+
+    it('gets the heartbeats of several devices published together in one job, and hands them to one handler call', async () => {
+      const calls: string[][] = [];
+      const { consumer: c } = await consumer({ queue: 'heartbeats', concurrency: 1000, handleBatch: async (jobs) => { calls.push(jobs.map((j) => j.envelope.device_id)); } }, false);
+      const devices = await Promise.all(['dev-qb-1', 'dev-qb-2', 'dev-qb-3'].map(async (id) => connect(t.url, await t.registerDevice(id), id)));
+      // QoS 1: each PUBACK comes only once the job holding the heartbeat is in Redis.
+      await Promise.all(devices.map((d, i) => d.publishAsync(`devices/dev-qb-${i + 1}/heartbeat`, JSON.stringify(heartbeat), { qos: 1 })));
+      const jobs = await queue('heartbeats').getJobs(['wait']);
+      expect(jobs).toHaveLength(1);
+      expect((jobs[0]!.data as { batch: IngressEnvelope[] }).batch.map((e) => e.device_id).sort()).toEqual(['dev-qb-1', 'dev-qb-2', 'dev-qb-3']);
+
+      await c.start();
+      await waitFor(() => calls.length, (n) => n === 1);
+      expect(calls[0]!.sort()).toEqual(['dev-qb-1', 'dev-qb-2', 'dev-qb-3']);
+      await Promise.all(devices.map((d) => d.endAsync()));
+    });
+
+    it('never puts more than max_messages in one job', async () => {
+      await Promise.all(Array.from({ length: spec.max_messages + 20 }, (_, i) => enqueue('heartbeats', `dev-qm-${i}`, 'heartbeat', heartbeat)));
+      const sizes = (await queue('heartbeats').getJobs(['wait'])).map((j) => (j.data as { batch: unknown[] }).batch.length);
+      expect(sizes.sort((a, b) => b - a)).toEqual([spec.max_messages, 20]);
+    });
+
+    it('drops the envelopes of a batch that break the contract, counts them, and handles the others', async () => {
+      const handled: string[] = [];
+      const { registry, logs } = await consumer({ queue: 'heartbeats', concurrency: 1000, handleBatch: async (jobs) => { handled.push(...jobs.map((j) => j.envelope.device_id)); } });
+      const good = (id: string) => ({ cid: `c-${id}`, device_id: id, topic_class: 'heartbeat', payload: heartbeat, received_at: Date.now(), node: 'script' });
+      const job = await queue('heartbeats').add('heartbeat', { batch: [good('dev-qi-1'), { ...good('dev-qi-2'), payload: badHeartbeat }, good('dev-qi-3')] });
+
+      await waitFor(() => stateOf('heartbeats', job.id!), (st) => st === 'completed');
+      expect(handled).toEqual(['dev-qi-1', 'dev-qi-3']);
+      expect(await metricLines(registry, 'fleetwire_queue_invalid_messages_total')).toContain('fleetwire_queue_invalid_messages_total{queue="heartbeats"} 1');
+      expect(logs.find((l) => l.msg === 'dropped messages of a batch job that break the contract')).toMatchObject({
+        job_id: job.id, invalid_count: 1, invalid: [{ index: 1, reason: expect.stringMatching(/^invalid heartbeat payload/) }],
+      });
+    });
+
+    it('retries the whole batch job when one of its messages fails, and fails a job that is not a batch at all', async () => {
+      const calls: Array<Array<[string, number, number | undefined]>> = [];
+      const { registry } = await consumer({
+        queue: 'heartbeats', concurrency: 1000,
+        handleBatch: async (jobs) => {
+          calls.push(jobs.map((j) => [j.envelope.device_id, j.attempt, j.index]));
+          const flaky = jobs.find((j) => j.envelope.device_id === 'dev-qr-2' && j.attempt === 1);
+          return flaky ? new Map([[flaky, new Error('write refused')]]) : undefined;
+        },
+      });
+      const env = (id: string) => ({ cid: `c-${id}`, device_id: id, topic_class: 'heartbeat', payload: heartbeat, received_at: Date.now(), node: 'script' });
+      const job = await queue('heartbeats').add('heartbeat', { batch: [env('dev-qr-1'), env('dev-qr-2')] }, { attempts: 3, backoff: { type: 'fixed', delay: 10 } });
+      await waitFor(() => stateOf('heartbeats', job.id!), (st) => st === 'completed');
+      expect(calls).toEqual([[['dev-qr-1', 1, 0], ['dev-qr-2', 1, 1]], [['dev-qr-1', 2, 0], ['dev-qr-2', 2, 1]]]);
+
+      const notBatch = await queue('heartbeats').add('heartbeat', { batch: 'everything' });
+      await waitFor(() => stateOf('heartbeats', notBatch.id!), (st) => st === 'failed');
+      expect((await queue('heartbeats').getJob(notBatch.id!))!.failedReason).toMatch(/^invalid ingress batch/);
+      expect(await metricLines(registry, 'fleetwire_queue_jobs_total')).toContain('fleetwire_queue_jobs_total{queue="heartbeats",outcome="invalid"} 1');
+    });
+
+    it('refuses a batch job on a queue that takes single envelopes', async () => {
+      await consumer({ queue: 'cmd-results', handle: async () => undefined });
+      const job = await queue('cmd-results').add('cmd-result', { batch: [{}] });
+      await waitFor(() => stateOf('cmd-results', job.id!), (st) => st === 'failed');
+      expect((await queue('cmd-results').getJob(job.id!))!.failedReason).toBe('queue cmd-results takes single envelopes, not batches (common/contracts/queues.json)');
+    });
   });
 
   it('accepts only queue names from the contract, and says which ones exist', () => {
