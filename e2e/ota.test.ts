@@ -11,9 +11,9 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
-import { consume, startDevice, startStack, until, type Sim, type Stack } from './stack.js';
+import { startDevice, startStack, until, type Sim, type Stack } from './stack.js';
 
-interface Envelope { device_id: string; payload: { rollout: string; state: string; progress: number; error?: string; fw?: string } }
+interface OtaStatus { rollout: string; state: string; progress: number; error?: string }
 
 /** Canonical JSON as the firmware signs it: keys sorted at every level, no whitespace. */
 function canonical(v: unknown): string {
@@ -41,14 +41,13 @@ const images = new Map<string, Buffer>();
 const requests: { path: string; range?: string }[] = [];
 /** Paths whose first response is cut after half the bytes. */
 const cutOnce = new Set<string>();
-let statuses: ReturnType<typeof consume>;
-let heartbeats: ReturnType<typeof consume>;
+/** Every ota/status the device published, as a service subscribed to it sees them. */
+const statuses: OtaStatus[] = [];
 let sim: Sim;
 let service: MqttClient;
+let admin: string;
 
 beforeAll(async () => {
-  statuses = consume('ota-events');
-  heartbeats = consume('heartbeats');
   stack = await startStack();
   const pki = join(stack.dataDir, 'pki');
   server = https.createServer({ cert: await readFile(join(pki, 'server-cert.pem')), key: await readFile(join(pki, 'server-key.pem')) }, (req, res) => {
@@ -76,20 +75,23 @@ beforeAll(async () => {
   sim = await startDevice(stack, 'ota-dev-1', ['--heartbeat-s', '5', '--fw-version', '1.0.0', '--chip', 'esp32',
     '--ota-public-key', publicKeyHex, '--fail-boot-version', '1.3.0']);
   service = await stack.serviceClient();
+  await service.subscribeAsync('devices/ota-dev-1/ota/status', { qos: 1 });
+  service.on('message', (_topic, payload) => statuses.push(JSON.parse(payload.toString()) as OtaStatus));
+  admin = await stack.admin();
 }, 60_000);
 
 afterAll(async () => {
   await service?.endAsync();
   await sim?.stop();
-  await Promise.all([statuses?.close(), heartbeats?.close()]);
   server?.close();
   await stack?.stop();
 });
 
-const statesOf = (rollout: string): string[] => (statuses.jobs as unknown as Envelope[]).filter((j) => j.payload.rollout === rollout).map((j) => j.payload.state);
+const statesOf = (rollout: string): string[] => statuses.filter((s) => s.rollout === rollout).map((s) => s.state);
 const finalState = (rollout: string, states: string[], timeoutMs = 30_000): Promise<string[]> =>
   until(() => statesOf(rollout), (s) => s.some((x) => states.includes(x)), timeoutMs);
-const latestFw = (): string | undefined => (heartbeats.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'ota-dev-1').at(-1)?.payload.fw;
+/** The firmware version in the device's state, as its heartbeats set it (device service: GET /v1/devices/{id}/state). */
+const latestFw = async (): Promise<unknown> => (await stack.api('GET', '/v1/devices/ota-dev-1/state', undefined, admin)).body.fw;
 const publishOffer = (payload: string): Promise<unknown> => service.publishAsync('devices/ota-dev-1/ota', payload, { qos: 1 });
 
 function image(seed: number, size = 300_000): Buffer {
@@ -152,8 +154,8 @@ describe('OTA on the device side, against the real stack', () => {
     const states = await finalState('r-bad-boot', ['rolled-back', 'success', 'failed'], 60_000);
     expect(states.at(-1)).toBe('rolled-back');
     expect(states).toContain('rebooting');
-    const last = (statuses.jobs as unknown as Envelope[]).filter((j) => j.payload.rollout === 'r-bad-boot').at(-1)!;
-    expect(last.payload.error).toContain('1.3.0');
+    const last = statuses.filter((s) => s.rollout === 'r-bad-boot').at(-1)!;
+    expect(last.error).toContain('1.3.0');
     await until(latestFw, (fw) => fw === '1.2.0', 30_000);
   }, 90_000);
 });
