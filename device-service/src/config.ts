@@ -6,7 +6,7 @@ export const deviceServiceSpec = {
   ...serverSpec,
   brokerUrl: str('DEVICE_BROKER_URL', '', 'MQTT-over-WebSocket URL of a broker node the service publishes commands and alerts through; empty = this process\'s own /mqtt (when the broker runs in it)'),
   // heartbeats and state
-  heartbeatBatch: int('HEARTBEAT_BATCH', 256, 'heartbeats written to Redis in one round trip at most (also the consumer\'s concurrency)', { min: 1, max: 5000 }),
+  heartbeatBatch: int('HEARTBEAT_BATCH', 1000, 'heartbeats in progress at once and written to Redis in one round trip at most; the broker puts up to 500 in a job, so the default takes two jobs at once', { min: 1, max: 5000 }),
   fleetHealthCacheMs: int('FLEET_HEALTH_CACHE_MS', 2000, 'GET /v1/fleet/health and the fleet gauges reuse a reading of Redis this long, so a scrape storm does not hammer it', { min: 0, max: 60_000 }),
   // silence
   silenceDefaultIntervalS: int('SILENCE_DEFAULT_INTERVAL_S', 60, 'heartbeat interval assumed until a device has SILENCE_MIN_HISTORY intervals of history', { min: 1 }),
@@ -26,7 +26,7 @@ export const deviceServiceSpec = {
   // telemetry
   telemetryMaxLen: int('TELEMETRY_MAX_LEN', 10_000, 'newest telemetry messages kept per device (about: Redis trims whole stream nodes, stream-node-max-entries = 100 by default, at a time)', { min: 1 }),
   telemetryMaxAgeS: int('TELEMETRY_MAX_AGE_S', 604_800, 'telemetry older than this (by the broker\'s receive time) is trimmed or not stored; a device\'s telemetry is gone this long after its last message', { min: 60 }),
-  telemetryBatch: int('TELEMETRY_BATCH', 128, 'telemetry messages written to Redis in one round trip at most (also the consumer\'s concurrency)', { min: 1, max: 2000 }),
+  telemetryBatch: int('TELEMETRY_BATCH', 500, 'telemetry messages in progress at once and written to Redis in one round trip at most; the broker puts up to 500 in a job', { min: 1, max: 2000 }),
   // commands
   commandDefaultTimeoutMs: int('COMMAND_DEFAULT_TIMEOUT_MS', 10_000, 'how long POST /v1/devices/{id}/commands waits for the result when timeout_ms is not given', { min: 100 }),
   commandMaxTimeoutMs: int('COMMAND_MAX_TIMEOUT_MS', 120_000, 'largest timeout_ms accepted', { min: 100, max: 3_600_000 }),

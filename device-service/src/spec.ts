@@ -10,7 +10,13 @@ export function deviceServiceSpecReport(c: DeviceServiceConfig): Record<string, 
       default_interval_s: c.silenceDefaultIntervalS, min_history: c.silenceMinHistory, multiplier_pct: c.silenceMultiplierPct,
       floor_s: c.silenceFloorS, ceiling_s: c.silenceCeilingS, check_ms: c.silenceCheckMs, ota_reboot_window_s: c.otaRebootWindowS,
     },
-    alert_webhook: c.alertWebhookUrl ? { attempts: c.alertWebhookAttempts, backoff_ms: c.alertWebhookBackoffMs } : 'off',
+    alert_webhook: c.alertWebhookUrl
+      ? {
+        attempts: c.alertWebhookAttempts, backoff_ms: c.alertWebhookBackoffMs, timeout_ms: c.alertWebhookTimeoutMs,
+        queue_max: c.alertWebhookQueueMax, signed: Boolean(c.alertWebhookSecret),
+      }
+      : 'off',
+    alert_log_max_len: c.alertLogMaxLen,
     telemetry: { max_len: c.telemetryMaxLen, max_age_s: c.telemetryMaxAgeS, batch: c.telemetryBatch },
     commands: {
       default_timeout_ms: c.commandDefaultTimeoutMs, max_timeout_ms: c.commandMaxTimeoutMs, max_args_bytes: c.commandMaxArgsBytes,
