@@ -1,8 +1,9 @@
 /**
  * A command's "delivered" state: when a device acknowledges (PUBACK) the QoS 1 PUBLISH of
  * one of its commands (`devices/{id}/cmd`), the command the device service recorded under
- * that cid moves from sent to delivered. Aedes emits `ack` on the node that holds the
- * device, with the stored packet, so this works on every node of a cluster.
+ * that cid gets its delivered_at and moves from sent to delivered. Aedes emits `ack` on the
+ * node that holds the device, with the stored packet, so this works on every node of a
+ * cluster.
  *
  * Cost: one string check for every other acknowledged packet; a JSON parse and one
  * Redis script only for commands.
@@ -12,7 +13,7 @@ import { redisKeys, type Logger, type Redis } from '@fleetwire/common';
 import { brokerScripts } from './redis-scripts.js';
 
 interface DeliveryScripts {
-  /** lua/command-delivered.lua: 1 when the command moved sent → delivered. */
+  /** lua/command-delivered.lua: 1 when the command moved sent → delivered (0: no such command, or it was past sent). */
   commandDelivered(command: string, now: number, batchPrefix: string): Promise<number>;
 }
 

@@ -124,8 +124,7 @@ export class CommandBatches {
   }
 
   async get(id: string): Promise<BatchView | null> {
-    const [[, h], [, lease]] = (await this.o.redis.multi()
-      .hgetall(redisKeys.commandBatch(id)).zscore(redisKeys.commandBatchesSending, id).exec())! as [[null, Record<string, string>], [null, string | null]];
+    const [h, lease] = await Promise.all([this.o.redis.hgetall(redisKeys.commandBatch(id)), this.o.redis.zscore(redisKeys.commandBatchesSending, id)]);
     if (!h.name) return null;
     const counts = Object.fromEntries(COMMAND_STATES.map((s) => [s, Number(h[s] ?? 0)])) as Record<CommandState, number>;
     const total = Number(h.total);
