@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, redisKeys, startServices } from '@fleetwire/common';
 import { connectOptions } from '../../broker/test/helpers.js';
 import type { BatchView } from '../src/command-batches.js';
+import { CommandRecords } from '../src/command-results.js';
 import { service as devices } from '../src/service.js';
 import { REDIS_URL, startFleet, waitFor, type Fleet } from './helpers.js';
 
@@ -192,6 +193,33 @@ describe('POST /v1/commands (fleet commands)', () => {
     } finally {
       if (!stopped) await node2.stop();
     }
+  });
+});
+
+describe('a fleet command whose sending node died', () => {
+  it('is taken over once its lease ran out: the command recorded but not published is sent with its cid and expiry, then the rest', async () => {
+    const ids = ['fl-dead-1', 'fl-dead-2', 'fl-dead-3'];
+    const fleet = await Promise.all(ids.map((id) => device(id)));
+    // What a node leaves when it dies between recording command 1 and publishing it: command 0
+    // sent and answered, command 1 recorded (state sent), dispatched 1, its lease run out.
+    const id = '11111111-2222-4333-8444-555555555555';
+    const records = new CommandRecords(f.redis, 3600);
+    const recorded = { deviceId: ids[1]!, name: 'ping', args: {}, actor: 'user:someone', expiresAt: Date.now() + 60_000, queued: false, batch: id };
+    await f.redis.hset(redisKeys.commandBatch(id), {
+      name: 'ping', args: '{}', selector: JSON.stringify({ ids }), actor: 'user:someone', created_at: Date.now(), total: 3, dispatched: 1,
+      rate_per_s: 10, sender: 'dead-node', sent: 0, delivered: 0, succeeded: 0, failed: 0, expired: 0, timed_out: 0,
+    });
+    await f.redis.rpush(redisKeys.commandBatchTargets(id), ...ids);
+    await records.create({ ...recorded, cid: `${id}:0`, deviceId: ids[0]! });
+    await records.applyResult(ids[0]!, { cid: `${id}:0`, ok: true, result: { pong: true } });
+    await records.create({ ...recorded, cid: `${id}:1` });
+    await f.redis.zadd(redisKeys.commandBatchesSending, Date.now() - 1, id);
+
+    const done = await waitFor(() => batch(id), (b) => b.done === true);
+    expect(done).toMatchObject({ dispatched: 3, sending: false, counts: { succeeded: 3, sent: 0, delivered: 0 } });
+    expect(fleet[0]!.got).toEqual([]); // sent before the node died
+    expect(fleet[1]!.got).toEqual([{ cid: `${id}:1`, name: 'ping', args: {}, expires_at: recorded.expiresAt }]);
+    expect(fleet[2]!.got.map((c) => c.cid)).toEqual([`${id}:2`]);
   });
 });
 
