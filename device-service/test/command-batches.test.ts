@@ -224,9 +224,12 @@ describe('a fleet command whose sending node died', () => {
 });
 
 describe('fleetwire devices command', () => {
-  function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  /** `terminal`: under script(1), so the CLI's stdout is a TTY as in an operator's shell. */
+  function cli(args: string[], terminal = false): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const argv = [process.execPath, CLI, 'devices', 'command', ...args];
+    const [file, fileArgs] = terminal ? ['script', ['-qec', argv.map((a) => `'${a}'`).join(' '), '/dev/null']] : [argv[0]!, argv.slice(1)];
     return new Promise((resolve) => {
-      const child = spawn(process.execPath, [CLI, 'devices', 'command', ...args], {
+      const child = spawn(file, fileArgs, {
         env: { PATH: process.env.PATH, REDIS_URL, FLEETWIRE_URL: f.url, FLEETWIRE_TOKEN: admin, LOG_LEVEL: 'warn' },
       });
       let stdout = '';
@@ -254,6 +257,20 @@ describe('fleetwire devices command', () => {
     expect(mixed.code).toBe(1);
     expect(mixed.stdout).toContain('2/2 succeeded 1 failed 1');
     expect(mixed.stdout).toContain('not all succeeded: failed 1, expired 0, timed_out 0');
+  });
+
+  it('redraws one progress line on a terminal', async () => {
+    await Promise.all(['cli-tty-1', 'cli-tty-2'].map((id) => device(id)));
+    const run = await cli(['--name', 'ping', '--ids', 'cli-tty-1,cli-tty-2'], true);
+    expect(run.code).toBe(0);
+    const lines = run.stdout.split('\r\n'); // the terminal turns each \n into \r\n
+    expect(lines[0]).toMatch(/^fleet command [0-9a-f-]{36}: ping to 2 devices$/);
+    // Every state of the bar is drawn over the previous one (carriage return, erase line), on one line.
+    const redraw = '\r\x1b[2K';
+    expect(lines[1]!.startsWith(redraw)).toBe(true);
+    expect(lines[1]!.split(redraw).slice(1).every((bar) => /^\[[#-]{20}\] \d+\/2 succeeded/.test(bar))).toBe(true);
+    expect(lines[1]!.endsWith(`${redraw}[####################] 2/2 succeeded 2 failed 0 expired 0 timed_out 0 sent 0 delivered 0`)).toBe(true);
+    expect(lines[2]).toContain('all succeeded');
   });
 
   it('says what is wrong with a refused request and exits 1', async () => {
