@@ -239,6 +239,10 @@ describe('POST /v1/devices/{id}/commands', () => {
       expect(d.got).toEqual([]);
       const sent = await send('cmd-roles-1', { name: 'ping' }, await f.tokenFor('operator'));
       expect(sent.status).toBe(200);
+      const service = (await f.api('POST', '/v1/service-tokens', { token: admin, body: { name: 'backend', ttl_s: 600 } })).body.token as string;
+      const byService = await send('cmd-roles-1', { name: 'ping' }, service);
+      expect(byService.status).toBe(200);
+      expect(await view(byService.body.cid as string)).toMatchObject({ actor: 'service:backend' });
       const read = await f.api('GET', `/v1/commands/${sent.body.cid as string}`, { token: viewer });
       expect(read.body).toMatchObject({ state: 'succeeded', actor: expect.stringMatching(/^user:/) });
       expect((await f.api('GET', '/v1/commands/no-such-cid', { token: viewer })).status).toBe(404);
