@@ -1,27 +1,42 @@
 /**
  * The firmware's core, run by fleetwire-sim, against the real stack over WSS with a
- * private CA: API key → token → subprotocol auth, heartbeats into the queue, commands,
- * reconnection after a broker restart, and token refresh without losing the session.
+ * private CA: API key → token → subprotocol auth, heartbeats into the queue, commands
+ * through the device service's API (POST /v1/devices/{id}/commands), reconnection after
+ * a broker restart, and token refresh without losing the session.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { consume, startDevice, startSim, startStack, until, type Stack } from './stack.js';
+import { consume, startDevice, startSim, startStack, until, type Answer, type Sim, type Stack } from './stack.js';
 
 let stack: Stack;
 let heartbeats: ReturnType<typeof consume>;
-let results: ReturnType<typeof consume>;
 
 beforeAll(async () => {
   heartbeats = consume('heartbeats');
-  results = consume('cmd-results');
   // A 60 s device token with the expiry notice 55 s early: the refresh happens 5 s after connecting.
   stack = await startStack({ DEVICE_TOKEN_TTL_S: '60', BROKER_TOKEN_NOTICE_S: '55' });
 }, 60_000);
 afterAll(async () => {
-  await Promise.all([heartbeats?.close(), results?.close()]);
+  await heartbeats?.close();
   await stack.stop();
 });
 
 interface Envelope { cid: string; device_id: string; topic_class: string; payload: Record<string, unknown> }
+
+/** POST /v1/devices/{id}/commands, as an operator would. */
+async function command(id: string, body: Record<string, unknown>): Promise<Answer> {
+  return stack.api('POST', `/v1/devices/${id}/commands`, body, await stack.admin());
+}
+
+/** A command's record (GET /v1/commands/{cid}). */
+async function commandRecord(cid: string): Promise<Answer['body']> {
+  return (await stack.api('GET', `/v1/commands/${cid}`, undefined, await stack.admin())).body;
+}
+
+/** The command a device got, as it is on the wire, to deliver it once more (a QoS 1 redelivery). */
+async function wireCommand(cid: string): Promise<string> {
+  const c = await commandRecord(cid);
+  return JSON.stringify({ cid, name: c.name, args: c.args, expires_at: c.expires_at });
+}
 
 describe('a simulated device against the real stack', () => {
   it('trades its key for a token, connects over WSS with the private CA, and its heartbeats reach the queue', async () => {
@@ -45,22 +60,29 @@ describe('a simulated device against the real stack', () => {
     expect((await stack.api('GET', '/v1/connections/e2e-dev-bad', undefined, await stack.admin())).status).toBe(404);
   }, 30_000);
 
-  it('runs a command once per cid and its result reaches the cmd-results queue', async () => {
-    const sim = await startDevice(stack, 'e2e-dev-2', ['--heartbeat-s', '30']);
+  it('runs a command sent through the API once per cid, and refuses one that reaches it after its expiry', async () => {
+    const first = await startDevice(stack, 'e2e-dev-2', ['--heartbeat-s', '30']);
+    let sim: Sim = first;
     const service = await stack.serviceClient();
     try {
-      const cmd = { cid: 'e2e-cmd-1', name: 'ping', args: {}, expires_at: Date.now() + 60_000 };
-      await service.publishAsync('devices/e2e-dev-2/cmd', JSON.stringify(cmd), { qos: 1 });
-      await service.publishAsync('devices/e2e-dev-2/cmd', JSON.stringify(cmd), { qos: 1 }); // a duplicate delivery
-      const expired = { cid: 'e2e-cmd-2', name: 'ping', args: {}, expires_at: Date.now() - 1000 };
-      await service.publishAsync('devices/e2e-dev-2/cmd', JSON.stringify(expired), { qos: 1 });
-      const mine = (): Envelope[] => (results.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-2');
-      await until(mine, (j) => j.some((e) => e.payload.cid === 'e2e-cmd-2'));
-      await new Promise((r) => setTimeout(r, 500));
-      const ping = mine().filter((e) => e.payload.cid === 'e2e-cmd-1');
-      expect(ping).toHaveLength(1);
-      expect(ping[0]!.payload).toMatchObject({ ok: true });
-      expect(mine().find((e) => e.payload.cid === 'e2e-cmd-2')!.payload).toMatchObject({ ok: false, error: { code: 'CMD_EXPIRED' } });
+      const ping = await command('e2e-dev-2', { name: 'ping' });
+      expect(ping.status).toBe(200);
+      expect(ping.body).toMatchObject({ state: 'succeeded', ok: true, result: { pong: true } });
+      const cid = ping.body.cid as string;
+      // The same command delivered again: answered from the device's memory, not run twice; the record keeps its result.
+      await service.publishAsync('devices/e2e-dev-2/cmd', await wireCommand(cid), { qos: 1 });
+      await sim.waitFor(/stats devices=1 connected=1 .*cmds=1 cmd_dups=1/);
+      expect(await commandRecord(cid)).toMatchObject({ state: 'succeeded', result: { pong: true }, delivered_at: expect.any(Number) });
+
+      // Queued for the device while it is away; it comes back after expires_at and refuses it.
+      expect(await sim.stop()).toBe(0);
+      await until(async () => (await stack.redis.exists('fleetwire:conn:e2e-dev-2')) === 0, Boolean);
+      const queued = await command('e2e-dev-2', { name: 'ping', timeout_ms: 500, queue_if_offline: true });
+      expect(queued.status).toBe(202);
+      await until(() => Date.now(), (now) => now > (queued.body.expires_at as number));
+      sim = startSim(stack, ['--device-id', 'e2e-dev-2', '--telemetry-s', '0', '--heartbeat-s', '30'], { FLEETWIRE_API_KEY: first.apiKey });
+      const refused = await until(() => commandRecord(queued.body.cid as string), (c) => (c.error as { code?: string } | undefined)?.code === 'CMD_EXPIRED');
+      expect(refused).toMatchObject({ state: 'expired', ok: false, queued: true });
     } finally {
       await service.endAsync();
       await sim.stop();
@@ -70,12 +92,10 @@ describe('a simulated device against the real stack', () => {
   it('samples its sensors, and reboots once on a reboot command (a redelivery is answered from memory)', async () => {
     const sim = await startDevice(stack, 'e2e-dev-5', ['--heartbeat-s', '5']);
     const service = await stack.serviceClient();
-    const mine = (cid: string): Envelope[] => (results.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-5' && j.payload.cid === cid);
-    const send = (cmd: Record<string, unknown>) => service.publishAsync('devices/e2e-dev-5/cmd', JSON.stringify({ args: {}, expires_at: Date.now() + 60_000, ...cmd }), { qos: 1 });
     try {
-      await send({ cid: 'e2e-sample', name: 'sample_sensors' });
-      const [sample] = await until(() => mine('e2e-sample'), (j) => j.length === 1);
-      expect(sample!.payload).toMatchObject({
+      const sample = await command('e2e-dev-5', { name: 'sample_sensors' });
+      expect(sample.body).toMatchObject({
+        state: 'succeeded',
         ok: true,
         result: {
           at: expect.any(Number),
@@ -83,21 +103,19 @@ describe('a simulated device against the real stack', () => {
         },
       });
 
-      const reboot = { cid: 'e2e-reboot', name: 'reboot' };
-      await send(reboot);
-      await until(() => mine('e2e-reboot'), (j) => j.length === 1);
-      expect(mine('e2e-reboot')[0]!.payload).toMatchObject({ ok: true, result: { rebooting: true, delay_s: 0 } });
+      const reboot = await command('e2e-dev-5', { name: 'reboot', timeout_ms: 60_000 });
+      expect(reboot.body).toMatchObject({ state: 'succeeded', ok: true, result: { rebooting: true, delay_s: 0 } });
       await sim.waitFor(/device=e2e-dev-5 event=booted/);
       // After the reboot: back online, heartbeats counting again from zero.
       const sinceBoot = (): Envelope[] => (heartbeats.jobs as unknown as Envelope[]).filter((j) => j.device_id === 'e2e-dev-5' && j.payload.seq === 0);
       await until(sinceBoot, (j) => j.length === 2, 15_000);
 
-      await send(reboot); // the same command delivered again
-      // Answered from the command memory that survived the reboot (the queue keeps one
-      // result per cid, so the repeat shows in the device's counters, not as a second job).
+      // The same command delivered again, answered from the command memory that survived the reboot.
+      await service.publishAsync('devices/e2e-dev-5/cmd', await wireCommand(reboot.body.cid as string), { qos: 1 });
       await sim.waitFor(/stats devices=1 connected=1 .*cmd_dups=1/);
       await new Promise((r) => setTimeout(r, 1000));
       expect(sim.lines.filter((l) => /device=e2e-dev-5 event=rebooting/.test(l))).toHaveLength(1);
+      expect(await commandRecord(reboot.body.cid as string)).toMatchObject({ state: 'succeeded', result: { rebooting: true } });
     } finally {
       await service.endAsync();
       await sim.stop();
@@ -106,7 +124,6 @@ describe('a simulated device against the real stack', () => {
 
   it('refreshes its token before expiry and reconnects without losing its session', async () => {
     const sim = await startDevice(stack, 'e2e-dev-3', ['--heartbeat-s', '30']);
-    const service = await stack.serviceClient();
     try {
       // The notice arrives 5 s in; the device refreshes (planned refreshes are at least 30 s
       // apart, so this one comes 30 s after the first token) and reconnects with the new token.
@@ -116,12 +133,10 @@ describe('a simulated device against the real stack', () => {
       await sim.waitFor(/device=e2e-dev-3 event=connected session_present=true/, 5000);
       // Never cut off for an expired token (close 4002).
       expect(sim.lines.join('\n')).not.toMatch(/4002/);
-      // A command sent now still arrives: the persistent session carried over.
-      const cmd = { cid: 'e2e-after-refresh', name: 'ping', args: {}, expires_at: Date.now() + 60_000 };
-      await service.publishAsync('devices/e2e-dev-3/cmd', JSON.stringify(cmd), { qos: 1 });
-      await until(() => (results.jobs as unknown as Envelope[]).filter((j) => j.payload.cid === 'e2e-after-refresh'), (j) => j.length === 1);
+      // A command sent now still arrives and is answered over the new connection.
+      const after = await command('e2e-dev-3', { name: 'ping' });
+      expect(after.body).toMatchObject({ state: 'succeeded', result: { pong: true } });
     } finally {
-      await service.endAsync();
       await sim.stop();
     }
   }, 70_000);

@@ -6,9 +6,8 @@
 import type { Redis } from 'ioredis';
 import {
   FleetwireError, jwtContract, publishRevocation, redisKeys, revokeSession, revokeToken, signToken,
-  type FleetwireClaims, type KeyRing, type Logger, type UserRole,
+  type AuditLog, type FleetwireClaims, type KeyRing, type Logger, type UserRole,
 } from '@fleetwire/common';
-import type { AuditLog } from './audit.js';
 import type { AuthConfig } from './config.js';
 import type { Entry, GateResult, Limits, Window } from './limits.js';
 import type { AuthMetrics } from './metrics.js';

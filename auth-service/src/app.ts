@@ -8,11 +8,10 @@ import { join, resolve } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import {
-  createHttpApp, createLogger, createMetricsRegistry, createRedis, gitCommit, healthRoutes, openKeyRing, requireRole,
+  AuditLog, createHttpApp, createLogger, createMetricsRegistry, createRedis, gitCommit, healthRoutes, openKeyRing, requireRole,
   type KeyRing, type Logger, type Redis, type Registry,
 } from '@fleetwire/common';
 import { Accounts } from './accounts.js';
-import { AuditLog } from './audit.js';
 import { argon2Params, type AuthConfig } from './config.js';
 import { DeviceRegistry } from './devices.js';
 import { Limits } from './limits.js';

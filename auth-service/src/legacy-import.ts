@@ -7,8 +7,7 @@
  * The whole file is checked first: one bad line imports nothing, and every bad
  * line is reported with its number. Emails already present are left unchanged.
  */
-import { jwtContract, type UserRole } from '@fleetwire/common';
-import type { AuditLog } from './audit.js';
+import { jwtContract, type AuditLog, type UserRole } from '@fleetwire/common';
 import { isLegacyHash } from './passwords.js';
 import type { UserStore } from './users.js';
 

@@ -16,6 +16,7 @@ import {
 } from '@fleetwire/common';
 import type { BrokerConfig } from './config.js';
 import { watchClients } from './client-events.js';
+import { watchCommandDeliveries } from './command-delivery.js';
 import { publishToDevice } from './cloud-to-device.js';
 import { clusterEngines } from './cluster.js';
 import { ConnectGate } from './connect-gate.js';
@@ -106,6 +107,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     limits: { keepaliveMinS: config.keepaliveMinS, keepaliveMaxS: config.keepaliveMaxS, limitServices: config.limitServices },
   });
   watchClients({ aedes, connections, metrics, log, nodeId });
+  watchCommandDeliveries(aedes, redis, log);
   await aedes.listen();
   markRedeliveries(aedes); // the persistence exists once listen() has set it up
   await control.listen(sub);

@@ -39,8 +39,13 @@ async function main(argv: string[]): Promise<number> {
     await runServices([service], process.env, { version: VERSION });
     return -1;
   }
-  const adminCommand = services.flatMap((s) => s.commands ?? []).find((c) => c.name === command);
-  if (adminCommand) return adminCommand.run(rest, process.env);
+  // A command's name is one or more words (`users`, `devices command`); the longest that argv starts with wins,
+  // so `devices command` is the device service's while `devices register` stays the auth service's `devices`.
+  const words = (name: string): string[] => name.split(' ');
+  const adminCommand = services.flatMap((s) => s.commands ?? [])
+    .filter((c) => words(c.name).every((w, i) => argv[i] === w))
+    .sort((a, b) => words(b.name).length - words(a.name).length)[0];
+  if (adminCommand) return adminCommand.run(argv.slice(words(adminCommand.name).length), process.env);
   process.stderr.write(`unknown command "${command}"\n\n${USAGE}\n`);
   return 2;
 }

@@ -25,3 +25,4 @@ export * from './ingress-envelope.js';
 export * from './queue-metrics.js';
 export * from './queue-batch.js';
 export * from './queue-consumer.js';
+export * from './audit.js';

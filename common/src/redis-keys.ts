@@ -96,6 +96,12 @@ export const redisKeys = {
   command: (cid: string) => `fleetwire:cmd:${cid}`,
   /** Pub/sub channel: a command reached a final state (any node may be waiting for it). */
   commandResults: 'fleetwire:cmd-results',
+  /** Sorted set: cid → expires_at (unix ms) of commands still waiting for a result (sent or delivered); the expiry sweep reads it. */
+  commandsPending: 'fleetwire:cmds-pending',
   /** Hash: a fleet command batch (selector, counts per state). */
   commandBatch: (id: string) => `fleetwire:cmd-batch:${id}`,
+  /** List: the device ids of a batch in sending order (index i gets cid `<batch>:<i>`). */
+  commandBatchTargets: (id: string) => `fleetwire:cmd-batch-targets:${id}`,
+  /** Sorted set: batch id → unix ms its sending node's lease ends; a batch leaves it once every command is sent. */
+  commandBatchesSending: 'fleetwire:cmd-batches-sending',
 } as const;

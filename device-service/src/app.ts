@@ -6,6 +6,7 @@ import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
+import { commandsPart } from './commands.js';
 import { fleetHealthPart } from './fleet-health.js';
 import { heartbeatsPart } from './heartbeats.js';
 import { otaEventsPart } from './ota-events.js';
@@ -44,6 +45,7 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
   const alerts = alertsPart(ctx);
   parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx));
   parts.push(telemetryPart(ctx), fleetHealthPart(ctx));
+  parts.push(commandsPart(ctx, node));
 
   return {
     readiness: {

@@ -1,5 +1,5 @@
 /** Device service settings: one spec, units in the names, validated and frozen at start-up. */
-import { baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, type ConfigOf } from '@fleetwire/common';
+import { auditSpec, baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, type ConfigOf } from '@fleetwire/common';
 
 export const deviceServiceSpec = {
   ...baseSpec,
@@ -35,6 +35,9 @@ export const deviceServiceSpec = {
   commandQueuedTtlS: int('COMMAND_QUEUED_TTL_S', 86_400, 'longest a command sent with queue_if_offline waits for its device', { min: 1 }),
   commandRecordTtlS: int('COMMAND_RECORD_TTL_S', 604_800, 'how long a command and its result stay readable at GET /v1/commands/{cid}', { min: 60 }),
   fleetCommandMaxRate: int('FLEET_COMMAND_MAX_RATE_PER_S', 200, 'largest rate_per_s a fleet command may ask for', { min: 1 }),
+  commandResultsConcurrency: int('COMMAND_RESULTS_CONCURRENCY', 16, 'cmd-results jobs this node handles at once; 0 = none: a node that only serves the API, whose waiting requests hear of results through Redis pub/sub from the nodes that consume them', { min: 0, max: 1000 }),
+  // audit (the stream the auth service writes too; the same setting trims it)
+  ...auditSpec,
 };
 
 export type DeviceServiceConfig = ConfigOf<typeof deviceServiceSpec>;
@@ -50,6 +53,12 @@ export function parseCommandAllow(text: string): Map<string, ReadonlySet<string>
     out.set(type, names.includes('*') ? '*' : new Set(names));
   }
   return out;
+}
+
+/** Whether COMMAND_ALLOW lets devices of `type` run `name`. */
+export function isCommandAllowed(allow: ReadonlyMap<string, ReadonlySet<string> | '*'>, type: string, name: string): boolean {
+  const names = allow.get(type);
+  return names === undefined || names === '*' || names.has(name);
 }
 
 function checkDeviceServiceConfig(config: DeviceServiceConfig): DeviceServiceConfig {

@@ -1,6 +1,7 @@
 /** The device service as a Fleetwire service: `fleetwire device-service` alone, or one of `fleetwire up`. */
 import type { ServiceDefinition } from '@fleetwire/common';
 import { buildDeviceService } from './app.js';
+import { deviceCommands } from './cli.js';
 import { loadDeviceServiceConfig, type DeviceServiceConfig } from './config.js';
 import { deviceServiceSpecReport } from './spec.js';
 
@@ -18,4 +19,5 @@ export const service: ServiceDefinition<DeviceServiceConfig> = {
       close: () => devices.close(),
     };
   },
+  commands: deviceCommands,
 };

@@ -21,7 +21,7 @@ export function deviceServiceSpecReport(c: DeviceServiceConfig): Record<string, 
     commands: {
       default_timeout_ms: c.commandDefaultTimeoutMs, max_timeout_ms: c.commandMaxTimeoutMs, max_args_bytes: c.commandMaxArgsBytes,
       allow_list: c.commandAllow || 'any name', queued_ttl_s: c.commandQueuedTtlS, record_ttl_s: c.commandRecordTtlS,
-      fleet_max_rate_per_s: c.fleetCommandMaxRate,
+      fleet_max_rate_per_s: c.fleetCommandMaxRate, results_concurrency: c.commandResultsConcurrency,
     },
   };
 }

@@ -1,7 +1,6 @@
 /** JWKS, signing-key rotation, service tokens, the audit log and the spec. */
 import type { FastifyInstance } from 'fastify';
-import { queryInteger, signToken, type Guard, type KeyRing } from '@fleetwire/common';
-import { AUDIT_TYPES, type AuditLog, type AuditQuery } from '../audit.js';
+import { AUDIT_TYPES, queryInteger, signToken, type AuditLog, type AuditQuery, type Guard, type KeyRing } from '@fleetwire/common';
 import type { AuthConfig } from '../config.js';
 import { errorResponse } from './schemas.js';
 

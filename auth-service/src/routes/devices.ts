@@ -1,7 +1,6 @@
 /** /v1/devices: registration, metadata, key rotation, revocation, and the API-key → token exchange. */
 import type { FastifyInstance } from 'fastify';
-import { FleetwireError, pageQuery, redisKeys, signToken, type Guard, type KeyRing } from '@fleetwire/common';
-import type { AuditLog } from '../audit.js';
+import { FleetwireError, pageQuery, redisKeys, signToken, type AuditLog, type Guard, type KeyRing } from '@fleetwire/common';
 import type { AuthConfig } from '../config.js';
 import type { DeviceMetadata, DeviceRegistry } from '../devices.js';
 import type { Limits } from '../limits.js';

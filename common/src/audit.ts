@@ -1,10 +1,14 @@
 /**
  * Audit log: structured records in a capped Redis stream (newest kept), each
  * also written to the service log. Records name who did what to whom, from
- * where, with what outcome; never a password, token or key.
+ * where, with what outcome; never a password, token or key. Every service
+ * writes the same stream (the auth service's accounts and devices, the device
+ * service's commands); GET /v1/audit reads it.
  */
 import type { Redis } from 'ioredis';
-import { redisKeys, type Logger } from '@fleetwire/common';
+import { int } from './config.js';
+import type { Logger } from './logger.js';
+import { redisKeys } from './redis-keys.js';
 
 export const AUDIT_TYPES = [
   'login.succeeded', 'login.failed', 'account.locked', 'account.unlocked',
@@ -12,14 +16,20 @@ export const AUDIT_TYPES = [
   'refresh.reused', 'session.ended', 'user.created', 'user.role-changed', 'user.deleted',
   'device.registered', 'device.updated', 'device.key-rotated', 'device.revoked',
   'signing-key.rotated', 'service-token.issued',
+  'command.sent', 'command-batch.created',
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
+
+/** The setting every service that writes the stream reads, so they trim it alike. */
+export const auditSpec = {
+  auditMaxRecords: int('AUDIT_MAX_RECORDS', 100_000, 'the audit stream keeps about this many newest records', { min: 1000 }),
+};
 
 export interface AuditInput {
   type: AuditType;
   /** Who acted: `user:<id>`, `service:<name>`, `cli`, `system` or `anonymous`. */
   actor: string;
-  /** What it concerns: `user:<id>`, `email:<address>`, `device:<id>`, `key:<kid>`. */
+  /** What it concerns: `user:<id>`, `email:<address>`, `device:<id>`, `key:<kid>`, `batch:<id>`. */
   subject?: string;
   ip?: string;
   outcome?: string;
