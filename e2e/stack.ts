@@ -13,8 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import mqtt, { type MqttClient } from 'mqtt';
 import WebSocket from 'ws';
-import { Worker } from 'bullmq';
-import { createRedis, queues, type Redis } from '@fleetwire/common';
+import { createRedis, type Redis } from '@fleetwire/common';
 
 // This test file's own Redis server, started by scripts/vitest/redis-per-file.ts.
 export const REDIS_URL = process.env.REDIS_URL!;
@@ -202,15 +201,6 @@ export async function startDevice(stack: Stack, id: string, args: string[] = [])
     throw err;
   }
   return Object.assign(sim, { apiKey });
-}
-
-/** A real BullMQ consumer of one of the contract's queues, collecting job data. */
-export function consume(queue: string): { jobs: Record<string, unknown>[]; close(): Promise<void> } {
-  const jobs: Record<string, unknown>[] = [];
-  const worker = new Worker(queue, async (job) => { jobs.push(job.data as Record<string, unknown>); }, {
-    connection: createRedis(REDIS_URL, { name: `e2e-${queue}`, maxRetriesPerRequest: null }), prefix: queues.prefix,
-  });
-  return { jobs, close: () => worker.close() };
 }
 
 export async function until<T>(fn: () => T | Promise<T>, ok: (v: T) => boolean, timeoutMs = 15_000): Promise<T> {

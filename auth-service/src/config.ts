@@ -1,6 +1,6 @@
 /** Auth service settings: one spec, units in the names, validated and frozen at start-up. */
 import {
-  baseSpec, serverSpec, serverConfigProblems, bool, int, oneOf, str, url, loadConfig, defaults, FleetwireError, type ConfigOf,
+  auditSpec, baseSpec, serverSpec, serverConfigProblems, bool, int, oneOf, str, url, loadConfig, defaults, FleetwireError, type ConfigOf,
 } from '@fleetwire/common';
 
 /** OWASP's minimum for argon2id (m=19 MiB, t=2, p=1); production refuses less unless overridden. */
@@ -47,7 +47,7 @@ export const authSpec = {
   // first admin, audit
   adminEmail: str('FLEETWIRE_ADMIN_EMAIL', '', 'first admin, created on start when no user exists'),
   adminPassword: str('FLEETWIRE_ADMIN_PASSWORD', '', 'password of FLEETWIRE_ADMIN_EMAIL (read once, never logged)'),
-  auditMaxRecords: int('AUDIT_MAX_RECORDS', 100_000, 'the audit stream keeps about this many newest records', { min: 1000 }),
+  ...auditSpec,
 };
 
 export type AuthConfig = ConfigOf<typeof authSpec>;
