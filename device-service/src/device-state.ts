@@ -18,6 +18,7 @@
  *   threshold_ms        the silence threshold in force: silent when last_seen + this has passed
  *   silent_since, alert_threshold_ms   set by the silence checker while an alert is active
  *   online, presence_seq, presence_at, presence_node   the newest presence seen (seq-ordered)
+ *   ota_rollout, ota_state, ota_at, ota_window_until    the newest OTA status (ota-events.ts)
  */
 import { redisKeys, type Redis } from '@fleetwire/common';
 
@@ -39,6 +40,7 @@ export interface DeviceState {
   maintenance_until: number | null;
   in_maintenance: boolean;
   presence: { seq: number; node: string; at: number } | null;
+  ota: { rollout: string; state: string; at: number; reboot_window_until: number | null } | null;
 }
 
 const int = (v: string | undefined | null): number | null => {
@@ -88,6 +90,8 @@ export function deviceStateOf(id: string, h: Record<string, string>, maintenance
     maintenance_until: maintenance,
     in_maintenance: maintenance !== null && maintenance > now,
     presence: presenceSeq === null ? null : { seq: presenceSeq, node: h.presence_node ?? '', at: int(h.presence_at) ?? 0 },
+    ota: h.ota_state === undefined ? null
+      : { rollout: h.ota_rollout ?? '', state: h.ota_state, at: int(h.ota_at) ?? 0, reboot_window_until: int(h.ota_window_until) },
   };
 }
 

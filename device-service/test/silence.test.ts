@@ -164,6 +164,9 @@ describe('silence alerts in the device service', () => {
     expect(opened).toMatchObject({ ota_rollout: 'r-1', ota_state: 'rebooting' });
     const windowEnd = Number(opened.ota_window_until);
     expect(windowEnd - Number(opened.ota_at)).toBe(3000);
+    // What an operator sees of it.
+    const state = await fleet.api('GET', '/v1/devices/ota-1/state', { token: await fleet.tokenFor('viewer') });
+    expect(state.body.ota).toEqual({ rollout: 'r-1', state: 'rebooting', at: Number(opened.ota_at), reboot_window_until: windowEnd });
     await device.endAsync();
 
     // Its last heartbeat was before the reboot; it is due now, but muted until the window ends.

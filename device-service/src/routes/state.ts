@@ -45,6 +45,15 @@ const stateSchema = {
         at: { type: 'integer', description: 'when that node saw the connect or disconnect (unix ms)' },
       },
     },
+    ota: {
+      type: ['object', 'null'], description: 'the newest OTA status the device reported on devices/{id}/ota/status; null before the first one',
+      properties: {
+        rollout: { type: 'string' },
+        state: { type: 'string', description: 'as in ota-status.schema.json (offered, downloading, verifying, rebooting, pending-verify, success, failed, rolled-back, refused)' },
+        at: { type: 'integer', description: 'when it was received (unix ms)' },
+        reboot_window_until: ms('silence alerts are muted until then across the OTA reboot (OTA_REBOOT_WINDOW_S); null when no window is open'),
+      },
+    },
   },
 } as const;
 
