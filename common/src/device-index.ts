@@ -138,11 +138,12 @@ export async function findDeviceIds(redis: Redis, q: DeviceQuery, page: DevicePa
   const ids: string[] = [];
   let examined = 0;
   let more = true;
-  while (ids.length < page.limit && examined < budget && more) {
+  for (let round = 0; ids.length < page.limit && examined < budget && more; round++) {
     const wanted = page.limit - ids.length;
     // Without checks every candidate matches: take exactly what the page needs. With checks,
-    // take a few times that, so a moderately selective filter fills a page in one round trip.
-    const count = checks.length === 0 ? wanted : Math.min(budget - examined, Math.max(2 * wanted, 200));
+    // take a few times that, so a moderately selective filter fills a page in one round trip,
+    // and twice as many each round after, so a sparse one reaches its bound in a few.
+    const count = checks.length === 0 ? wanted : Math.min(budget - examined, Math.max(2 * wanted, 200) * 2 ** round);
     const batch = await rangeAfter(redis, driver, from, bounds, count);
     more = batch.more;
     const pass = await applyChecks(redis, checks, batch.entries.map((e) => e.id));

@@ -60,7 +60,9 @@ const listParams = new Set(Object.keys(listQuery.properties));
 async function refuseUnknownListParams(req: FastifyRequest): Promise<void> {
   for (const name of Object.keys(req.query as Record<string, unknown>)) {
     if (name === 'offset') throw new FleetwireError('VALIDATION_FAILED', 'querystring/offset is no longer taken: pages follow `cursor` (the next_cursor of the previous answer)');
-    if (!listParams.has(name)) throw new FleetwireError('VALIDATION_FAILED', `querystring/${name} is not a parameter of this listing (known: ${[...listParams].join(', ')})`);
+    if (!listParams.has(name)) {
+      throw new FleetwireError('VALIDATION_FAILED', `querystring/${name.slice(0, 64)} is not a parameter of this listing (known: ${[...listParams].join(', ')})`);
+    }
   }
 }
 
