@@ -82,6 +82,14 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
     sessions: new SessionStore(redis, config.refreshTokenTtlS * 1000),
   });
 
+  // Records from before the listing indexes are indexed once, in the background: start-up does
+  // not wait, and until it is done a filtered listing may miss such devices.
+  const stopIndexing = new AbortController();
+  const indexing = devices.ensureIndexes(stopIndexing.signal).then(
+    (n) => { if (n !== null) log.info({ devices: n }, 'indexed existing device records for the listing filters'); },
+    (err: Error) => log.warn({ err: err.message }, 'indexing existing device records failed; it is tried again at the next start'),
+  );
+
   const admin = await accounts.bootstrapAdmin();
   if (admin) log.info({ user_id: admin.id, email: admin.email }, 'created the first admin from FLEETWIRE_ADMIN_EMAIL');
 
@@ -113,6 +121,8 @@ export async function buildAuthService(config: AuthConfig, deps: AuthServiceDeps
   }
 
   async function close(): Promise<void> {
+    stopIndexing.abort();
+    await indexing;
     await accounts.settled();
     if (ownsHttp) await http.close();
     if (!deps.keys) keys.close();

@@ -7,6 +7,7 @@ import {
 } from '@fleetwire/common';
 import { buildAuthService, type AuthService } from './app.js';
 import { loadAuthConfig } from './config.js';
+import { DEVICE_TAG_PATTERN, MAX_DEVICE_TAGS } from './devices.js';
 import { importLegacyUsers } from './legacy-import.js';
 
 /** Runs `fn` against an auth service built from the environment (no listening), then closes it. */
@@ -81,19 +82,32 @@ fleetwire users unlock --email E  unlock an account locked after failed logins`,
   },
 };
 
+const registerUsage = 'usage: fleetwire devices register --type T [--id ID] [--name N] [--location L] [--tags a,b]';
+
 const devices: ServiceCommand = {
   name: 'devices',
-  usage: `fleetwire devices register --type T [--id ID] [--name N] [--location L]
-                                  prints the device id and its API key (shown once)`,
+  usage: `fleetwire devices register --type T [--id ID] [--name N] [--location L] [--tags a,b]
+                                  prints the device id and its API key (shown once)
+fleetwire devices reindex         puts every device record into the listing indexes again
+                                  (the auth service does it once by itself after an upgrade)`,
   async run(args, env) {
     const { values, positionals } = parseArgs({
       args, allowPositionals: true,
-      options: { type: { type: 'string' }, id: { type: 'string' }, name: { type: 'string' }, location: { type: 'string' } },
+      options: { type: { type: 'string' }, id: { type: 'string' }, name: { type: 'string' }, location: { type: 'string' }, tags: { type: 'string' } },
     });
-    if (positionals[0] !== 'register' || !values.type) throw new Error('usage: fleetwire devices register --type T [--id ID] [--name N] [--location L]');
+    if (positionals[0] === 'reindex') {
+      const indexed = await withAuth(env, (auth) => auth.devices.reindex());
+      process.stdout.write(`indexed ${indexed} device records\n`);
+      return 0;
+    }
+    if (positionals[0] !== 'register' || !values.type) throw new Error(registerUsage);
     if (values.id !== undefined && !isDeviceId(values.id)) throw new Error('a device id is 3-64 characters of a-z, 0-9 and -, starting with a letter or digit');
+    const tags = values.tags === undefined ? undefined : [...new Set(values.tags.split(',').map((t) => t.trim()).filter(Boolean))];
+    const badTag = tags?.find((t) => !new RegExp(DEVICE_TAG_PATTERN).test(t));
+    if (badTag !== undefined) throw new Error(`tag "${badTag}": a tag is 1-32 characters of a-z, 0-9, _, . and -, starting with a letter or digit`);
+    if (tags && tags.length > MAX_DEVICE_TAGS) throw new Error(`at most ${MAX_DEVICE_TAGS} tags`);
     const { device, apiKey } = await withAuth(env, async (auth) => {
-      const res = await auth.devices.register({ type: values.type!, id: values.id, name: values.name, location: values.location }, 'cli');
+      const res = await auth.devices.register({ type: values.type!, id: values.id, name: values.name, location: values.location, tags }, 'cli');
       await auth.audit.record({ type: 'device.registered', actor: 'cli', subject: `device:${res.device.id}`, detail: { type: res.device.type } });
       return res;
     });

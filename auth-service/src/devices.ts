@@ -2,33 +2,67 @@
  * Device identities: metadata, status and the digest of the device's API key,
  * in the record the broker reads at CONNECT (`fleetwire:device:{id}`).
  *
+ * The record is written together with the listing indexes it feeds (type, tag and
+ * location sets, maintenance, revoked; redis-keys.ts) by one Lua script per change, so
+ * a filtered listing (common/src/device-index.ts) agrees with the records.
+ *
  * API keys look like `fwk_<device id>_<43 random base64url chars>`: the id in
  * the key finds the record without a scan, the 256 random bits make guessing
  * hopeless, and the prefix lets secret scanners recognise a leaked key.
  */
 import { randomBytes } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { FleetwireError, isDeviceId, publishRevocation, redisKeys, revokeDevice } from '@fleetwire/common';
+import {
+  FleetwireError, findDeviceIds, isDeviceId, publishRevocation, redisKeys, type DeviceOrder, type DevicePageOptions, type DeviceQuery,
+} from '@fleetwire/common';
 import { authScripts } from './redis-scripts.js';
 import { digest, newSecret, safeEqual } from './secrets.js';
 
 export const API_KEY_PREFIX = 'fwk_';
+/** A device tag: lower case, so a tag filter needs no case folding; short, as it is part of an index key. */
+export const DEVICE_TAG_PATTERN = '^[a-z0-9][a-z0-9_.-]{0,31}$';
+export const MAX_DEVICE_TAGS = 16;
 
 export interface DeviceMetadata {
   type: string;
   name?: string;
+  /** An empty location clears it. */
   location?: string;
   capabilities?: string[];
+  /** Replaces the device's tags as a whole. */
+  tags?: string[];
+  /**
+   * Unix ms until which the device is in maintenance (its silence alerts are muted); null
+   * ends maintenance. A time that is not in the future is refused: it is most often seconds
+   * sent where milliseconds were meant, and "maintenance that already ended" is spelled null.
+   */
+  maintenance_until?: number | null;
 }
 
 export interface Device extends DeviceMetadata {
   id: string;
   status: 'active' | 'revoked';
+  tags: string[];
+  /** As set, also once it has passed; null when never set, ended, or the device was revoked. */
+  maintenance_until: number | null;
   created_at: number;
   updated_at: number;
   key_created_at?: number;
   revoked_at?: number;
+  /** From the device service's state (presence); false for a device never seen. */
+  online: boolean;
+  /** Unix ms of the last heartbeat the device service recorded; null for a device never seen. */
+  last_seen: number | null;
 }
+
+/** Index layout version the backfill brings old records up to (redisKeys.deviceIndexVersion). */
+const INDEX_VERSION = '1';
+const BACKFILL_BATCH = 500;
+
+/** The index kinds the auth service writes with the record, as the Lua scripts take them. */
+const indexLayout = JSON.stringify(Object.fromEntries((['type', 'tag', 'location'] as const).map(
+  (kind) => [kind, { prefix: redisKeys.deviceIndex(kind, ''), values: redisKeys.deviceIndexValues(kind) }],
+)));
 
 /** Splits a key into device id and secret; null when it cannot be one of ours. */
 export function parseApiKey(key: string): { deviceId: string } | null {
@@ -59,48 +93,66 @@ export class DeviceRegistry {
 
   /** Registers a device; the API key is returned here and never again. */
   async register(meta: DeviceMetadata & { id?: string }, createdBy: string): Promise<{ device: Device; apiKey: string }> {
+    const now = Date.now();
+    checkMaintenance(meta.maintenance_until, now);
     const id = meta.id ?? newDeviceId();
     const apiKey = newApiKey(id);
-    const now = Date.now();
-    const fields: Record<string, string> = {
-      status: 'active', created_at: String(now), updated_at: String(now), key_created_at: String(now),
-      created_by: createdBy, api_key_digest: digest(apiKey), ...metadataFields(meta),
-    };
-    const ok = await this.scripts.registerDevice(
-      redisKeys.device(id), redisKeys.devices, id, now, ...Object.entries(fields).flat(),
-    );
-    if (ok !== 1) throw new FleetwireError('DEVICE_EXISTS', `A device with id ${id} already exists.`);
-    return { device: toDevice(id, fields)!, apiKey };
+    const { set } = metadataChanges(meta);
+    const fields: Record<string, string> = { status: 'active', created_by: createdBy, api_key_digest: digest(apiKey), ...set };
+    // The script sets created_at, updated_at and key_created_at to the registration time it
+    // answers: now, or a few ms later (lua/write-device.lua says why).
+    const registeredAt = await this.write('register', id, now, fields, []);
+    if (registeredAt === 'exists') throw new FleetwireError('DEVICE_EXISTS', `A device with id ${id} already exists.`);
+    Object.assign(fields, { created_at: registeredAt, updated_at: registeredAt, key_created_at: registeredAt });
+    return { device: toDevice(id, fields, [null, null])!, apiKey };
   }
 
   async get(id: string): Promise<Device | null> {
-    return toDevice(id, await this.redis.hgetall(redisKeys.device(id)));
+    return (await this.read([id]))[0] ?? null;
   }
 
-  async list(q: { offset: number; limit: number; status?: string; type?: string }): Promise<{ devices: Device[]; next: number | null }> {
-    const devices: Device[] = [];
-    let offset = q.offset;
-    // Filters are applied while paging through the index, 200 records per round trip.
-    for (;;) {
-      const ids = await this.redis.zrange(redisKeys.devices, offset, offset + 199);
-      if (ids.length === 0) return { devices, next: null };
-      const pipe = this.redis.pipeline();
-      for (const id of ids) pipe.hgetall(redisKeys.device(id));
-      const rows = (await pipe.exec()) ?? [];
-      for (const [i, id] of ids.entries()) {
-        offset++;
-        const d = toDevice(id, rows[i]![1] as Record<string, string>);
-        if (!d || (q.status && d.status !== q.status) || (q.type && d.type !== q.type)) continue;
-        devices.push(d);
-        if (devices.length === q.limit) return { devices, next: offset };
-      }
+  /**
+   * One page of devices matching `q` (common/src/device-index.ts: which index drives, the
+   * order, how many candidates one page examines), each with its online flag and last
+   * seen from the device service's state.
+   */
+  async list(q: DeviceQuery, page: DevicePageOptions): Promise<{ devices: Device[]; next_cursor: string | null; order: DeviceOrder }> {
+    const found = await findDeviceIds(this.redis, q, page);
+    const devices = (await this.read(found.ids)).filter((d): d is Device => d !== null);
+    return { devices, next_cursor: found.nextCursor, order: found.order };
+  }
+
+  /** Records and device-service state of `ids`, in one round trip; null for an id without a record. */
+  private async read(ids: string[]): Promise<(Device | null)[]> {
+    if (ids.length === 0) return [];
+    const pipe = this.redis.pipeline();
+    for (const id of ids) {
+      pipe.hgetall(redisKeys.device(id));
+      pipe.hmget(redisKeys.deviceState(id), 'online', 'last_seen');
     }
+    const rows = (await pipe.exec())!.map(([err, value]) => {
+      if (err) throw err;
+      return value;
+    });
+    return ids.map((id, i) => toDevice(id, rows[2 * i] as Record<string, string>, rows[2 * i + 1] as [string | null, string | null]));
   }
 
+  /** Changes the fields given; type, tags and location move the device between listing indexes in the same step. */
   async update(id: string, meta: Partial<DeviceMetadata>): Promise<Device> {
-    const fields = { ...metadataFields(meta), updated_at: String(Date.now()) };
-    await this.updateActive(id, fields);
+    const now = Date.now();
+    checkMaintenance(meta.maintenance_until, now);
+    const { set, unset } = metadataChanges(meta);
+    const res = await this.write('update', id, now, { ...set, updated_at: String(now) }, unset);
+    if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
+    if (res !== 'ok') throw new FleetwireError('DEVICE_REVOKED', `Device ${id} is revoked; register it again under a new id.`);
     return (await this.get(id))!;
+  }
+
+  private async write(op: 'register' | 'update', id: string, now: number, set: Record<string, string>, unset: string[]): Promise<string> {
+    return this.scripts.writeDevice(
+      redisKeys.device(id), redisKeys.devices, redisKeys.deviceMaintenance,
+      op, id, now, indexLayout, JSON.stringify(set), JSON.stringify(unset),
+    );
   }
 
   /**
@@ -116,13 +168,48 @@ export class DeviceRegistry {
     return apiKey;
   }
 
-  /** Revokes the device: its key stops working and brokers disconnect it (revocation channel). */
+  /**
+   * Revokes the device: its key stops working and brokers disconnect it (revocation channel).
+   * It stays listed, with status revoked; its maintenance ends.
+   */
   async revoke(id: string): Promise<Device> {
-    const existing = await this.get(id);
-    if (!existing) throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
-    await this.redis.hdel(redisKeys.device(id), 'api_key_digest');
-    await revokeDevice(this.redis, id);
+    const res = await this.scripts.revokeDevice(
+      redisKeys.device(id), redisKeys.devices, redisKeys.deviceIndexRevoked, redisKeys.deviceMaintenance, id, Date.now(),
+    );
+    if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
+    await publishRevocation(this.redis, { kind: 'device', id });
     return (await this.get(id))!;
+  }
+
+  /**
+   * Indexes the records written before the listing indexes existed, once per Redis: a no-op
+   * when redisKeys.deviceIndexVersion says it was done. Resolves to the records indexed, or
+   * null when there was nothing to do or `signal` stopped it (it is then done again at the
+   * next start: it only adds what the records say, so running it twice changes nothing).
+   */
+  async ensureIndexes(signal?: AbortSignal): Promise<number | null> {
+    if ((await this.redis.get(redisKeys.deviceIndexVersion)) === INDEX_VERSION) return null;
+    const indexed = await this.reindex(signal);
+    if (signal?.aborted) return null;
+    await this.redis.set(redisKeys.deviceIndexVersion, INDEX_VERSION);
+    return indexed;
+  }
+
+  /**
+   * Puts every device record into the indexes its fields call for, in batches of
+   * BACKFILL_BATCH records per Lua call so that Redis keeps serving between them (100,000
+   * devices are 200 short calls). Devices registered meanwhile are indexed as they are written.
+   */
+  async reindex(signal?: AbortSignal): Promise<number> {
+    let indexed = 0;
+    for (let start = 0; !signal?.aborted; start += BACKFILL_BATCH) {
+      const ids = await this.redis.zrange(redisKeys.devices, start, start + BACKFILL_BATCH - 1);
+      if (ids.length === 0) break;
+      indexed += await this.scripts.indexDevices(
+        redisKeys.devices, redisKeys.deviceIndexRevoked, redisKeys.deviceMaintenance, redisKeys.device(''), indexLayout, ...ids,
+      );
+    }
+    return indexed;
   }
 
   /**
@@ -147,16 +234,29 @@ export class DeviceRegistry {
   }
 }
 
-function metadataFields(meta: Partial<DeviceMetadata>): Record<string, string> {
-  const f: Record<string, string> = {};
-  if (meta.type !== undefined) f.type = meta.type;
-  if (meta.name !== undefined) f.name = meta.name;
-  if (meta.location !== undefined) f.location = meta.location;
-  if (meta.capabilities !== undefined) f.capabilities = JSON.stringify(meta.capabilities);
-  return f;
+function checkMaintenance(until: number | null | undefined, now: number): void {
+  if (until === undefined || until === null || until > now) return;
+  throw new FleetwireError('VALIDATION_FAILED',
+    `body/maintenance_until must be in the future (unix milliseconds; it is ${until}, now is ${now}); send null to end maintenance`);
 }
 
-function toDevice(id: string, h: Record<string, string>): Device | null {
+/** Record fields to set and to delete for the metadata given. */
+function metadataChanges(meta: Partial<DeviceMetadata>): { set: Record<string, string>; unset: string[] } {
+  const set: Record<string, string> = {};
+  const unset: string[] = [];
+  if (meta.type !== undefined) set.type = meta.type;
+  if (meta.name !== undefined) set.name = meta.name;
+  if (meta.location === '') unset.push('location');
+  else if (meta.location !== undefined) set.location = meta.location;
+  if (meta.capabilities !== undefined) set.capabilities = JSON.stringify(meta.capabilities);
+  if (meta.tags !== undefined) set.tags = JSON.stringify(meta.tags);
+  if (meta.maintenance_until === null) unset.push('maintenance_until');
+  else if (meta.maintenance_until !== undefined) set.maintenance_until = String(meta.maintenance_until);
+  return { set, unset };
+}
+
+/** `state`: the device service's `online` ("1"/"0") and `last_seen` (unix ms), null when it never saw the device. */
+function toDevice(id: string, h: Record<string, string>, state: [string | null, string | null]): Device | null {
   if (!h.status) return null;
   const num = (v: string | undefined): number | undefined => (v === undefined ? undefined : Number(v));
   return {
@@ -164,15 +264,23 @@ function toDevice(id: string, h: Record<string, string>): Device | null {
     ...(h.name !== undefined ? { name: h.name } : {}),
     ...(h.location !== undefined ? { location: h.location } : {}),
     capabilities: h.capabilities ? (JSON.parse(h.capabilities) as string[]) : [],
+    tags: h.tags ? (JSON.parse(h.tags) as string[]) : [],
+    maintenance_until: h.maintenance_until ? Number(h.maintenance_until) : null,
     created_at: Number(h.created_at), updated_at: num(h.updated_at) ?? Number(h.created_at),
     ...(h.key_created_at ? { key_created_at: Number(h.key_created_at) } : {}),
     ...(h.revoked_at ? { revoked_at: Number(h.revoked_at) } : {}),
+    online: state[0] === '1',
+    last_seen: state[1] === null ? null : Number(state[1]),
   };
 }
 
 interface DeviceScripts {
-  /** lua/register-device.lua */
-  registerDevice(...args: (string | number)[]): Promise<number>;
+  /** lua/write-device.lua */
+  writeDevice(...args: (string | number)[]): Promise<string>;
   /** lua/update-active-device.lua */
   updateActiveDevice(...args: (string | number)[]): Promise<string>;
+  /** lua/revoke-device.lua */
+  revokeDevice(...args: (string | number)[]): Promise<string>;
+  /** lua/index-devices.lua */
+  indexDevices(...args: (string | number)[]): Promise<number>;
 }

@@ -61,9 +61,9 @@ describe('device management', () => {
     for (let i = 0; i < 3; i++) await register({ type: 'lister', name: `l${i}` });
     const page1 = await t.api('GET', '/v1/devices?type=lister&limit=2', { token: viewer });
     expect((page1.body.devices as unknown[]).length).toBe(2);
-    const page2 = await t.api('GET', `/v1/devices?type=lister&limit=2&offset=${page1.body.next as number}`, { token: viewer });
+    const page2 = await t.api('GET', `/v1/devices?type=lister&limit=2&cursor=${page1.body.next_cursor as string}`, { token: viewer });
     expect((page2.body.devices as { name: string }[]).map((d) => d.name)).toEqual(['l2']);
-    expect(page2.body.next).toBeNull();
+    expect(page2.body.next_cursor).toBeNull();
   });
 
   it('updates metadata (PATCH) without touching the key', async () => {

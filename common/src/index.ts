@@ -5,6 +5,7 @@ export * from './contracts.js';
 export * from './logger.js';
 export * from './redis.js';
 export * from './redis-keys.js';
+export * from './device-index.js';
 export * from './redis-scripts.js';
 export * from './revocation.js';
 export * from './metrics.js';

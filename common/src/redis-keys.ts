@@ -30,7 +30,10 @@ export const redisKeys = {
   ipBan: (ip: string) => `fleetwire:rl:ban:${ip}`,
   floodPenalty: (clientId: string) => `fleetwire:rl:penalty:${clientId}`,
   // Auth service. Emails and secrets appear in key names only as digests.
-  /** Sorted set of device ids by registration time. */
+  /**
+   * Sorted set of device ids by registration time (unix ms, the record's created_at). Unique per
+   * device: one registering within the same ms as the newest gets the next ms.
+   */
   devices: 'fleetwire:devices',
   user: (id: string) => `fleetwire:user:${id}`,
   userByEmail: (emailDigest: string) => `fleetwire:user-email:${emailDigest}`,
@@ -69,8 +72,25 @@ export const redisKeys = {
   deviceIndex: (kind: 'type' | 'tag' | 'location' | 'fw', value: string) => `fleetwire:devidx:${kind}:${value}`,
   /** Set of the values an index kind has now (for fleet health's per-firmware and per-type counts). */
   deviceIndexValues: (kind: 'type' | 'tag' | 'location' | 'fw') => `fleetwire:devidx-values:${kind}`,
-  /** Sorted set: device id → maintenance_until (unix ms), written with the device record (PATCH /v1/devices/{id}). */
+  /**
+   * Sorted set: device id → maintenance_until (unix ms), written with the device record (PATCH /v1/devices/{id}).
+   * It mirrors the record's field, past times included: "in maintenance now" is ZCOUNT (now, +inf).
+   * Revoking a device ends its maintenance.
+   */
   deviceMaintenance: 'fleetwire:devidx:maintenance',
+  /**
+   * Sorted set of revoked device ids, scored by registration time like the other listing indexes,
+   * written with the device record when it is revoked. Revoked devices stay in `devices` and in
+   * their type, tag and location indexes (the listing shows them, `status` filters them):
+   * `status=revoked` pages this set, `status=active` means "not in it".
+   */
+  deviceIndexRevoked: 'fleetwire:devidx:revoked',
+  /**
+   * String: the version of the listing index layout every device record has been indexed
+   * for. Absent on a Redis written before the indexes existed: the auth service then
+   * backfills them at start and sets it (auth-service/src/devices.ts).
+   */
+  deviceIndexVersion: 'fleetwire:devidx-version',
   deviceIndexOnline: 'fleetwire:devidx:online',
   deviceIndexSilent: 'fleetwire:devidx:silent',
   /** Sorted set: device id → last_seen (unix ms). */

@@ -1,11 +1,11 @@
-/** /v1/devices: registration, metadata, key rotation, revocation, and the API-key → token exchange. */
-import type { FastifyInstance } from 'fastify';
-import { FleetwireError, pageQuery, redisKeys, signToken, type AuditLog, type Guard, type KeyRing } from '@fleetwire/common';
+/** /v1/devices: registration, metadata, the filtered listing, key rotation, revocation, and the API-key → token exchange. */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { FleetwireError, queryInteger, redisKeys, signToken, type AuditLog, type DeviceQuery, type Guard, type KeyRing } from '@fleetwire/common';
 import type { AuthConfig } from '../config.js';
 import type { DeviceMetadata, DeviceRegistry } from '../devices.js';
 import type { Limits } from '../limits.js';
 import type { AuthMetrics } from '../metrics.js';
-import { device, deviceMetadata, errorResponse, idParam } from './schemas.js';
+import { device, deviceMetadata, deviceTag, errorResponse, idParam } from './schemas.js';
 
 export interface DeviceRouteDeps {
   config: AuthConfig;
@@ -20,6 +20,61 @@ export interface DeviceRouteDeps {
 
 const deviceId = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } as const;
 
+interface ListQuery {
+  limit: number;
+  cursor?: string;
+  status?: 'active' | 'revoked';
+  type?: string;
+  tag?: string;
+  location?: string;
+  firmware?: string;
+  online?: boolean;
+  silent?: boolean;
+  last_seen_after?: number;
+  last_seen_before?: number;
+}
+
+const listQuery = {
+  type: 'object', additionalProperties: false,
+  properties: {
+    limit: queryInteger({ minimum: 1, maximum: 1000, default: 100 }),
+    cursor: { type: 'string', minLength: 1, maxLength: 200, description: 'next_cursor of the previous page, with the same filters' },
+    status: { type: 'string', enum: ['active', 'revoked'] },
+    type: deviceMetadata.type,
+    tag: deviceTag,
+    location: { type: 'string', minLength: 1, maxLength: 200, description: 'Exact, case-sensitive' },
+    firmware: { type: 'string', minLength: 1, maxLength: 64, description: 'The firmware version of the last heartbeat, exact' },
+    online: { type: 'boolean', description: 'false: not connected now, never-seen devices included' },
+    silent: { type: 'boolean', description: 'true: under an active silence alert' },
+    last_seen_after: queryInteger({ description: 'Unix ms: last seen at or after; devices never seen do not match' }),
+    last_seen_before: queryInteger({ description: 'Unix ms: last seen before; devices never seen do not match' }),
+  },
+} as const;
+const listParams = new Set(Object.keys(listQuery.properties));
+
+/**
+ * Fastify drops query parameters its schema does not name; a filter with a typo would then
+ * list every device, and an old client's `offset` would get the first page forever.
+ */
+async function refuseUnknownListParams(req: FastifyRequest): Promise<void> {
+  for (const name of Object.keys(req.query as Record<string, unknown>)) {
+    if (name === 'offset') throw new FleetwireError('VALIDATION_FAILED', 'querystring/offset is no longer taken: pages follow `cursor` (the next_cursor of the previous answer)');
+    if (!listParams.has(name)) {
+      throw new FleetwireError('VALIDATION_FAILED', `querystring/${name.slice(0, 64)} is not a parameter of this listing (known: ${[...listParams].join(', ')})`);
+    }
+  }
+}
+
+function deviceQuery(q: ListQuery): DeviceQuery {
+  if (q.last_seen_after !== undefined && q.last_seen_before !== undefined && q.last_seen_after >= q.last_seen_before) {
+    throw new FleetwireError('VALIDATION_FAILED', 'querystring/last_seen_after must be less than last_seen_before');
+  }
+  return {
+    status: q.status, type: q.type, tag: q.tag, location: q.location, firmware: q.firmware, online: q.online, silent: q.silent,
+    lastSeenAfter: q.last_seen_after, lastSeenBefore: q.last_seen_before,
+  };
+}
+
 export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
   const { config, devices, keys, limits, audit, metrics, operator, reader } = d;
   const tags = ['devices'];
@@ -31,7 +86,7 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
     schema: {
       tags, security, summary: 'Register a device; its API key is in this answer and never again',
       body: { type: 'object', required: ['type'], properties: { id: deviceId, ...deviceMetadata } },
-      response: { 201: { type: 'object', properties: { ...device.properties, api_key: { type: 'string' } } }, 409: errorResponse },
+      response: { 201: { type: 'object', properties: { ...device.properties, api_key: { type: 'string' } } }, 400: errorResponse, 409: errorResponse },
     },
   }, async (req, reply) => {
     const actor = actorOf(req.caller!.sub, req.caller!.typ);
@@ -40,20 +95,30 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
     return reply.code(201).send({ ...created, api_key: apiKey });
   });
 
-  app.get<{ Querystring: { offset: number; limit: number; status?: string; type?: string } }>('/v1/devices', {
+  app.get<{ Querystring: ListQuery }>('/v1/devices', {
     onRequest: reader,
+    preValidation: refuseUnknownListParams,
     schema: {
-      tags, security, summary: 'List devices, oldest first; `next` is the offset of the following page',
-      querystring: {
-        type: 'object',
-        properties: {
-          ...pageQuery(1000),
-          status: { type: 'string', enum: ['active', 'revoked'] }, type: { type: 'string', maxLength: 64 },
+      tags, security,
+      summary: 'List devices matching every filter given, a page at a time: pass next_cursor back as cursor until it is null',
+      description: 'Order (`order` in the answer): by registration, oldest first, except when last_seen_after/before are the only ' +
+        'filters besides online=false, silent=false and status=active: then by last seen, oldest first, and a device that sends ' +
+        'a heartbeat while you page may come again with its newer last_seen. One page examines at most max(20 × limit, 1000) ' +
+        'candidates, so a page of a sparse filter can be short, even empty, with a next_cursor: follow it.',
+      querystring: listQuery,
+      response: {
+        200: {
+          type: 'object',
+          properties: {
+            devices: { type: 'array', items: device },
+            next_cursor: { type: ['string', 'null'] },
+            order: { type: 'string', enum: ['registered', 'last_seen'] },
+          },
         },
+        400: errorResponse,
       },
-      response: { 200: { type: 'object', properties: { devices: { type: 'array', items: device }, next: { type: ['integer', 'null'] } } } },
     },
-  }, async (req) => devices.list(req.query));
+  }, async (req) => devices.list(deviceQuery(req.query), { limit: req.query.limit, cursor: req.query.cursor }));
 
   app.get<{ Params: { id: string } }>('/v1/devices/:id', {
     onRequest: reader,
@@ -67,9 +132,9 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
   app.patch<{ Params: { id: string }; Body: Partial<DeviceMetadata> }>('/v1/devices/:id', {
     onRequest: operator,
     schema: {
-      tags, security, summary: 'Update metadata', params: idParam,
+      tags, security, summary: 'Update metadata; type, tags and location move the device between listing filters at once', params: idParam,
       body: { type: 'object', minProperties: 1, properties: deviceMetadata },
-      response: { 200: device, 404: errorResponse, 409: errorResponse },
+      response: { 200: device, 400: errorResponse, 404: errorResponse, 409: errorResponse },
     },
   }, async (req) => {
     const updated = await devices.update(req.params.id, req.body);
@@ -80,7 +145,9 @@ export function deviceRoutes(app: FastifyInstance, d: DeviceRouteDeps): void {
   app.delete<{ Params: { id: string } }>('/v1/devices/:id', {
     onRequest: operator,
     schema: {
-      tags, security, summary: 'Revoke: the key stops working and every broker node disconnects the device within a second',
+      tags, security,
+      summary: 'Revoke: the key stops working and every broker node disconnects the device within a second; ' +
+        'it stays listed with status revoked, and its maintenance ends',
       params: idParam, response: { 200: device, 404: errorResponse },
     },
   }, async (req) => {
