@@ -174,7 +174,8 @@ export class DeviceRegistry {
    */
   async revoke(id: string): Promise<Device> {
     const res = await this.scripts.revokeDevice(
-      redisKeys.device(id), redisKeys.devices, redisKeys.deviceIndexRevoked, redisKeys.deviceMaintenance, id, Date.now(),
+      redisKeys.device(id), redisKeys.devices, redisKeys.deviceIndexRevoked, redisKeys.deviceMaintenance,
+      redisKeys.deviceIndexSilent, redisKeys.alertsActive, redisKeys.silenceDue, id, Date.now(),
     );
     if (res === 'missing') throw new FleetwireError('NOT_FOUND', `No device ${id}.`);
     await publishRevocation(this.redis, { kind: 'device', id });

@@ -2,7 +2,8 @@
  * Fleet health: counts of the whole fleet, for GET /v1/fleet/health and the fleet gauges.
  *
  * The cost does not grow with the number of devices: every number is the size of an index
- * (ZCARD/ZCOUNT), per firmware version and per type one ZCARD each, and the lag
+ * (ZCARD/ZCOUNT), per firmware version and per type one ZCARD each (less its revoked
+ * devices), and the lag
  * percentiles come from the per-minute bucket counts the heartbeat script keeps
  * (redisKeys.heartbeatLag), which every device-service node adds to: they are fleet-wide.
  * Two round trips in all. A reading is reused for FLEET_HEALTH_CACHE_MS, and concurrent
@@ -38,8 +39,9 @@ export async function readFleetHealth(redis: Redis, now = Date.now()): Promise<F
   const minute = Math.floor(now / 60_000);
   const lagKeys = Array.from({ length: LAG_WINDOW_MINUTES }, (_, i) => redisKeys.heartbeatLag(String(minute - i)));
   // Everything in one tick: auto-pipelining sends it as one round trip.
-  const [devices, online, silent, inMaintenance, reboots, fwValues, typeValues, ...lagCounts] = await Promise.all([
+  const [registered, revoked, online, silent, inMaintenance, reboots, fwValues, typeValues, ...lagCounts] = await Promise.all([
     redis.zcard(redisKeys.devices),
+    redis.zcard(redisKeys.deviceIndexRevoked),
     redis.zcard(redisKeys.deviceIndexOnline),
     redis.zcard(redisKeys.deviceIndexSilent),
     redis.zcount(redisKeys.deviceMaintenance, `(${now}`, '+inf'),
@@ -47,22 +49,31 @@ export async function readFleetHealth(redis: Redis, now = Date.now()): Promise<F
     redis.smembers(redisKeys.deviceIndexValues('fw')),
     redis.smembers(redisKeys.deviceIndexValues('type')),
     ...lagKeys.map((k) => redis.hgetall(k)),
-  ]) as [number, number, number, number, number, string[], string[], ...Record<string, string>[]];
+  ]) as [number, number, number, number, number, number, string[], string[], ...Record<string, string>[]];
+  const devices = Math.max(0, registered - revoked);
   const [byFirmware, byType] = await Promise.all([
     countsOf(redis, 'fw', fwValues),
     countsOf(redis, 'type', typeValues),
   ]);
   return {
-    devices, online, offline: Math.max(0, devices - online), silent, in_maintenance: inMaintenance,
+    devices, revoked, online, offline: Math.max(0, devices - online), silent, in_maintenance: inMaintenance,
     by_firmware: byFirmware, by_type: byType, reboots_last_hour: reboots,
     heartbeat_lag_ms: { ...lagPercentiles(lagCounts), window_s: LAG_WINDOW_MINUTES * 60 },
     at: now,
   };
 }
 
+/**
+ * Devices per value, revoked ones left out (they stay in the type index for the listing, and in
+ * the firmware index they last reported): ZINTERCARD costs in proportion to the revoked set.
+ */
 async function countsOf(redis: Redis, kind: 'fw' | 'type', values: string[]): Promise<Record<string, number>> {
   const sorted = [...values].sort();
-  const sizes = await Promise.all(sorted.map((v) => redis.zcard(redisKeys.deviceIndex(kind, v))));
+  const sizes = await Promise.all(sorted.map(async (v) => {
+    const key = redisKeys.deviceIndex(kind, v);
+    const [all, revoked] = await Promise.all([redis.zcard(key), redis.zintercard(2, key, redisKeys.deviceIndexRevoked)]);
+    return all - revoked;
+  }));
   const out: Record<string, number> = {};
   sorted.forEach((v, i) => { if (sizes[i]! > 0) out[v] = sizes[i]!; });
   return out;

@@ -14,19 +14,16 @@ afterAll(async () => { await f?.close(); });
 
 const health = (): Promise<Answer> => f.api('GET', '/v1/fleet/health', { token: viewer });
 type Report = {
-  devices: number; online: number; offline: number; silent: number; in_maintenance: number;
+  devices: number; revoked: number; online: number; offline: number; silent: number; in_maintenance: number;
   by_firmware: Record<string, number>; by_type: Record<string, number>; reboots_last_hour: number;
   heartbeat_lag_ms: { p50: number | null; p90: number | null; p99: number | null; samples: number; window_s: number }; at: number;
 };
 const report = async (): Promise<Report> => (await health()).body as unknown as Report;
 const until = (ok: (r: Report) => boolean): Promise<Report> => waitFor(report, ok);
 
-/** Registers a device as the auth service does, plus its entry in the type index the auth service keeps (written here as it writes it, until that part lands). */
+/** Registers a device through the API (the auth service puts it in its type index). */
 async function register(id: string, type: string): Promise<string> {
-  const { token } = await f.registerDevice(id, { type });
-  const registeredAt = Number(await f.redis.zscore(redisKeys.devices, id));
-  await f.redis.multi().zadd(redisKeys.deviceIndex('type', type), registeredAt, id).sadd(redisKeys.deviceIndexValues('type'), type).exec();
-  return token;
+  return (await f.registerDevice(id, { type })).token;
 }
 
 async function beat(dev: MqttClient, id: string, seq: number, fields: { uptime_s?: number; fw?: string }): Promise<void> {
@@ -114,5 +111,23 @@ describe('GET /v1/fleet/health', () => {
     const res = await f.api('GET', '/v1/fleet/health');
     expect(res.status).toBe(401);
     expect(res.body.error?.code).toBe('AUTH_TOKEN_MISSING');
+  });
+  it('leaves a revoked device out of every count but revoked, and drops its silence alert', async () => {
+    const before = await report();
+    const dev = await f.connectDevice('fh-gone', { token: await register('fh-gone', 'kiosk') });
+    await beat(dev, 'fh-gone', 1, { fw: '9.9.9' });
+    // A silence alert, as the silence checker raises it.
+    await f.redis.multi()
+      .zadd(redisKeys.deviceIndexSilent, Number(await f.redis.zscore(redisKeys.devices, 'fh-gone')), 'fh-gone')
+      .zadd(redisKeys.alertsActive, Date.now(), 'fh-gone')
+      .exec();
+    await until((r) => r.by_type.kiosk === 1 && r.by_firmware['9.9.9'] === 1 && r.silent === before.silent + 1);
+
+    expect((await f.api('DELETE', '/v1/devices/fh-gone', { token: await f.tokenFor('admin') })).status).toBe(200);
+    const after = await until((r) => r.revoked === before.revoked + 1 && r.online === before.online);
+    expect(after).toMatchObject({ devices: before.devices, silent: before.silent, by_type: before.by_type, by_firmware: before.by_firmware });
+    expect(await f.redis.zscore(redisKeys.alertsActive, 'fh-gone')).toBeNull();
+    expect(await f.redis.zscore(redisKeys.silenceDue, 'fh-gone')).toBeNull();
+    await dev.endAsync().catch(() => undefined);
   });
 });

@@ -4,6 +4,7 @@ import type { Guard } from '@fleetwire/common';
 
 export interface FleetHealthReport {
   devices: number;
+  revoked: number;
   online: number;
   offline: number;
   silent: number;
@@ -25,7 +26,8 @@ const percentile = (p: string) => ({
 const reportSchema = {
   type: 'object',
   properties: {
-    devices: { type: 'integer', description: 'registered devices (revoked ones included)' },
+    devices: { type: 'integer', description: 'registered devices that are not revoked' },
+    revoked: { type: 'integer', description: 'revoked devices (still listed with status revoked; counted nowhere else)' },
     online: { type: 'integer', description: 'devices connected to a broker node now' },
     offline: { type: 'integer', description: 'devices - online' },
     silent: { type: 'integer', description: 'devices with an active silence alert (online or not)' },
