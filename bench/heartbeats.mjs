@@ -2,7 +2,11 @@
 //   node bench/heartbeats.mjs [--devices 10000] [--rate 10000] [--duration 20] [--warmup 5]
 // Every device is a real WebSocket connection with its own EdDSA token, publishing its own
 // devices/<id>/heartbeat (QoS 0) on an open-loop schedule: `rate` heartbeats per second in all,
-// spread evenly over the devices (each device beats every devices/rate seconds). The broker
+// spread evenly over the devices (each device beats every devices/rate seconds).
+// --via queue leaves the WebSocket connections out: this process enqueues the heartbeats with
+// the broker's own IngressRouter (the code the broker runs after decoding a publish), for more
+// devices than one process may hold sockets for (each process here may open 20,000 files, a
+// hard limit); its CPU then stands for the broker's enqueue work, not the broker's whole. The broker
 // (`fleetwire broker`) and the device service (`fleetwire device-service`, publishing through
 // the broker with DEVICE_BROKER_URL) are separate processes on one Redis, so each one's CPU is
 // measured on its own.
@@ -20,13 +24,14 @@
 //                 before any heartbeat (device records and tokens already in), / devices
 import { spawn } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds, selfCpuSeconds } from './lib/util.mjs';
+import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds, selfCpuSeconds, raiseFileLimit } from './lib/util.mjs';
 import { startTarget, FLEETWIRE_MAIN, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 import { openInspector, topSelf, selfByArea } from './lib/inspector.mjs';
+import { IngressRouter } from '@fleetwire/broker';
 
-const D = { devices: 10000, rate: 10000, duration: 20, warmup: 5, ips: 64, concurrency: 50, serviceCpu: 'any', drainS: 30, profile: false };
+const D = { devices: 10000, rate: 10000, duration: 20, warmup: 5, ips: 64, concurrency: 50, serviceCpu: 'any', drainS: 30, profile: false, via: 'broker' };
 const a = parseArgs(D);
 if (a.help) {
   console.log(usage('heartbeats', 'heartbeat ingest: broker -> queue -> device service -> Redis, open-loop at --rate', D));
@@ -36,6 +41,12 @@ if (a.help) {
 }
 setupProcess();
 hardDeadline(600 + a.devices / 100);
+if (!['broker', 'queue'].includes(a.via)) throw new Error('--via is broker or queue');
+// Through the broker, this process and the broker (it inherits the limit) each hold a socket per device.
+const files = raiseFileLimit(a.devices + 2000);
+if (a.via === 'broker' && files.soft < a.devices + 2000) {
+  throw new Error(`--devices ${a.devices} needs ${a.devices + 2000} open files; the limit is ${files.soft} (hard ${files.hard}): use --via queue`);
+}
 
 const ids = Array.from({ length: a.devices }, (_, i) => `hb-${String(i).padStart(6, '0')}`);
 const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' }, inspect: a.profile });
@@ -57,17 +68,29 @@ try {
   await waitForPort(servicePort, 20000, () => service.exitCode !== null).catch((err) => { throw new Error(`device service did not start: ${err.message}\n${serviceTail.join('\n')}`); });
   const metricsUrl = `http://127.0.0.1:${servicePort}/metrics`;
 
-  log(`connecting ${ids.length} devices (broker on core ${BROKER_CPU}, redis and generator on core ${LOAD_CPU}, device service on ${a.serviceCpu})`);
-  const specs = await Promise.all(ids.map((id) => t.clientOpts({ kind: 'device', id }, 'ws')));
-  let next = 0;
+  const router = a.via === 'queue' ? new IngressRouter(new Redis(t.redisUrl, { maxRetriesPerRequest: null }), 'bench') : null;
+  log(a.via === 'queue' ? `enqueueing for ${ids.length} devices from this process` : `connecting ${ids.length} devices (broker on core ${BROKER_CPU}, redis and generator on core ${LOAD_CPU}, device service on ${a.serviceCpu})`);
+  const specs = a.via === 'queue' ? [] : await Promise.all(ids.map((id) => t.clientOpts({ kind: 'device', id }, 'ws')));
+  let next = 0; let connectRetries = 0;
   await Promise.all(Array.from({ length: a.concurrency }, async () => {
     while (next < specs.length) {
       const i = next++;
-      const c = new MqttConn({ ...specs[i], keepalive: 600, localAddress: loopbackAddress(i % a.ips, 4), timeoutMs: 20000 });
-      await c.connect();
-      conns[i] = c;
+      // A connect refused under the connect storm is tried again (counted), not the end of the run.
+      for (let attempt = 1; ; attempt++) {
+        const c = new MqttConn({ ...specs[i], keepalive: 600, localAddress: loopbackAddress(i % a.ips, 4), timeoutMs: 20000 });
+        try {
+          await c.connect();
+          conns[i] = c;
+          break;
+        } catch (err) {
+          if (attempt === 3) throw err;
+          connectRetries++;
+          await sleep(200);
+        }
+      }
     }
   }));
+  if (connectRetries) log(`${connectRetries} connects were retried`);
   const memBefore = await usedMemory(redis);
 
   // Open loop: every 10 ms, the heartbeats due in that slice, round-robin over the devices.
@@ -81,9 +104,10 @@ try {
     while (sending) {
       carry += perTick;
       for (; carry >= 1; carry--) {
-        const i = cursor; cursor = (cursor + 1) % conns.length;
+        const i = cursor; cursor = (cursor + 1) % ids.length;
         const hb = { seq: ++seq[i], uptime_s: Math.floor((Date.now() - bootAt) / 1000) + 60, rssi: -60, heap_free: 150000, fw: '1.0.0' };
-        conns[i].write(publishPacket(`devices/${ids[i]}/heartbeat`, Buffer.from(JSON.stringify(hb)), 0));
+        if (router) router.route('heartbeats', ids[i], 'heartbeat', hb).catch((err) => log(`enqueue failed: ${err.message}`));
+        else conns[i].write(publishPacket(`devices/${ids[i]}/heartbeat`, Buffer.from(JSON.stringify(hb)), 0));
         sent++;
       }
       tick += 10;
@@ -112,24 +136,27 @@ try {
   await sleep(1000);
   const tracked = (await redis.zcard('fleetwire:devidx:last-seen'));
   const memAfter = await usedMemory(redis);
+  // Of that, what BullMQ keeps whatever the fleet size (the newest completed jobs, its event stream).
+  const queueBytes = await keyBytes(redis, 'fleetwire:heartbeats:*');
 
   const wall = (c1.at - c0.at) / 1000;
   const applied = counter(m1, 'fleetwire_device_heartbeats_total', 'outcome="applied"') - counter(m0, 'fleetwire_device_heartbeats_total', 'outcome="applied"');
   const lag = histogramDelta(m0, m1, 'fleetwire_device_heartbeat_lag_seconds');
   const row = {
-    devices: a.devices, offered_per_s: (sent1 - sent0) / wall, applied_per_s: applied / wall, backlog_at_end: backlog,
+    via: a.via, devices: a.devices, offered_per_s: (sent1 - sent0) / wall, applied_per_s: applied / wall, backlog_at_end: backlog,
     lag_p50_ms: quantile(lag, 0.5) * 1000, lag_p99_ms: quantile(lag, 0.99) * 1000, lag_samples: lag.count,
     cpu_broker: (c1.broker - c0.broker) / wall, cpu_device_service: (c1.service - c0.service) / wall,
     cpu_redis: (c1.redis - c0.redis) / wall, cpu_generator: (c1.gen - c0.gen) / wall,
     tracked_devices: tracked, redis_bytes_per_tracked_device: tracked ? (memAfter - memBefore) / tracked : null,
+    queue_bytes: queueBytes, redis_bytes_per_tracked_device_without_queue: tracked ? (memAfter - memBefore - queueBytes) / tracked : null,
     drained_in_s: (Date.now() - drainStart) / 1000,
   };
   console.log(JSON.stringify(row));
   console.log([
-    `heartbeat ingest, ${a.devices} devices, offered ${row.offered_per_s.toFixed(0)}/s over ${wall.toFixed(1)} s:`,
+    `heartbeat ingest via ${a.via}, ${a.devices} devices, offered ${row.offered_per_s.toFixed(0)}/s over ${wall.toFixed(1)} s:`,
     `  applied ${row.applied_per_s.toFixed(0)}/s, backlog at end ${backlog}, lag p50 ${row.lag_p50_ms.toFixed(1)} ms p99 ${row.lag_p99_ms.toFixed(1)} ms (${lag.count} samples)`,
-    `  CPU (cores): broker ${row.cpu_broker.toFixed(2)}, device service ${row.cpu_device_service.toFixed(2)}, redis ${row.cpu_redis.toFixed(2)}, generator ${row.cpu_generator.toFixed(2)}`,
-    `  Redis memory per tracked device: ${row.redis_bytes_per_tracked_device?.toFixed(0)} B (${tracked} devices with state)`,
+    `  CPU (cores): broker ${row.cpu_broker.toFixed(2)}, device service ${row.cpu_device_service.toFixed(2)}, redis ${row.cpu_redis.toFixed(2)}, ${a.via === 'queue' ? 'generator (enqueueing with IngressRouter)' : 'generator'} ${row.cpu_generator.toFixed(2)}`,
+    `  Redis memory per tracked device: ${row.redis_bytes_per_tracked_device?.toFixed(0)} B (${tracked} devices with state), of which the heartbeats queue's retained jobs ${(queueBytes / Math.max(1, tracked)).toFixed(0)} B (${(queueBytes / 1048576).toFixed(1)} MiB, not per device): ${row.redis_bytes_per_tracked_device_without_queue?.toFixed(0)} B without them`,
   ].join('\n'));
   for (const [name, prof] of Object.entries(profiles)) {
     console.log(`\n--- CPU profile of the ${name} over the window ---\ntop self-time functions:`);
@@ -137,7 +164,16 @@ try {
     console.log('self time by package/area:');
     for (const x of selfByArea(prof).slice(0, 12)) console.log(`  ${x.pct.toFixed(1).padStart(5)}%  ${x.area}`);
   }
+  // Every device drops at once (a network cut): the broker must live through the burst of
+  // disconnects and presence messages.
+  if (conns.length) {
+    for (const c of conns) c?.destroy();
+    conns.length = 0;
+    await sleep(3000);
+    console.log(`  broker after all ${a.devices} devices dropped at once: ${t.alive ? 'alive' : `DEAD (${t.exitInfo()}): ${t.stderrTail(3)}`}`);
+  }
   redis.disconnect();
+  await router?.close();
 } finally {
   for (const c of conns) c?.destroy();
   if (service && service.exitCode === null) {
@@ -150,6 +186,18 @@ process.exit(0);
 
 function cpu() {
   return { at: performance.now(), broker: procCpuSeconds(t.pid), service: procCpuSeconds(service.pid), redis: procCpuSeconds(t.redisPid), gen: selfCpuSeconds() };
+}
+
+/** MEMORY USAGE summed over the keys matching `pattern`. */
+async function keyBytes(redis, pattern) {
+  let total = 0;
+  let cursor = '0';
+  do {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+    cursor = next;
+    for (const k of keys) total += Number(await redis.memory('USAGE', k)) || 0;
+  } while (cursor !== '0');
+  return total;
 }
 
 async function usedMemory(redis) {

@@ -10,9 +10,7 @@
 // RLIMIT_NOFILE (and so the broker's, which inherits it) with prlimit; if the
 // hard limit is too low it says so (raising it needs root / CAP_SYS_RESOURCE,
 // e.g. run under `prlimit --nofile=250000:250000 node bench/idle-rss.mjs --n 100000`).
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { parseArgs, usage, printTable, log, sleep, procMem, fmt } from './lib/util.mjs';
+import { parseArgs, usage, printTable, log, sleep, procMem, fmt, raiseFileLimit } from './lib/util.mjs';
 import { runAcross, setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress } from './lib/conn.mjs';
 import { openInspector } from './lib/inspector.mjs';
@@ -25,17 +23,11 @@ hardDeadline(120 + 3 * (a.maxOpenSeconds + 4 * a.settle + 60));
 
 // ---- file descriptors: this process and the broker (inherits) each need ~N
 const need = a.n + 2000;
-const softNow = () => Number(/Max open files\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'))[1]);
-const hardNow = () => Number(/Max open files\s+\d+\s+(\d+|unlimited)/.exec(readFileSync('/proc/self/limits', 'utf8'))[1].replace('unlimited', '1e9'));
-try { execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${Math.max(need, softNow())}:${Math.max(need, hardNow())}`], { stdio: 'pipe' }); }
-catch {
-  try { execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${hardNow()}:${hardNow()}`], { stdio: 'pipe' }); } catch { /* keep */ }
-}
-const lim = /Max open files\s+(\d+)\s+(\d+)/.exec(readFileSync('/proc/self/limits', 'utf8'));
-log(`RLIMIT_NOFILE now ${lim[1]} (hard ${lim[2]}), need ${need}`);
-if (Number(lim[1]) < need) {
-  console.error(`idle-rss: --n ${a.n} needs ${need} file descriptors but the limit is ${lim[1]} (hard ${lim[2]}) and cannot be raised here.\n` +
-    `Use a smaller --n (max about ${Number(lim[1]) - 2000}) or run as root with a higher hard limit, e.g.\n` +
+const lim = raiseFileLimit(need);
+log(`RLIMIT_NOFILE now ${lim.soft} (hard ${lim.hard}), need ${need}`);
+if (lim.soft < need) {
+  console.error(`idle-rss: --n ${a.n} needs ${need} file descriptors but the limit is ${lim.soft} (hard ${lim.hard}) and cannot be raised here.\n` +
+    `Use a smaller --n (max about ${lim.soft - 2000}) or run as root with a higher hard limit, e.g.\n` +
     `  prlimit --nofile=${need}:${need} node bench/idle-rss.mjs --n ${a.n}`);
   process.exit(2);
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A minimal device for the README tour: connects with its token in the subprotocol,
-// sends a heartbeat every 10 s, prints commands and sys notices, and how the connection ended.
+// sends a heartbeat every 10 s, answers the `ping` command (and refuses others), prints
+// commands and sys notices, and how the connection ended.
 // README.md quotes the lines between the readme: markers; broker/test/readme-clients.test.ts
 // runs this file against a real broker and keeps the quote identical.
 //   node examples/device.mjs <device-id> <token> [ws://localhost:8080/mqtt]
@@ -38,7 +39,15 @@ client.on('connect', () => {
     process.exit(0);
   });
 });
-client.on('message', (topic, payload) => console.log(`${topic}: ${payload}`));
+client.on('message', (topic, payload) => {
+  console.log(`${topic}: ${payload}`);
+  if (topic !== `devices/${id}/cmd`) return;
+  const { cid, name } = JSON.parse(payload.toString());
+  const result = name === 'ping'
+    ? { cid, ok: true, result: { pong: true } }
+    : { cid, ok: false, error: { code: 'CMD_UNKNOWN', message: `this example knows only ping, not ${name}` } };
+  client.publish(`devices/${id}/cmd/result`, JSON.stringify(result), { qos: 1 });
+});
 client.on('error', (err) => {
   console.error(`refused: ${err.message}`);
   process.exit(1);

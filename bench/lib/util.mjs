@@ -203,3 +203,21 @@ function renderGrid(header, body) {
 export function log(...a) {
   console.error(`[${new Date().toISOString().slice(11, 23)}]`, ...a);
 }
+
+/**
+ * Raises this process's open-file limit (RLIMIT_NOFILE) to at least `need` if it can (root, or a
+ * hard limit high enough), else as far as the hard limit allows. Child processes (the brokers)
+ * inherit it. Returns the limits in force.
+ */
+export function raiseFileLimit(need) {
+  const limits = () => {
+    const m = /Max open files\s+(\d+)\s+(\d+|unlimited)/.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return { soft: Number(m[1]), hard: m[2] === 'unlimited' ? 1e9 : Number(m[2]) };
+  };
+  const now = limits();
+  try { execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${Math.max(need, now.soft)}:${Math.max(need, now.hard)}`], { stdio: 'pipe' }); }
+  catch {
+    try { execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${now.hard}:${now.hard}`], { stdio: 'pipe' }); } catch { /* keep */ }
+  }
+  return limits();
+}

@@ -28,6 +28,7 @@ import { IngressRouter } from './ingress.js';
 import { startMaintenance } from './maintenance.js';
 import { markRedeliveries } from './redelivery.js';
 import { createBrokerMetrics } from './metrics.js';
+import { guardEmitterRecursion } from './emitter-guard.js';
 import { ConnectionRegistry } from './registry.js';
 import { connectionRoutes } from './routes/connections.js';
 import { listenTcp } from './tcp-listener.js';
@@ -91,6 +92,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     drainTimeout: config.drainTimeoutMs,
     ...(cluster ? { mq: cluster.mq, persistence: cluster.persistence } : {}),
   });
+  guardEmitterRecursion(aedes.mq);
 
   let draining = false;
   const isDraining = (): boolean => draining;

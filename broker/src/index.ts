@@ -4,3 +4,4 @@ export { brokerSpec, loadBrokerConfig, brokerDefaults, type BrokerConfig } from 
 export { service as brokerService } from './service.js';
 export { MQTT_PATH } from './handshake.js';
 export { brokerSpecReport } from './spec.js';
+export { IngressRouter } from './ingress.js';

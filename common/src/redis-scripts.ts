@@ -49,10 +49,35 @@ export function defineScripts<T extends object>(redis: Redis, service: string, d
   for (const file of readScriptDir(fileURLToPath(dir))) {
     const command = `${service}_${file.name}`;
     redis.defineCommand(command, file.numberOfKeys === undefined ? { lua: file.lua } : { lua: file.lua, numberOfKeys: file.numberOfKeys });
+    addToOpenAutoPipelines(redis, command);
     scripts[file.name] = (redis as unknown as Record<string, RedisScript>)[command]!.bind(redis);
   }
   services.set(service, { dir: dir.href, scripts });
   return scripts as T;
+}
+
+/** The ioredis (5.x) internals addToOpenAutoPipelines mirrors from its Pipeline constructor. */
+interface AutoPipelined {
+  _autoPipelines?: Map<string, Record<string, unknown> & { _shaToScript: Record<string, unknown> }>;
+  scriptsSet: Record<string, { sha: string }>;
+}
+
+/**
+ * Scripts are defined on first use (tokenState's at a broker's first CONNECT), and ioredis
+ * copies a connection's commands into an auto-pipeline (one per tick) when it opens it. A
+ * command defined while a pipeline is open was missing from it: calling it in that tick
+ * threw inside ioredis, which then failed every reply of the pipeline and took the process
+ * down (a broker under a connect storm, bench/heartbeats.mjs). The open pipelines get the
+ * new command as the Pipeline constructor would have given it.
+ */
+function addToOpenAutoPipelines(redis: Redis, command: string): void {
+  const client = redis as unknown as AutoPipelined & Record<string, unknown>;
+  const script = client.scriptsSet?.[command];
+  for (const pipeline of client._autoPipelines?.values() ?? []) {
+    pipeline[command] = client[command];
+    pipeline[`${command}Buffer`] = client[`${command}Buffer`];
+    if (script) pipeline._shaToScript[script.sha] = script;
+  }
 }
 
 function readScriptDir(path: string): readonly ScriptFile[] {

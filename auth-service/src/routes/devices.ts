@@ -20,19 +20,13 @@ export interface DeviceRouteDeps {
 
 const deviceId = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } as const;
 
-interface ListQuery {
+/** The query string: the filters of DeviceQuery, with the last-seen bounds in snake case, and the page. */
+type ListQuery = Omit<DeviceQuery, 'lastSeenAfter' | 'lastSeenBefore'> & {
   limit: number;
   cursor?: string;
-  status?: 'active' | 'revoked';
-  type?: string;
-  tag?: string;
-  location?: string;
-  firmware?: string;
-  online?: boolean;
-  silent?: boolean;
   last_seen_after?: number;
   last_seen_before?: number;
-}
+};
 
 const listQuery = {
   type: 'object', additionalProperties: false,
