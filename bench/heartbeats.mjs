@@ -136,8 +136,12 @@ try {
   await sleep(1000);
   const tracked = (await redis.zcard('fleetwire:devidx:last-seen'));
   const memAfter = await usedMemory(redis);
-  // Of that, what BullMQ keeps whatever the fleet size (the newest completed jobs, its event stream).
-  const queueBytes = await keyBytes(redis, 'fleetwire:heartbeats:*');
+  // Exactly (MEMORY USAGE, SAMPLES 0): the device service's keys, and the registration's.
+  const stateBytes = await sumBytes(redis, [
+    ...ids.map((id) => `fleetwire:dstate:${id}`),
+    'fleetwire:devidx:online', 'fleetwire:devidx:last-seen', 'fleetwire:silence-due', 'fleetwire:devidx:fw:1.0.0', 'fleetwire:devidx-values:fw',
+  ]);
+  const recordBytes = await sumBytes(redis, [...ids.map((id) => `fleetwire:device:${id}`), 'fleetwire:devices']);
 
   const wall = (c1.at - c0.at) / 1000;
   const applied = counter(m1, 'fleetwire_device_heartbeats_total', 'outcome="applied"') - counter(m0, 'fleetwire_device_heartbeats_total', 'outcome="applied"');
@@ -147,8 +151,8 @@ try {
     lag_p50_ms: quantile(lag, 0.5) * 1000, lag_p99_ms: quantile(lag, 0.99) * 1000, lag_samples: lag.count,
     cpu_broker: (c1.broker - c0.broker) / wall, cpu_device_service: (c1.service - c0.service) / wall,
     cpu_redis: (c1.redis - c0.redis) / wall, cpu_generator: (c1.gen - c0.gen) / wall,
-    tracked_devices: tracked, redis_bytes_per_tracked_device: tracked ? (memAfter - memBefore) / tracked : null,
-    queue_bytes: queueBytes, redis_bytes_per_tracked_device_without_queue: tracked ? (memAfter - memBefore - queueBytes) / tracked : null,
+    tracked_devices: tracked, used_memory_growth_per_device: tracked ? (memAfter - memBefore) / tracked : null,
+    state_bytes_per_device: tracked ? stateBytes / tracked : null, record_bytes_per_device: recordBytes / ids.length,
     drained_in_s: (Date.now() - drainStart) / 1000,
   };
   console.log(JSON.stringify(row));
@@ -156,7 +160,7 @@ try {
     `heartbeat ingest via ${a.via}, ${a.devices} devices, offered ${row.offered_per_s.toFixed(0)}/s over ${wall.toFixed(1)} s:`,
     `  applied ${row.applied_per_s.toFixed(0)}/s, backlog at end ${backlog}, lag p50 ${row.lag_p50_ms.toFixed(1)} ms p99 ${row.lag_p99_ms.toFixed(1)} ms (${lag.count} samples)`,
     `  CPU (cores): broker ${row.cpu_broker.toFixed(2)}, device service ${row.cpu_device_service.toFixed(2)}, redis ${row.cpu_redis.toFixed(2)}, ${a.via === 'queue' ? 'generator (enqueueing with IngressRouter)' : 'generator'} ${row.cpu_generator.toFixed(2)}`,
-    `  Redis memory per tracked device: ${row.redis_bytes_per_tracked_device?.toFixed(0)} B (${tracked} devices with state), of which the heartbeats queue's retained jobs ${(queueBytes / Math.max(1, tracked)).toFixed(0)} B (${(queueBytes / 1048576).toFixed(1)} MiB, not per device): ${row.redis_bytes_per_tracked_device_without_queue?.toFixed(0)} B without them`,
+    `  Redis memory per tracked device (${tracked} with state): its state and index entries ${row.state_bytes_per_device?.toFixed(0)} B, its registration (record, devices entry) ${row.record_bytes_per_device.toFixed(0)} B; used_memory grew ${row.used_memory_growth_per_device?.toFixed(0)} B per device over the run (queue jobs and allocator included)`,
   ].join('\n'));
   for (const [name, prof] of Object.entries(profiles)) {
     console.log(`\n--- CPU profile of the ${name} over the window ---\ntop self-time functions:`);
@@ -188,15 +192,14 @@ function cpu() {
   return { at: performance.now(), broker: procCpuSeconds(t.pid), service: procCpuSeconds(service.pid), redis: procCpuSeconds(t.redisPid), gen: selfCpuSeconds() };
 }
 
-/** MEMORY USAGE summed over the keys matching `pattern`. */
-async function keyBytes(redis, pattern) {
+/** MEMORY USAGE (exact: SAMPLES 0) summed over `keys`. */
+async function sumBytes(redis, keys) {
   let total = 0;
-  let cursor = '0';
-  do {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-    cursor = next;
-    for (const k of keys) total += Number(await redis.memory('USAGE', k)) || 0;
-  } while (cursor !== '0');
+  for (let i = 0; i < keys.length; i += 1000) {
+    const p = redis.pipeline();
+    for (const k of keys.slice(i, i + 1000)) p.memory('USAGE', k, 'SAMPLES', '0');
+    for (const [, bytes] of (await p.exec()) ?? []) total += Number(bytes) || 0;
+  }
   return total;
 }
 
