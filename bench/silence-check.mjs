@@ -27,7 +27,8 @@ try {
   const redis = new Redis(t.redisUrl, { maxRetriesPerRequest: 1 });
   const now = Date.now();
   // Deadlines: the steady trickle over the run, then far in the future for the rest.
-  const steadyCount = Math.min(a.devices - a.burst, a.duePerS * (a.duration + 10));
+  // The trickle ends before the burst falls due, so the burst is timed alone.
+  const steadyCount = Math.min(a.devices - a.burst, a.duePerS * a.duration);
   log(`seeding ${a.devices} tracked devices (${steadyCount} going silent at ${a.duePerS}/s, ${a.burst} at once later)`);
   for (let i = 0; i < a.devices; i += 2000) {
     const p = redis.pipeline();
