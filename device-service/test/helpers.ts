@@ -3,6 +3,7 @@
  * service on one port, through the real service host), on this test file's own Redis.
  * Devices are real MQTT-over-WebSocket clients (mqtt.js); e2e/ runs the firmware simulator.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -72,7 +73,8 @@ export async function startFleet(env: Record<string, string> = {}): Promise<Flee
     const login = async (email: string, password: string) => (await api('POST', '/v1/auth/login', { body: { email, password } })).body.access_token as string;
     adminToken ??= await login(ADMIN.email, ADMIN.password);
     if (role === 'admin') return adminToken;
-    const email = `${role}-${users++}@example.com`;
+    // Unique per fleet too: two fleets may share one Redis (a restart).
+    const email = `${role}-${users++}-${randomBytes(3).toString('hex')}@example.com`;
     const created = await api('POST', '/v1/users', { token: adminToken, body: { email, password: 'a-long-enough-passphrase', role } });
     if (created.status !== 201) throw new Error(`creating a ${role}: ${JSON.stringify(created.body)}`);
     return login(email, 'a-long-enough-passphrase');
