@@ -53,7 +53,9 @@ export async function startFleet(env: Record<string, string> = {}): Promise<Flee
   const metrics = createMetricsRegistry({ defaultMetrics: false });
   const running = await startServices([broker, auth, devices], {
     REDIS_URL, PORT: '0', HOST: '127.0.0.1', FLEETWIRE_DATA_DIR: dataDir, TRUSTED_PROXIES: '127.0.0.1',
-    FLEETWIRE_ADMIN_EMAIL: ADMIN.email, FLEETWIRE_ADMIN_PASSWORD: ADMIN.password, ARGON2_PROFILE: 'development', ...env,
+    FLEETWIRE_ADMIN_EMAIL: ADMIN.email, FLEETWIRE_ADMIN_PASSWORD: ADMIN.password, ARGON2_PROFILE: 'development',
+    // A test fleet closes its connections at once on stop, not spread over seconds as a real node does.
+    BROKER_SHUTDOWN_SPREAD_MS: '100', ...env,
   }, { version: 'test', log, metricsRegistry: metrics });
   const url = `http://127.0.0.1:${running.port}`;
   const redis = createRedis(REDIS_URL, { name: 'device-service-test' });
