@@ -27,6 +27,8 @@ export interface ServiceDeps {
   /** The one app on the one port: add routes (and upgrade listeners) to it; the host listens and closes it. */
   readonly http: FastifyInstance;
   readonly version: string;
+  /** The names of the services this process runs (`fleetwire up`: all of them), in start order. */
+  readonly services: readonly string[];
   /** The signing key ring under <data dir>/keys, opened on first use and shared. */
   keyRing(): Promise<KeyRing>;
   /** The spec of every service in this process, as `fleetwire spec` prints it (GET /v1/spec). */
@@ -124,7 +126,7 @@ export async function startServices(services: readonly AnyService[], env: NodeJS
 
   let ring: Promise<KeyRing> | null = null;
   const deps: ServiceDeps = {
-    log, metricsRegistry, redis, http, version: opts.version,
+    log, metricsRegistry, redis, http, version: opts.version, services: names,
     keyRing: () => (ring ??= openKeyRing(join(resolve(host.dataDir), 'keys'), { retireAfterMs: host.keyRetireAfterS * 1000, log })),
     spec: () => composeSpec(services, configs, redis, opts.version),
   };

@@ -1,7 +1,7 @@
 /** Builds the device service on the shared parts: one part per capability, the broker link they publish through. */
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
-import { createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
+import { configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
@@ -22,6 +22,10 @@ export interface DeviceService {
 }
 
 export async function buildDeviceService(config: DeviceServiceConfig, deps: ServiceDeps): Promise<DeviceService> {
+  // Its own /mqtt is there only when the broker runs in this process.
+  if (!config.brokerUrl && !deps.services.includes('broker')) {
+    throw configInvalid(['DEVICE_BROKER_URL must name a broker node (ws(s)://host:port/mqtt) when the broker does not run in this process (`fleetwire device-service` alone)']);
+  }
   const keys = await deps.keyRing();
   const node = `${hostname()}-${randomBytes(3).toString('hex')}`;
   const ownBroker = !config.brokerUrl;

@@ -28,6 +28,8 @@ export interface Fleet {
   url: string;
   /** ws://127.0.0.1:<port>/mqtt */
   mqttUrl: string;
+  /** FLEETWIRE_DATA_DIR: the key ring a second process must share to sign and verify the same tokens. */
+  dataDir: string;
   /** A connection of the test's own. */
   redis: Redis;
   metrics: Registry;
@@ -91,7 +93,7 @@ export async function startFleet(env: Record<string, string> = {}): Promise<Flee
   }
 
   return {
-    running, url, mqttUrl: `ws://127.0.0.1:${running.port}/mqtt`, redis, metrics, logs, api, tokenFor, registerDevice,
+    running, url, mqttUrl: `ws://127.0.0.1:${running.port}/mqtt`, dataDir, redis, metrics, logs, api, tokenFor, registerDevice,
     async connectDevice(id, opts = {}) {
       const token = opts.token ?? (await registerDevice(id, opts.meta)).token;
       return connect(`ws://127.0.0.1:${running.port}/mqtt`, token, id, { clean: false });
