@@ -65,6 +65,12 @@ pub enum OtaError {
         got: u64,
     },
     HashMismatch,
+    /// The manifest's `url` cannot be fetched by this device (see
+    /// [`crate::ota_download::resolve_image_url`]); `reason` says why.
+    BadUrl {
+        url: String,
+        reason: String,
+    },
     InvalidTransition {
         from: SlotState,
         event: SlotEvent,
@@ -92,6 +98,7 @@ impl fmt::Display for OtaError {
             OtaError::ImageOverrun { expected } => write!(f, "server sent more than the manifest's {expected} bytes"),
             OtaError::SizeMismatch { expected, got } => write!(f, "image is {got} bytes, the manifest says {expected}"),
             OtaError::HashMismatch => f.write_str("SHA-256 of the downloaded image does not match the manifest"),
+            OtaError::BadUrl { url, reason } => write!(f, "manifest url {url:?} refused: {reason}"),
             OtaError::InvalidTransition { from, event } => write!(f, "OTA state {from:?} does not allow {event:?}"),
         }
     }

@@ -1,7 +1,81 @@
-//! Resumable image download, the decisions only: which `Range` to ask for, what an
+//! Resumable image download, the decisions only: which URL to fetch (a manifest's
+//! relative url resolved against the server), which `Range` to ask for, what an
 //! answer means for the bytes already in the slot, which failures are worth another
 //! attempt, and when to give up. The HTTP client (esp_http_client on the device, hyper
 //! in the simulator) does the I/O.
+
+use crate::ota::OtaError;
+
+/// The URL to fetch a manifest's image from, given `server`, the URL of the server the
+/// device is connected to (`ws[s]://host[:port][/prefix]`, or its `http[s]://` form).
+///
+/// - an absolute `http://` or `https://` URL with a host is used as it is;
+/// - a URL starting with a single `/` (`/v1/firmware/{sha256}`) is resolved against the
+///   server's origin: `wss://host:port/…` → `https://host:port`, `ws` → `http` (any path
+///   prefix of `server` is not kept: an absolute path replaces it, as in RFC 3986);
+/// - anything else is refused: a relative URL without a leading `/`, a scheme-relative
+///   `//host/…` (it would name another host without saying how to reach it), other
+///   schemes, and URLs with control characters, spaces or backslashes (which HTTP
+///   clients and servers parse differently).
+///
+/// The offline signature then does not pin a host name: the same signed manifest works
+/// on every server that stores the image.
+pub fn resolve_image_url(url: &str, server: Option<&str>) -> Result<String, OtaError> {
+    let refuse = |reason: &str| OtaError::BadUrl { url: url.to_owned(), reason: reason.to_owned() };
+    if url.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') {
+        return Err(refuse("it contains control characters, spaces or backslashes"));
+    }
+    if url.starts_with("//") {
+        return Err(refuse("scheme-relative URLs (//host/…) are not accepted; use an absolute https URL or a path"));
+    }
+    if url.starts_with('/') {
+        let server = server
+            .ok_or_else(|| refuse("a path needs a server to resolve against, and no server URL is configured"))?;
+        let origin = server_origin(server).map_err(|e| refuse(&e))?;
+        return Ok(format!("{origin}{url}"));
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            // The host is what follows any userinfo; a port alone is no host.
+            let host = authority.rsplit('@').next().unwrap_or("");
+            if host.is_empty() || host.starts_with(':') {
+                return Err(refuse("it has no host"));
+            }
+            Ok(url.to_owned())
+        }
+        _ if is_scheme_prefixed(url) => Err(refuse("only http and https URLs can be downloaded")),
+        _ => Err(refuse("a relative URL must start with / (an absolute path on the server)")),
+    }
+}
+
+/// `scheme:` at the start of `url` (RFC 3986: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`).
+fn is_scheme_prefixed(url: &str) -> bool {
+    let Some((scheme, _)) = url.split_once(':') else { return false };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// `http[s]://authority` of the server the device connects to.
+fn server_origin(server: &str) -> Result<String, String> {
+    let bad = || format!("the device's server URL {server:?} is not a ws, wss, http or https URL with a host");
+    let (scheme, rest) = server.split_once("://").ok_or_else(bad)?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        _ => return Err(bad()),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || authority.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad());
+    }
+    Ok(format!("{scheme}://{authority}"))
+}
 
 /// `Range` header value asking for the rest of the image from byte `from`; `None`
 /// when there is nothing to resume.
@@ -109,6 +183,88 @@ impl AttemptBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refused(url: &str, server: Option<&str>) -> String {
+        match resolve_image_url(url, server) {
+            Err(e @ OtaError::BadUrl { .. }) => e.to_string(),
+            other => panic!("{url:?} against {server:?}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absolute_http_and_https_urls_are_kept_as_they_are() {
+        for url in [
+            "https://fw.example/a.bin",
+            "http://127.0.0.1:8080/fw.bin?x=1",
+            "HTTPS://fw.example:8443/v1/firmware/abc",
+            "https://user@fw.example/a.bin",
+        ] {
+            assert_eq!(resolve_image_url(url, Some("wss://fleet.example")).as_deref(), Ok(url));
+            assert_eq!(resolve_image_url(url, None).as_deref(), Ok(url), "no server needed");
+        }
+    }
+
+    #[test]
+    fn paths_resolve_against_the_origin_of_the_server_connected_to() {
+        let path = "/v1/firmware/0123abcd";
+        for (server, origin) in [
+            ("wss://fleet.example.com", "https://fleet.example.com"),
+            ("wss://fleet.example.com:8443", "https://fleet.example.com:8443"),
+            ("ws://127.0.0.1:8080", "http://127.0.0.1:8080"),
+            ("ws://localhost", "http://localhost"),
+            ("wss://fleet.example.com/edge/mqtt", "https://fleet.example.com"),
+            ("ws://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+            ("https://fleet.example.com", "https://fleet.example.com"),
+            ("http://10.0.0.2:3000/edge", "http://10.0.0.2:3000"),
+            ("WSS://[::1]:8443", "https://[::1]:8443"),
+        ] {
+            assert_eq!(resolve_image_url(path, Some(server)), Ok(format!("{origin}{path}")), "{server}");
+        }
+        assert_eq!(resolve_image_url("/fw.bin?v=2", Some("wss://h:1")).as_deref(), Ok("https://h:1/fw.bin?v=2"));
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_with_a_reason() {
+        let server = Some("wss://fleet.example.com");
+        for (url, why) in [
+            ("v1/firmware/abc", "must start with /"),
+            ("fw.bin", "must start with /"),
+            ("./fw.bin", "must start with /"),
+            ("", "empty"),
+            ("//evil.example/fw.bin", "scheme-relative"),
+            ("ftp://fw.example/a.bin", "only http and https"),
+            ("file:///etc/passwd", "only http and https"),
+            ("javascript:alert(1)", "only http and https"),
+            ("http:fw.bin", "only http and https"),
+            ("https:///fw.bin", "no host"),
+            ("https://:443/fw.bin", "no host"),
+            ("/v1/firmware/a\nb", "control characters"),
+            ("/v1/firmware/a\u{0}", "control characters"),
+            ("https://fw.example/a\rb", "control characters"),
+            ("/v1/firm ware", "spaces"),
+            ("/\\evil.example/fw.bin", "backslashes"),
+        ] {
+            let e = refused(url, server);
+            assert!(e.contains(why), "{url:?}: {e}");
+            assert!(e.starts_with("manifest url "), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_path_needs_a_usable_server() {
+        assert!(refused("/fw.bin", None).contains("no server"));
+        for server in ["fleet.example.com", "mqtt://h:1883", "wss://", "wss://:8443/mqtt", "wss://h st"] {
+            assert!(refused("/fw.bin", Some(server)).contains("not a ws, wss, http or https URL"), "{server}");
+        }
+    }
+
+    #[test]
+    fn refusals_read_as_sentences_for_status_reports() {
+        assert_eq!(
+            refused("fw.bin", Some("wss://h")),
+            r#"manifest url "fw.bin" refused: a relative URL must start with / (an absolute path on the server)"#
+        );
+    }
 
     #[test]
     fn range_is_asked_only_when_resuming() {

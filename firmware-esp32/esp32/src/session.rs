@@ -57,7 +57,7 @@ fn now() -> Now {
 }
 
 pub fn run(p: &Provisioning, wifi: &mut Wifi, storage: &mut NvsStorage) -> anyhow::Result<()> {
-    let mut cfg = SessionConfig::new(&p.device_id, update::RUNNING_VERSION, update::ota_settings()?);
+    let mut cfg = SessionConfig::new(&p.device_id, update::RUNNING_VERSION, update::ota_settings(&p.server_url)?);
     cfg.keepalive_s = KEEPALIVE_S;
     cfg.max_packet = MAX_PACKET;
     let hw = Hardware { board: Box::new(EspBoard), rng: Box::new(EspRng) };

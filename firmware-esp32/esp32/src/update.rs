@@ -24,14 +24,16 @@ const CHIP: &str = env!("MCU");
 /// Size of one OTA slot in the two-OTA partition table.
 const PARTITION_SIZE: u64 = 1_572_864;
 
-/// What the session checks offers against.
-pub fn ota_settings() -> anyhow::Result<OtaSettings> {
+/// What the session checks offers against; `server_url` (provisioned) resolves manifest
+/// urls that are paths.
+pub fn ota_settings(server_url: &str) -> anyhow::Result<OtaSettings> {
     let key = parse_public_key_hex(OTA_PUBLIC_KEY_HEX).map_err(|e| anyhow::anyhow!("FLEETWIRE_OTA_PUBLIC_KEY: {e}"))?;
     Ok(OtaSettings {
         public_key: Some(key),
         chip: CHIP.to_owned(),
         partition_size: PARTITION_SIZE,
         confirm_timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS,
+        server_url: Some(server_url.to_owned()),
     })
 }
 

@@ -106,6 +106,8 @@ pub async fn run(opts: Options) -> i32 {
         chip: opts.ota.chip.clone(),
         partition_size: opts.ota.partition_size,
         confirm_timeout_ms: opts.ota.confirm_timeout.as_millis() as u64,
+        // Manifest urls that are paths (`/v1/firmware/{sha256}`) come from the server of --url.
+        server_url: Some(endpoint.http_base.clone()),
     };
     if ota_settings.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
         eprintln!("fleetwire-sim: no --ota-public-key: OTA offers will be refused");

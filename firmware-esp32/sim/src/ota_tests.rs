@@ -239,6 +239,42 @@ async fn a_good_image_is_downloaded_verified_booted_and_confirmed() {
 }
 
 #[tokio::test]
+async fn a_manifest_url_that_is_a_path_is_downloaded_from_the_server_the_device_is_connected_to() {
+    real_time(async {
+        let img = image(100_000);
+        // The image server plays "the server": the device's --url points at it.
+        let server = ImageServer::start(img.clone(), ImageBehaviour::default()).await;
+        let ws = server.origin.replacen("http://", "ws://", 1);
+        let tweak = move |c: &mut SessionConfig| {
+            ota_device(c);
+            c.engine.ota.server_url = Some(format!("{ws}/mqtt"));
+        };
+        let mut d = Device::start(Harness::start(FakeTokens::fixed(), tweak, vec![])).await;
+        let path = format!("/v1/firmware/{}", sha_hex(&img));
+        d.send_offer(&offer(&signer(), "r-rel", "2.0.0", &path, &img, None));
+        d.until_status("success").await;
+        assert_eq!(d.states(), ["offered", "downloading", "verifying", "rebooting", "success"]);
+        assert_eq!(server.paths(), std::slice::from_ref(&path));
+        assert_eq!(std::fs::read(DeviceFlash::open(d.h.state.path(), ID).unwrap().slot_path(1)).unwrap(), img);
+
+        // Relative urls that do not start with "/" and scheme-relative ones are refused unfetched.
+        for (rollout, url, why) in [
+            ("r-bare", "v1/firmware/x", "must start with /"),
+            ("r-sr", "//evil.example/fw.bin", "scheme-relative"),
+            ("r-ftp", "ftp://evil.example/fw.bin", "only http and https"),
+        ] {
+            d.send_offer(&offer(&signer(), rollout, "3.0.0", url, &img, None));
+            let v = d.until_status("refused").await;
+            assert_eq!(v["rollout"], rollout);
+            assert!(v["error"].as_str().unwrap().contains(why), "{v}");
+        }
+        assert_eq!(server.paths(), [path], "nothing more was fetched");
+        assert_eq!(d.stop().await, Exit::Shutdown);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn an_interrupted_download_resumes_with_a_range_request_and_succeeds() {
     real_time(async {
         let img = image(200_000);

@@ -324,10 +324,14 @@ pub struct ImageBehaviour {
 
 /// A tiny HTTP/1.1 image server on a real 127.0.0.1 socket, with `Range: bytes=N-`.
 pub struct ImageServer {
-    /// URL of the image (`http://127.0.0.1:PORT/fw.bin`).
+    /// URL of the image (`http://127.0.0.1:PORT/fw.bin`); any path serves it.
     pub url: String,
+    /// `http://127.0.0.1:PORT`.
+    pub origin: String,
     /// The `Range` header of every request received, in order.
     pub ranges: Arc<Mutex<Vec<Option<String>>>>,
+    /// The request target (path and query) of every request received, in order.
+    pub paths: Arc<Mutex<Vec<String>>>,
     pub behaviour: Arc<Mutex<ImageBehaviour>>,
 }
 
@@ -335,15 +339,17 @@ impl ImageServer {
     pub async fn start(image: Vec<u8>, behaviour: ImageBehaviour) -> ImageServer {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/fw.bin", listener.local_addr().unwrap());
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("{origin}/fw.bin");
         let ranges: Arc<Mutex<Vec<Option<String>>>> = Default::default();
+        let paths: Arc<Mutex<Vec<String>>> = Default::default();
         let behaviour = Arc::new(Mutex::new(behaviour));
         let image = Arc::new(image);
-        let (seen, how) = (ranges.clone(), behaviour.clone());
+        let (seen, how, targets) = (ranges.clone(), behaviour.clone(), paths.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else { return };
-                let (seen, how, image) = (seen.clone(), how.clone(), image.clone());
+                let (seen, how, image, targets) = (seen.clone(), how.clone(), image.clone(), targets.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -354,6 +360,8 @@ impl ImageServer {
                         }
                     }
                     let head = String::from_utf8_lossy(&head).to_string();
+                    let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    targets.lock().unwrap().push(target);
                     let range = head.lines().find_map(|l| {
                         let (k, v) = l.split_once(':')?;
                         k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
@@ -408,10 +416,14 @@ impl ImageServer {
                 });
             }
         });
-        ImageServer { url, ranges, behaviour }
+        ImageServer { url, origin, ranges, paths, behaviour }
     }
 
     pub fn ranges(&self) -> Vec<Option<String>> {
         self.ranges.lock().unwrap().clone()
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
     }
 }

@@ -14,6 +14,7 @@
 use serde_json::Value;
 
 use crate::ota::{ImageHasher, Offer, OtaVerifier, SlotState};
+use crate::ota_download::resolve_image_url;
 use crate::ota_status::{OtaState, OtaStatus, ProgressThrottle};
 use crate::ota_store::{Boot, OtaRecord};
 use crate::platform::Storage;
@@ -36,6 +37,10 @@ pub struct OtaSettings {
     /// Largest image a slot holds.
     pub partition_size: u64,
     pub confirm_timeout_ms: u64,
+    /// The server the device connects to (`ws[s]://host[:port]…` or `http[s]://…`): a
+    /// manifest url that is a path (`/v1/firmware/{sha256}`) is fetched from its origin.
+    /// `None`: such offers are refused.
+    pub server_url: Option<String>,
 }
 
 impl OtaSettings {
@@ -45,6 +50,7 @@ impl OtaSettings {
             chip: chip.to_owned(),
             partition_size: DEFAULT_PARTITION_SIZE,
             confirm_timeout_ms: DEFAULT_CONFIRM_TIMEOUT_MS,
+            server_url: None,
         }
     }
 }
@@ -161,12 +167,13 @@ impl OtaAgent {
         let job = self.record.job().expect("a download has a job").clone();
         let checked = Offer::parse(job.offer.as_bytes()).map_err(|e| e.to_string()).and_then(|offer| {
             let hasher = self.verifier()?.check(&offer).map_err(|e| e.to_string())?;
-            Ok((offer, hasher))
+            let url = self.image_url(&offer)?;
+            Ok((offer, hasher, url))
         });
         match checked {
-            Ok((offer, hasher)) => {
+            Ok((offer, hasher, url)) => {
                 out.event(Event::OtaResume { rollout: job.rollout.clone(), received: job.received });
-                self.start_transfer(&offer, hasher, job.received, job.target_slot, out);
+                self.start_transfer(&offer, url, hasher, job.received, job.target_slot, out);
             }
             Err(e) => self.fail_download(&job.rollout, 0, format!("cannot resume: {e}"), out),
         }
@@ -205,8 +212,13 @@ impl OtaAgent {
             let why = format!("busy: rollout {} (version {}) is in progress", job.rollout, job.version);
             return self.refuse(&offer.rollout, why, out);
         }
-        let hasher = match self.verifier().and_then(|v| v.check(&offer).map_err(|e| e.to_string())) {
-            Ok(h) => h,
+        // The signature first (nothing unsigned is acted on), then where to fetch from.
+        let checked = self.verifier().and_then(|v| v.check(&offer).map_err(|e| e.to_string())).and_then(|hasher| {
+            let url = self.image_url(&offer)?;
+            Ok((hasher, url))
+        });
+        let (hasher, url) = match checked {
+            Ok(c) => c,
             Err(e) => return self.refuse(&offer.rollout, e, out),
         };
         let target = match self.record.start(&offer, payload) {
@@ -217,7 +229,12 @@ impl OtaAgent {
         self.save(out);
         out.event(Event::OtaAccepted { rollout: offer.rollout.clone(), version: m.version.clone(), slot: target });
         self.report(&offer.rollout, OtaState::Offered, 0, None);
-        self.start_transfer(&offer, hasher, 0, target, out);
+        self.start_transfer(&offer, url, hasher, 0, target, out);
+    }
+
+    /// Where to fetch the offer's image: its url, a path resolved against the server.
+    fn image_url(&self, offer: &Offer) -> Result<String, String> {
+        resolve_image_url(&offer.manifest.url, self.settings.server_url.as_deref()).map_err(|e| e.to_string())
     }
 
     fn refuse(&mut self, rollout: &str, error: String, out: &mut Out) {
@@ -225,11 +242,12 @@ impl OtaAgent {
         self.report(rollout, OtaState::Refused, 0, Some(error));
     }
 
-    fn start_transfer(&mut self, offer: &Offer, hasher: ImageHasher, from: u64, slot: u8, out: &mut Out) {
+    /// `url`: the manifest's, resolved ([`Self::image_url`]).
+    fn start_transfer(&mut self, offer: &Offer, url: String, hasher: ImageHasher, from: u64, slot: u8, out: &mut Out) {
         let m = &offer.manifest;
         out.push(Output::Ota(OtaWork::Download(Box::new(ImageDownload {
             rollout: offer.rollout.clone(),
-            url: m.url.clone(),
+            url,
             size: m.size,
             sha256: m.sha256.clone(),
             slot,

@@ -76,6 +76,7 @@ pub enum OtaWork {
 /// One image to stream into `slot`.
 pub struct ImageDownload {
     pub rollout: String,
+    /// Absolute `http[s]://` URL: the manifest's, a path resolved against the server.
     pub url: String,
     pub size: u64,
     pub sha256: String,

@@ -24,10 +24,18 @@ fn sha_hex(b: &[u8]) -> String {
 
 /// An offer for [`image`], signed over the canonical manifest bytes.
 fn offer(rollout: &str, version: &str) -> Vec<u8> {
+    offer_at(rollout, version, "https://fw.example/a.bin")
+}
+
+/// [`offer`] with the manifest's `url`, signed by `key`.
+fn offer_at(rollout: &str, version: &str, url: &str) -> Vec<u8> {
+    signed_offer(&signer(), rollout, version, url)
+}
+
+fn signed_offer(key: &SigningKey, rollout: &str, version: &str, url: &str) -> Vec<u8> {
     let img = image();
-    let mut m =
-        json!({ "version": version, "size": img.len(), "sha256": sha_hex(&img), "url": "https://fw.example/a.bin" });
-    let sig = signer().sign(&canonical_manifest_bytes(m.as_object().unwrap()));
+    let mut m = json!({ "version": version, "size": img.len(), "sha256": sha_hex(&img), "url": url });
+    let sig = key.sign(&canonical_manifest_bytes(m.as_object().unwrap()));
     m["sig"] = json!(base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()));
     serde_json::to_vec(&json!({ "rollout": rollout, "manifest": m })).unwrap()
 }
@@ -283,4 +291,89 @@ fn reports_made_offline_wait_for_the_next_connection_and_a_restart_resumes_a_dow
     assert!(d.saw(|e| matches!(e, Event::OtaResume { received: 7_000, .. })));
     d.give_token("tok1", None);
     assert_eq!(reports(&d.accept()), state(&[("downloading", 70)]), "progress goes on from where it was");
+}
+
+/// `ota_config` for a device connected to `server`.
+fn ota_config_on(server: Option<&str>) -> SessionConfig {
+    let mut cfg = ota_config();
+    cfg.ota.server_url = server.map(str::to_owned);
+    cfg
+}
+
+#[test]
+fn a_manifest_url_that_is_a_path_is_fetched_from_the_server_the_device_is_connected_to() {
+    let path = format!("/v1/firmware/{}", sha_hex(&image()));
+    for (server, origin) in [
+        ("wss://fleet.example.com:8443/mqtt", "https://fleet.example.com:8443"),
+        ("wss://fleet.example.com", "https://fleet.example.com"),
+        ("ws://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://fleet.example.com", "https://fleet.example.com"),
+    ] {
+        let mut d = Device::boot(ota_config_on(Some(server)));
+        d.online();
+        send_offer(&mut d, 1, &offer_at("r-rel", "2.0.0", &path));
+        let job = take_download(&mut d);
+        assert_eq!(job.url, format!("{origin}{path}"), "{server}");
+        assert_eq!(reports(&d.take_sent()), state(&[("offered", 0), ("downloading", 0)]));
+    }
+    // An absolute url is fetched as it is, whatever the server.
+    let mut d = Device::boot(ota_config_on(Some("wss://fleet.example.com")));
+    d.online();
+    send_offer(&mut d, 1, &offer("r-abs", "2.0.0"));
+    assert_eq!(take_download(&mut d).url, "https://fw.example/a.bin");
+}
+
+#[test]
+fn a_manifest_url_the_device_cannot_fetch_is_refused_before_anything_is_erased() {
+    for (server, url, why) in [
+        (Some("wss://fleet.example.com"), "v1/firmware/abc", "must start with /"),
+        (Some("wss://fleet.example.com"), "//evil.example/a.bin", "scheme-relative"),
+        (Some("wss://fleet.example.com"), "ftp://fw.example/a.bin", "only http and https"),
+        (Some("wss://fleet.example.com"), "/v1/firmware/a\r\nx: y", "control characters"),
+        (None, "/v1/firmware/abc", "no server"),
+    ] {
+        let mut d = Device::boot(ota_config_on(server));
+        d.online();
+        send_offer(&mut d, 1, &offer_at("r-url", "2.0.0", url));
+        let sent = publishes_on(&d.take_sent(), "ota/status");
+        assert_eq!(sent.len(), 1, "{url:?}");
+        let v = json_of(&sent[0]);
+        assert_eq!((v["rollout"].as_str(), v["state"].as_str()), (Some("r-url"), Some("refused")), "{v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.starts_with("manifest url ") && error.contains(why), "{url:?}: {error}");
+        assert!(d.work.is_empty(), "nothing erased or fetched for {url:?}: {:?}", d.work);
+        assert!(d.saw(|e| matches!(e, Event::OtaRefused { .. })));
+        assert_eq!(record(&d).state(), SlotState::Idle);
+    }
+    // The signature is checked first: a forged url reports the signature, not the url.
+    let mut d = Device::boot(ota_config_on(Some("wss://fleet.example.com")));
+    d.online();
+    send_offer(&mut d, 1, &signed_offer(&SigningKey::from_bytes(&[9; 32]), "r-forged", "2.0.0", "fw.bin"));
+    let v = json_of(&publishes_on(&d.take_sent(), "ota/status")[0]);
+    assert!(v["error"].as_str().unwrap().contains("signature"), "{v}");
+}
+
+#[test]
+fn a_resumed_download_resolves_its_path_against_the_server_of_this_run() {
+    let path = "/v1/firmware/abc";
+    let mut d = Device::boot(ota_config_on(Some("wss://old.example")));
+    d.online();
+    send_offer(&mut d, 1, &offer_at("r-1", "2.0.0", path));
+    assert_eq!(take_download(&mut d).url, "https://old.example/v1/firmware/abc");
+    d.download_progress(4_000);
+    let nvs = d.nvs.clone();
+
+    let mut d = Device::boot_with(ota_config_on(Some("ws://new.example:8080")), nvs.clone(), vec![]);
+    let job = take_download(&mut d);
+    assert_eq!((job.url.as_str(), job.from), ("http://new.example:8080/v1/firmware/abc", 4_000));
+
+    // Without a server to resolve against, the resumed download fails and the slot is discarded.
+    let mut d = Device::boot_with(ota_config_on(None), nvs, vec![]);
+    assert!(d.work.iter().all(|w| !matches!(w, OtaWork::Download(_))), "{:?}", d.work);
+    assert!(d.work.iter().any(|w| matches!(w, OtaWork::EraseSlot(1))), "{:?}", d.work);
+    d.give_token("tok1", None);
+    let v = json_of(&publishes_on(&d.accept(), "ota/status")[0]);
+    assert_eq!(v["state"], "failed");
+    assert!(v["error"].as_str().unwrap().starts_with("cannot resume: manifest url"), "{v}");
+    assert_eq!(record(&d).state(), SlotState::Idle);
 }
