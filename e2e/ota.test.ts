@@ -4,25 +4,17 @@
  * with Range after a cut), verifies it, "reboots" into it and reports on ota/status;
  * tampered images and manifests are rejected, and a boot failure is rolled back.
  */
-import { createHash, generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MqttClient } from 'mqtt';
+import { signManifest } from '@fleetwire/common';
 import { startDevice, startStack, until, type Sim, type Stack } from './stack.js';
 
 interface OtaStatus { rollout: string; state: string; progress: number; error?: string }
-
-/** Canonical JSON as the firmware signs it: keys sorted at every level, no whitespace. */
-function canonical(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  if (v && typeof v === 'object') {
-    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
-  }
-  return JSON.stringify(v);
-}
 
 const fleetKey = generateKeyPairSync('ed25519');
 const strangerKey = generateKeyPairSync('ed25519');
@@ -30,8 +22,7 @@ const publicKeyHex = Buffer.from(fleetKey.publicKey.export({ format: 'jwk' }).x!
 
 function offer(rollout: string, version: string, image: Buffer, url: string, key: KeyObject = fleetKey.privateKey): string {
   const manifest = { version, size: image.length, sha256: createHash('sha256').update(image).digest('hex'), url, chip: 'esp32' };
-  const sig = sign(null, Buffer.from(canonical(manifest)), key).toString('base64');
-  return JSON.stringify({ rollout, manifest: { ...manifest, sig } });
+  return JSON.stringify({ rollout, manifest: signManifest(manifest, key) });
 }
 
 let stack: Stack;

@@ -16,7 +16,7 @@ export const AUDIT_TYPES = [
   'refresh.reused', 'session.ended', 'user.created', 'user.role-changed', 'user.deleted',
   'device.registered', 'device.updated', 'device.key-rotated', 'device.revoked',
   'signing-key.rotated', 'service-token.issued',
-  'command.sent', 'command-batch.created',
+  'command.sent', 'command-batch.created', 'firmware.uploaded',
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
 

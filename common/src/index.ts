@@ -27,3 +27,4 @@ export * from './queue-metrics.js';
 export * from './queue-batch.js';
 export * from './queue-consumer.js';
 export * from './audit.js';
+export * from './ota-manifest.js';

@@ -29,6 +29,8 @@ export const redisKeys = {
   authFailures: (ip: string) => `fleetwire:rl:authfail:${ip}`,
   ipBan: (ip: string) => `fleetwire:rl:ban:${ip}`,
   floodPenalty: (clientId: string) => `fleetwire:rl:penalty:${clientId}`,
+  /** Set of the firmware sha256s a device was offered (it may download only those); expires OTA offers' TTL after the newest. */
+  otaOffered: (deviceId: string) => `fleetwire:ota-offered:${deviceId}`,
   // Auth service. Emails and secrets appear in key names only as digests.
   /**
    * Sorted set of device ids by registration time (unix ms, the record's created_at). Unique per

@@ -7,6 +7,7 @@ import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
 import { commandsPart } from './commands.js';
+import { firmwarePart } from './firmware/part.js';
 import { fleetHealthPart } from './fleet-health.js';
 import { heartbeatsPart } from './heartbeats.js';
 import { otaEventsPart } from './ota-events.js';
@@ -41,6 +42,7 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     guards: {
       reader: requireRole(keys.verifier, deps.redis, ['admin', 'operator', 'viewer']),
       operator: requireRole(keys.verifier, deps.redis, ['admin', 'operator']),
+      admin: requireRole(keys.verifier, deps.redis, ['admin'], { services: false }),
     },
   };
   const parts: Part[] = [];
@@ -50,6 +52,7 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
   parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx));
   parts.push(telemetryPart(ctx), fleetHealthPart(ctx));
   parts.push(commandsPart(ctx, node));
+  parts.push(firmwarePart(ctx, { verifier: keys.verifier }));
 
   return {
     readiness: {

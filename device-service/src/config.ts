@@ -1,5 +1,5 @@
 /** Device service settings: one spec, units in the names, validated and frozen at start-up. */
-import { auditSpec, baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, type ConfigOf } from '@fleetwire/common';
+import { auditSpec, baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, otaPublicKey, type ConfigOf } from '@fleetwire/common';
 
 export const deviceServiceSpec = {
   ...baseSpec,
@@ -36,6 +36,9 @@ export const deviceServiceSpec = {
   commandRecordTtlS: int('COMMAND_RECORD_TTL_S', 604_800, 'how long a command and its result stay readable at GET /v1/commands/{cid}', { min: 60 }),
   fleetCommandMaxRate: int('FLEET_COMMAND_MAX_RATE_PER_S', 200, 'largest rate_per_s a fleet command may ask for', { min: 1 }),
   commandResultsConcurrency: int('COMMAND_RESULTS_CONCURRENCY', 16, 'cmd-results jobs this node handles at once; 0 = none: a node that only serves the API, whose waiting requests hear of results through Redis pub/sub from the nodes that consume them', { min: 0, max: 1000 }),
+  // firmware images (OTA)
+  otaPublicKeys: str('OTA_PUBLIC_KEYS', '', 'comma-separated trusted OTA signing keys: raw 32-byte Ed25519 public keys in base64url, as `fleetwire firmware keygen` prints them; POST /v1/firmware accepts only manifests signed by one of them; empty = uploads refused'),
+  otaMaxImageBytes: int('OTA_MAX_IMAGE_BYTES', 16 * 1024 * 1024, 'largest firmware image POST /v1/firmware accepts (bytes); larger uploads are refused (413) without being stored', { min: 1 }),
   // audit (the stream the auth service writes too; the same setting trims it)
   ...auditSpec,
 };
@@ -76,6 +79,13 @@ function checkDeviceServiceConfig(config: DeviceServiceConfig): DeviceServiceCon
   if (config.alertWebhookSecret && config.alertWebhookSecret.length < 16) problems.push('ALERT_WEBHOOK_SECRET must be at least 16 characters (a random string, e.g. openssl rand -hex 32)');
   if (config.silenceFloorS > config.silenceCeilingS) problems.push(`SILENCE_FLOOR_S (${config.silenceFloorS}) must not exceed SILENCE_CEILING_S (${config.silenceCeilingS})`);
   if (config.commandDefaultTimeoutMs > config.commandMaxTimeoutMs) problems.push(`COMMAND_DEFAULT_TIMEOUT_MS (${config.commandDefaultTimeoutMs}) must not exceed COMMAND_MAX_TIMEOUT_MS (${config.commandMaxTimeoutMs})`);
+  for (const key of config.otaPublicKeys.split(',').map((k) => k.trim()).filter(Boolean)) {
+    try {
+      otaPublicKey(key);
+    } catch (err) {
+      problems.push(`OTA_PUBLIC_KEYS: "${key}": ${(err as Error).message}`);
+    }
+  }
   try {
     parseCommandAllow(config.commandAllow);
   } catch (err) {

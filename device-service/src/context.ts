@@ -17,8 +17,8 @@ export interface DeviceServiceContext {
   readonly http: FastifyInstance;
   /** Connected once the service has started (start(port) below). */
   readonly link: BrokerLink;
-  /** Reads: any user and services. Writes and commands: admins and operators (and services). */
-  readonly guards: { readonly reader: Guard; readonly operator: Guard };
+  /** Reads: any user and services. Writes and commands: admins and operators (and services). Firmware uploads: admins. */
+  readonly guards: { readonly reader: Guard; readonly operator: Guard; /** Admins only (no services): firmware uploads. */ readonly admin: Guard };
 }
 
 /** One capability of the device service (heartbeats, silence, telemetry, commands …), started and stopped with it. */

@@ -2,6 +2,7 @@
 import type { ServiceDefinition } from '@fleetwire/common';
 import { buildDeviceService } from './app.js';
 import { deviceCommands } from './cli.js';
+import { firmwareCommands } from './firmware/cli.js';
 import { loadDeviceServiceConfig, type DeviceServiceConfig } from './config.js';
 import { deviceServiceSpecReport } from './spec.js';
 
@@ -19,5 +20,5 @@ export const service: ServiceDefinition<DeviceServiceConfig> = {
       close: () => devices.close(),
     };
   },
-  commands: deviceCommands,
+  commands: [...deviceCommands, ...firmwareCommands],
 };

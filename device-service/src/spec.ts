@@ -23,5 +23,10 @@ export function deviceServiceSpecReport(c: DeviceServiceConfig): Record<string, 
       allow_list: c.commandAllow || 'any name', queued_ttl_s: c.commandQueuedTtlS, record_ttl_s: c.commandRecordTtlS,
       fleet_max_rate_per_s: c.fleetCommandMaxRate, results_concurrency: c.commandResultsConcurrency,
     },
+    firmware: {
+      trusted_keys: c.otaPublicKeys.split(',').map((k) => k.trim()).filter(Boolean).length,
+      uploads: c.otaPublicKeys.trim() ? 'on' : 'off (OTA_PUBLIC_KEYS is empty)',
+      max_image_bytes: c.otaMaxImageBytes,
+    },
   };
 }

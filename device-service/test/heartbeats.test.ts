@@ -256,7 +256,7 @@ describe('the alert sink', () => {
       config: deviceServiceDefaults({ redisUrl: url }), log, metricsRegistry: createMetricsRegistry({ defaultMetrics: false }),
       redis, queueConnection, subscriber: redis, http,
       link: new BrokerLink({ url: () => 'ws://unused', signer: () => { throw new Error('not used'); }, clientId: 'service:device-service:test', log }),
-      guards: { reader: async () => undefined, operator: async () => undefined },
+      guards: { reader: async () => undefined, operator: async () => undefined, admin: async () => undefined },
     }, { alerts: { emit: (c) => changes.push(...c) } });
     const q = new Queue('heartbeats', { connection: queueConnection, prefix: queues.prefix });
     try {
