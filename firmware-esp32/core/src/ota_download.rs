@@ -77,6 +77,53 @@ fn server_origin(server: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{authority}"))
 }
 
+/// Whether `url` (a resolved image URL) has the same origin (scheme, host, port) as
+/// `server`, the server the device is connected to (`ws` counts as `http`, `wss` as
+/// `https`, a missing port as the scheme's default). Only then may the device's token
+/// go with the request: the server's firmware store wants it, and no other host (a
+/// CDN, any absolute URL a manifest names) may ever see it. Anything unusual (no
+/// server, userinfo, an unparsable port) answers `false`.
+pub fn same_origin(url: &str, server: Option<&str>) -> bool {
+    match (origin_of(url), server.and_then(origin_of)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// `(scheme, host, port)` of an `http[s]`/`ws[s]` URL, lowercased, default port filled in.
+fn origin_of(url: &str) -> Option<(&'static str, String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (scheme, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => ("http", 80),
+        "https" | "wss" => ("https", 443),
+        _ => return None,
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') || authority.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return None;
+    }
+    // `port`: what follows the host, `""` or `:digits`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (inner, after) = v6.split_once(']')?;
+            (format!("[{inner}]"), after)
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h.to_owned(), &authority[h.len()..h.len() + 1 + p.len()]),
+            None => (authority.to_owned(), ""),
+        },
+    };
+    let port = match port {
+        "" | ":" => default_port,
+        p => p.strip_prefix(':')?.parse().ok()?,
+    };
+    if host.is_empty() || host == "[]" {
+        return None;
+    }
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
 /// `Range` header value asking for the rest of the image from byte `from`; `None`
 /// when there is nothing to resume.
 pub fn range_header(from: u64) -> Option<String> {
@@ -148,6 +195,11 @@ pub fn plan_response(from: u64, status: u16, content_range: Option<&str>, size: 
         416 => Ok(Plan::Restart),
         408 | 429 | 500..=599 => Err(AttemptError::Retry(format!("HTTP {status}"))),
         300..=399 => Err(AttemptError::Fatal(format!("HTTP {status}: redirects are not followed"))),
+        // The same token would get the same answer: fail now, the rollout can offer again.
+        401 => Err(AttemptError::Fatal(format!("HTTP {status}: the image server did not accept the device's token"))),
+        403 => Err(AttemptError::Fatal(format!(
+            "HTTP {status}: the image server refused this device (the image was not offered to it)"
+        ))),
         _ => Err(AttemptError::Fatal(format!("HTTP {status}"))),
     }
 }
@@ -264,6 +316,51 @@ mod tests {
             refused("fw.bin", Some("wss://h")),
             r#"manifest url "fw.bin" refused: a relative URL must start with / (an absolute path on the server)"#
         );
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_origin_of_the_server_connected_to() {
+        let same = [
+            ("https://fleet.example.com:8443/v1/firmware/ab", "wss://fleet.example.com:8443/mqtt"),
+            ("https://fleet.example.com/v1/firmware/ab", "wss://fleet.example.com"),
+            ("https://fleet.example.com:443/v1/firmware/ab", "wss://FLEET.example.com/mqtt"),
+            ("HTTPS://Fleet.Example.com/v1/firmware/ab", "https://fleet.example.com:443"),
+            ("http://127.0.0.1:8080/v1/firmware/ab", "ws://127.0.0.1:8080/mqtt"),
+            ("http://127.0.0.1/v1/firmware/ab", "ws://127.0.0.1:80"),
+            ("https://[::1]:8443/fw?x#y", "wss://[::1]:8443/mqtt"),
+        ];
+        for (url, server) in same {
+            assert!(same_origin(url, Some(server)), "{url} vs {server}");
+        }
+        let other = [
+            ("https://cdn.example.com/fw.bin", "wss://fleet.example.com"),
+            ("https://fleet.example.com.evil.io/fw.bin", "wss://fleet.example.com"),
+            ("https://fleet.example.com:8443/fw.bin", "wss://fleet.example.com"),
+            ("http://fleet.example.com/fw.bin", "wss://fleet.example.com"),
+            ("https://fleet.example.com/fw.bin", "ws://fleet.example.com"),
+            ("http://127.0.0.1:9000/fw.bin", "ws://127.0.0.1:8080"),
+            ("https://user@fleet.example.com/fw.bin", "wss://fleet.example.com"),
+            ("https://fleet.example.com:x/fw.bin", "wss://fleet.example.com"),
+            ("https://[::1]:8443/fw", "wss://[::2]:8443"),
+            ("ftp://fleet.example.com/fw.bin", "wss://fleet.example.com"),
+        ];
+        for (url, server) in other {
+            assert!(!same_origin(url, Some(server)), "{url} vs {server}");
+        }
+        assert!(!same_origin("https://fleet.example.com/fw.bin", None), "no server: no token");
+        // A path resolved against the server is always its origin.
+        for server in ["wss://fleet.example.com:8443/edge/mqtt", "ws://127.0.0.1:8080", "https://h"] {
+            let url = resolve_image_url("/v1/firmware/ab", Some(server)).unwrap();
+            assert!(same_origin(&url, Some(server)), "{url} vs {server}");
+        }
+    }
+
+    #[test]
+    fn a_refused_download_says_why() {
+        let e = plan_response(0, 403, None, 10).unwrap_err().to_string();
+        assert!(e.starts_with("HTTP 403") && e.contains("not offered"), "{e}");
+        let e = plan_response(0, 401, None, 10).unwrap_err().to_string();
+        assert!(e.starts_with("HTTP 401") && e.contains("token"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use esp_idf_svc::http::client::{Configuration, EspHttpConnection};
 use esp_idf_svc::ota::{EspOta, EspOtaUpdate};
 use fleetwire_core::ota::{parse_public_key_hex, ImageHasher};
 use fleetwire_core::ota_download::{plan_response, range_header, AttemptBudget, AttemptError, Plan};
+use fleetwire_core::secret::Secret;
 use fleetwire_core::session::{DownloadFailure, ImageDownload, OtaSettings, DEFAULT_CONFIRM_TIMEOUT_MS};
 
 use crate::provisioning::Provisioning;
@@ -59,7 +60,7 @@ pub fn roll_back_and_reboot() {
 /// `progress(received)` after every chunk. ESP-IDF cannot continue a partly written
 /// slot, so a resumed download (`from > 0`) starts over and reports from 0.
 pub fn install(job: ImageDownload, p: &Provisioning, progress: &mut dyn FnMut(u64)) -> Result<(), DownloadFailure> {
-    let ImageDownload { url, size, from, mut hasher, .. } = job;
+    let ImageDownload { url, size, from, mut hasher, bearer, .. } = job;
     if from > 0 {
         progress(0);
     }
@@ -67,7 +68,7 @@ pub fn install(job: ImageDownload, p: &Provisioning, progress: &mut dyn FnMut(u6
     let mut ota = EspOta::new().map_err(|e| fetch_error(&e))?;
     // Erases the inactive slot.
     let mut update = ota.initiate_update().map_err(|e| fetch_error(&e))?;
-    if let Err(e) = download(&url, size, p, &mut update, &mut hasher, progress) {
+    if let Err(e) = download(&url, bearer.as_ref(), size, p, &mut update, &mut hasher, progress) {
         let _ = update.abort();
         return Err(DownloadFailure::Fetch(e));
     }
@@ -81,8 +82,11 @@ pub fn install(job: ImageDownload, p: &Provisioning, progress: &mut dyn FnMut(u6
 
 /// Streams the image into the inactive slot, resuming with `Range` after a dropped
 /// connection, within the core's attempt budget.
+/// `bearer`: the device's token, sent as `Authorization` only when the core set it
+/// (the server's own origin).
 fn download(
     url: &str,
+    bearer: Option<&Secret>,
     size: u64,
     p: &Provisioning,
     update: &mut EspOtaUpdate<'_>,
@@ -91,6 +95,7 @@ fn download(
 ) -> Result<(), String> {
     let mut budget = AttemptBudget::new(6);
     let mut buf = vec![0u8; 4096];
+    let authorization = bearer.map(|t| format!("Bearer {}", t.expose()));
     loop {
         let from = hasher.received();
         let attempt = (|| -> Result<(), AttemptError> {
@@ -104,7 +109,10 @@ fn download(
             .map_err(|e| AttemptError::Retry(e.to_string()))?;
             let mut client = Client::wrap(conn);
             let range = range_header(from);
-            let headers: Vec<(&str, &str)> = range.as_deref().map(|r| vec![("range", r)]).unwrap_or_default();
+            let mut headers: Vec<(&str, &str)> = range.as_deref().map(|r| vec![("range", r)]).unwrap_or_default();
+            if let Some(a) = authorization.as_deref() {
+                headers.push(("authorization", a));
+            }
             let req = client.request(Method::Get, url, &headers).map_err(|e| AttemptError::Retry(e.to_string()))?;
             let mut res = req.submit().map_err(|e| AttemptError::Retry(e.to_string()))?;
             match plan_response(from, res.status(), res.header("content-range"), size)? {

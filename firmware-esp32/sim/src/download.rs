@@ -14,6 +14,7 @@ use fleetwire_core::backoff::{Backoff, BackoffConfig};
 use fleetwire_core::ota::{ImageHasher, OtaError};
 use fleetwire_core::ota_download::{plan_response, range_header, AttemptBudget, AttemptError, Plan};
 use fleetwire_core::platform::XorShiftRng;
+use fleetwire_core::secret::Secret;
 use tokio::sync::mpsc;
 
 use crate::http::HttpClient;
@@ -49,6 +50,9 @@ pub struct Download {
     /// Bytes already in the slot, and already fed to `hasher`.
     pub received: u64,
     pub hasher: ImageHasher,
+    /// Sent as `Authorization: Bearer …` with every request (Range resumes too): the
+    /// device's token, set by the core only for the server's own origin.
+    pub bearer: Option<Secret>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +144,8 @@ async fn attempt(
     events: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), AttemptError> {
     let range = range_header(dl.received);
-    let mut resp = http.get(&dl.url, range.as_deref()).await.map_err(AttemptError::Retry)?;
+    let authorization = dl.bearer.as_ref().map(|t| Secret::new(format!("Bearer {}", t.expose())));
+    let mut resp = http.get(&dl.url, range.as_deref(), authorization.as_ref()).await.map_err(AttemptError::Retry)?;
     let io = |e: std::io::Error| AttemptError::Fatal(format!("slot write: {e}"));
     if plan_response(dl.received, resp.status, resp.content_range.as_deref(), dl.size)? == Plan::Restart {
         dl.received = 0;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fleetwire_core::backoff::BackoffConfig;
 use fleetwire_core::ota::{ImageHasher, OtaError};
+use fleetwire_core::secret::Secret;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -41,6 +42,11 @@ struct Outcome {
 
 /// Download `url` into a fresh slot that already holds `prefix`.
 async fn fetch(url: &str, img: &[u8], sha: &str, prefix: &[u8]) -> Outcome {
+    fetch_with(url, img, sha, prefix, None).await
+}
+
+/// [`fetch`], sending `bearer` as the device's token.
+async fn fetch_with(url: &str, img: &[u8], sha: &str, prefix: &[u8], bearer: Option<&str>) -> Outcome {
     let dir = TempDir::new("fleetwire-dl-test").unwrap();
     let slot = dir.path().join("ota_1.bin");
     std::fs::write(&slot, prefix).unwrap();
@@ -53,6 +59,7 @@ async fn fetch(url: &str, img: &[u8], sha: &str, prefix: &[u8]) -> Outcome {
         slot: slot.clone(),
         received: prefix.len() as u64,
         hasher,
+        bearer: bearer.map(Secret::new),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     tokio::spawn(run(dl, http(), policy(), "esp-01".into(), 1, tx));
@@ -154,4 +161,36 @@ async fn a_stalled_body_counts_as_interrupted() {
     assert!(matches!(o.done, Err(Failure::Fetch(ref e)) if e.contains("no data")), "{:?}", o.done);
     // Progress on the first attempt, then two fruitless ones from the same offset.
     assert_eq!(server.ranges(), [None, Some("bytes=10000-".into()), Some("bytes=10000-".into())]);
+}
+
+#[tokio::test]
+async fn the_token_goes_with_every_request_when_given_and_never_otherwise() {
+    let img = image();
+    let server =
+        ImageServer::start(img.clone(), ImageBehaviour { cut_once_after: Some(30_000), ..Default::default() }).await;
+    let o = fetch_with(&server.url, &img, &sha_hex(&img), &[], Some("h.p.s")).await;
+    assert_eq!(o.done, Ok(()));
+    assert_eq!(server.ranges(), [None, Some("bytes=30000-".into())]);
+    let bearer = Some("Bearer h.p.s".to_owned());
+    assert_eq!(server.authorizations(), [bearer.clone(), bearer], "the Range resume carries it too");
+
+    let server = ImageServer::start(img.clone(), ImageBehaviour::default()).await;
+    assert_eq!(fetch(&server.url, &img, &sha_hex(&img), &[]).await.done, Ok(()));
+    assert_eq!(server.authorizations(), [None]);
+}
+
+#[tokio::test]
+async fn a_refused_download_fails_at_once_naming_the_status() {
+    let img = image();
+    for status in [401u16, 403] {
+        let server =
+            ImageServer::start(img.clone(), ImageBehaviour { status: Some(status), ..Default::default() }).await;
+        let o = fetch_with(&server.url, &img, &sha_hex(&img), &[], Some("h.p.s")).await;
+        assert!(
+            matches!(o.done, Err(Failure::Fetch(ref e)) if e.starts_with(&format!("HTTP {status}: "))),
+            "{:?}",
+            o.done
+        );
+        assert_eq!(server.ranges().len(), 1, "not retried");
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, RETRY_AFTER};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONNECTION, CONTENT_RANGE, CONTENT_TYPE, HOST, RANGE, RETRY_AFTER};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+
+use fleetwire_core::secret::Secret;
 
 use crate::transport::parse_retry_after;
 
@@ -88,11 +90,20 @@ impl HttpClient {
         .map_err(|_| format!("POST timed out after {} s", self.timeout.as_secs()))?
     }
 
-    /// GET `url`, optionally with a `Range` header; the body is left to stream. Any HTTP
-    /// status is `Ok`.
-    pub async fn get(&self, url: &str, range: Option<&str>) -> Result<StreamingResponse, String> {
+    /// GET `url`, optionally with a `Range` and an `Authorization` header (a [`Secret`]:
+    /// never logged); the body is left to stream. Any HTTP status is `Ok`.
+    pub async fn get(
+        &self,
+        url: &str,
+        range: Option<&str>,
+        authorization: Option<&Secret>,
+    ) -> Result<StreamingResponse, String> {
         tokio::time::timeout(self.timeout, async {
-            let headers: Vec<_> = range.map(|r| (RANGE, r)).into_iter().collect();
+            let headers: Vec<_> = range
+                .map(|r| (RANGE, r))
+                .into_iter()
+                .chain(authorization.map(|a| (AUTHORIZATION, a.expose())))
+                .collect();
             let (resp, driver) = self.request(Method::GET, url, &headers, Bytes::new()).await?;
             let status = resp.status().as_u16();
             let content_range = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);

@@ -109,7 +109,7 @@ impl OtaIo {
     }
 
     fn start(&mut self, job: ImageDownload) {
-        let ImageDownload { url, size, sha256, slot, from, mut hasher, .. } = job;
+        let ImageDownload { url, size, sha256, slot, from, mut hasher, bearer, .. } = job;
         // Resuming: the bytes already in the slot go through the hasher again. A slot
         // shorter than the record says (bytes that never reached the disk) resumes from
         // where it ends; the session hears the lower count and reports from there.
@@ -129,7 +129,7 @@ impl OtaIo {
                 }
             }
         };
-        let dl = Download { url, size, sha256, slot: self.flash.slot_path(slot), received, hasher };
+        let dl = Download { url, size, sha256, slot: self.flash.slot_path(slot), received, hasher, bearer };
         let (tx, events) = mpsc::unbounded_channel();
         if received != from {
             let _ = tx.send(Event::Progress(received));

@@ -255,6 +255,7 @@ async fn a_manifest_url_that_is_a_path_is_downloaded_from_the_server_the_device_
         d.until_status("success").await;
         assert_eq!(d.states(), ["offered", "downloading", "verifying", "rebooting", "success"]);
         assert_eq!(server.paths(), std::slice::from_ref(&path));
+        assert_eq!(server.authorizations(), [Some("Bearer hdr.tok1.sig".to_owned())], "its own server gets the token");
         assert_eq!(std::fs::read(DeviceFlash::open(d.h.state.path(), ID).unwrap().slot_path(1)).unwrap(), img);
 
         // Relative urls that do not start with "/" and scheme-relative ones are refused unfetched.
@@ -284,6 +285,7 @@ async fn an_interrupted_download_resumes_with_a_range_request_and_succeeds() {
         d.send_offer(&offer(&signer(), "r-cut", "1.1.0", &server.url, &img, None));
         d.until_status("success").await;
         assert_eq!(server.ranges(), [None, Some("bytes=70000-".to_owned())]);
+        assert_eq!(server.authorizations(), [None, None], "another host never gets the token");
         assert_eq!(d.states(), ["offered", "downloading", "verifying", "rebooting", "success"]);
         assert_eq!(d.until_heartbeat_on_connection_after(1).await, "1.1.0");
         assert_eq!(d.stop().await, Exit::Shutdown);
@@ -536,4 +538,25 @@ async fn an_image_whose_heartbeats_are_never_acknowledged_is_rolled_back() {
     assert_eq!(d.until_heartbeat_on_connection_after(1).await, "1.0.0");
     assert_eq!((d.disconnects, d.connections), (1, 2), "DISCONNECT, reboot, back on the previous version");
     assert_eq!(d.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test]
+async fn a_download_its_server_refuses_is_reported_failed_with_the_status_once() {
+    real_time(async {
+        let img = image(50_000);
+        let server = ImageServer::start(img.clone(), ImageBehaviour { status: Some(403), ..Default::default() }).await;
+        let ws = server.origin.replacen("http://", "ws://", 1);
+        let tweak = move |c: &mut SessionConfig| {
+            ota_device(c);
+            c.engine.ota.server_url = Some(format!("{ws}/mqtt"));
+        };
+        let mut d = Device::start(Harness::start(FakeTokens::fixed(), tweak, vec![])).await;
+        d.send_offer(&offer(&signer(), "r-403", "2.0.0", &format!("/v1/firmware/{}", sha_hex(&img)), &img, None));
+        let v = d.until_status("failed").await;
+        assert!(v["error"].as_str().unwrap().starts_with("download failed: HTTP 403"), "{v}");
+        assert_eq!(server.authorizations(), [Some("Bearer hdr.tok1.sig".to_owned())], "asked once, not retried");
+        assert_eq!(d.states(), ["offered", "downloading", "failed"]);
+        assert_eq!(d.stop().await, Exit::Shutdown);
+    })
+    .await
 }

@@ -332,6 +332,8 @@ pub struct ImageServer {
     pub ranges: Arc<Mutex<Vec<Option<String>>>>,
     /// The request target (path and query) of every request received, in order.
     pub paths: Arc<Mutex<Vec<String>>>,
+    /// The `Authorization` header of every request received, in order.
+    pub authorizations: Arc<Mutex<Vec<Option<String>>>>,
     pub behaviour: Arc<Mutex<ImageBehaviour>>,
 }
 
@@ -343,13 +345,15 @@ impl ImageServer {
         let url = format!("{origin}/fw.bin");
         let ranges: Arc<Mutex<Vec<Option<String>>>> = Default::default();
         let paths: Arc<Mutex<Vec<String>>> = Default::default();
+        let authorizations: Arc<Mutex<Vec<Option<String>>>> = Default::default();
         let behaviour = Arc::new(Mutex::new(behaviour));
         let image = Arc::new(image);
-        let (seen, how, targets) = (ranges.clone(), behaviour.clone(), paths.clone());
+        let (seen, how, targets, auths) = (ranges.clone(), behaviour.clone(), paths.clone(), authorizations.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else { return };
-                let (seen, how, image, targets) = (seen.clone(), how.clone(), image.clone(), targets.clone());
+                let (seen, how, image, targets, auths) =
+                    (seen.clone(), how.clone(), image.clone(), targets.clone(), auths.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
@@ -367,6 +371,10 @@ impl ImageServer {
                         k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
                     });
                     seen.lock().unwrap().push(range.clone());
+                    auths.lock().unwrap().push(head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization").then(|| v.trim().to_owned())
+                    }));
                     let b = {
                         let mut b = how.lock().unwrap();
                         let now = b.clone();
@@ -416,11 +424,15 @@ impl ImageServer {
                 });
             }
         });
-        ImageServer { url, origin, ranges, paths, behaviour }
+        ImageServer { url, origin, ranges, paths, authorizations, behaviour }
     }
 
     pub fn ranges(&self) -> Vec<Option<String>> {
         self.ranges.lock().unwrap().clone()
+    }
+
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.authorizations.lock().unwrap().clone()
     }
 
     pub fn paths(&self) -> Vec<String> {

@@ -193,6 +193,9 @@ pub struct Session {
     outbox: Outbox,
     decoder: Decoder,
     token: Option<HeldToken>,
+    /// A download that needs the token, held back until one arrives (a download
+    /// resumed at boot, before the first token).
+    download_awaiting_token: Option<Box<ImageDownload>>,
     ota: OtaAgent,
     planned_reboot: Option<PlannedReboot>,
     link: Link,
@@ -273,6 +276,7 @@ impl Session {
             commands,
             outbox,
             token: None,
+            download_awaiting_token: None,
             ota,
             planned_reboot: None,
             link: Link::Offline { retry_at: now.mono_ms },
@@ -280,6 +284,7 @@ impl Session {
             cfg,
         };
         s.advance(now, &mut out);
+        s.attach_token(&mut out);
         Ok((s, out.0))
     }
 
@@ -381,8 +386,34 @@ impl Session {
         if !self.has_ended() {
             input(self, &mut out);
             self.advance(now, &mut out);
+            self.attach_token(&mut out);
         }
         out.0
+    }
+
+    /// Give the downloads that want it (same origin as the server) the current token;
+    /// without one, hold the download back and hand it out once a token arrives.
+    fn attach_token(&mut self, out: &mut Out) {
+        let mut i = 0;
+        while i < out.0.len() {
+            if let Output::Ota(OtaWork::Download(job)) = &mut out.0[i] {
+                if job.wants_token && job.bearer.is_none() {
+                    if let Some(t) = self.token.as_ref() {
+                        job.bearer = Some(t.jwt.clone());
+                    } else if let Output::Ota(OtaWork::Download(job)) = out.0.remove(i) {
+                        self.download_awaiting_token = Some(job);
+                        continue;
+                    }
+                }
+            }
+            i += 1;
+        }
+        if let Some(t) = self.token.as_ref() {
+            if let Some(mut job) = self.download_awaiting_token.take() {
+                job.bearer = Some(t.jwt.clone());
+                out.push(Output::Ota(OtaWork::Download(job)));
+            }
+        }
     }
 
     /// Act on the clock: OTA deadline and reports, then the link's own timers.

@@ -14,7 +14,7 @@
 use serde_json::Value;
 
 use crate::ota::{ImageHasher, Offer, OtaVerifier, SlotState};
-use crate::ota_download::resolve_image_url;
+use crate::ota_download::{resolve_image_url, same_origin};
 use crate::ota_status::{OtaState, OtaStatus, ProgressThrottle};
 use crate::ota_store::{Boot, OtaRecord};
 use crate::platform::Storage;
@@ -247,12 +247,15 @@ impl OtaAgent {
         let m = &offer.manifest;
         out.push(Output::Ota(OtaWork::Download(Box::new(ImageDownload {
             rollout: offer.rollout.clone(),
-            url,
             size: m.size,
             sha256: m.sha256.clone(),
             slot,
             from,
             hasher,
+            // The token is the session's to add ([`super::Session::attach_token`]).
+            bearer: None,
+            wants_token: same_origin(&url, self.settings.server_url.as_deref()),
+            url,
         }))));
         self.transfer = Some(Transfer { throttle: ProgressThrottle::new(PROGRESS_STEP), size: m.size });
         self.on_progress(from, out);

@@ -88,6 +88,14 @@ pub struct ImageDownload {
     /// Every byte of the image goes through it; [`ImageHasher::finish`] decides between
     /// `Ok` and [`DownloadFailure::Verify`].
     pub hasher: ImageHasher,
+    /// The device's current token, to send as `Authorization: Bearer <jwt>` on every
+    /// request of this download (Range resumes too). Set only when `url` has the
+    /// origin of the server the device connects to ([`crate::ota_download::same_origin`]):
+    /// `None` for any other host, which must never see it. A [`Secret`]: never logged.
+    pub bearer: Option<Jwt>,
+    /// Whether the session is to fill in `bearer` (the agent decides, the session holds
+    /// the token).
+    pub(crate) wants_token: bool,
 }
 
 impl fmt::Debug for ImageDownload {
@@ -98,6 +106,7 @@ impl fmt::Debug for ImageDownload {
             .field("size", &self.size)
             .field("slot", &self.slot)
             .field("from", &self.from)
+            .field("bearer", &self.bearer)
             .finish_non_exhaustive()
     }
 }

@@ -364,8 +364,12 @@ fn a_resumed_download_resolves_its_path_against_the_server_of_this_run() {
     let nvs = d.nvs.clone();
 
     let mut d = Device::boot_with(ota_config_on(Some("ws://new.example:8080")), nvs.clone(), vec![]);
+    // The server's own url needs the token: the download waits for the first one.
+    assert!(d.work.iter().all(|w| !matches!(w, OtaWork::Download(_))), "{:?}", d.work);
+    d.give_token("tok-after-boot", Some(3_600_000));
     let job = take_download(&mut d);
     assert_eq!((job.url.as_str(), job.from), ("http://new.example:8080/v1/firmware/abc", 4_000));
+    assert_eq!(job.bearer.as_ref().map(Jwt::expose), Some("tok-after-boot"));
 
     // Without a server to resolve against, the resumed download fails and the slot is discarded.
     let mut d = Device::boot_with(ota_config_on(None), nvs, vec![]);
@@ -376,4 +380,60 @@ fn a_resumed_download_resolves_its_path_against_the_server_of_this_run() {
     assert_eq!(v["state"], "failed");
     assert!(v["error"].as_str().unwrap().starts_with("cannot resume: manifest url"), "{v}");
     assert_eq!(record(&d).state(), SlotState::Idle);
+}
+
+#[test]
+fn the_token_goes_with_a_download_from_the_server_and_never_to_another_host() {
+    let server = "wss://fleet.example.com:8443/mqtt";
+    let sha = sha_hex(&image());
+    // A path, and the same origin spelt out: the device's current token, never logged.
+    for url in [format!("/v1/firmware/{sha}"), format!("https://FLEET.example.com:8443/v1/firmware/{sha}")] {
+        let mut d = Device::boot(ota_config_on(Some(server)));
+        d.online();
+        send_offer(&mut d, 1, &offer_at("r-own", "2.0.0", &url));
+        let job = take_download(&mut d);
+        assert_eq!(job.bearer.as_ref().map(Jwt::expose), Some("tok1"), "{url}");
+        assert!(!format!("{job:?}").contains("tok1"), "{job:?}");
+    }
+    // Any other origin gets no token: a CDN, another port, plain http, another scheme of the same host.
+    for url in [
+        "https://cdn.example.com/fw.bin".to_owned(),
+        "https://fleet.example.com/fw.bin".to_owned(),
+        "http://fleet.example.com:8443/fw.bin".to_owned(),
+        "https://fleet.example.com.evil.io:8443/fw.bin".to_owned(),
+        "http://127.0.0.1:9999/fw.bin".to_owned(),
+    ] {
+        let mut d = Device::boot(ota_config_on(Some(server)));
+        d.online();
+        send_offer(&mut d, 1, &offer_at("r-cdn", "2.0.0", &url));
+        let job = take_download(&mut d);
+        assert_eq!(job.url, url);
+        assert!(job.bearer.is_none(), "{url} must not see the token");
+    }
+    // A resumed download from another host starts at once, without a token.
+    let mut d = Device::boot(ota_config_on(Some(server)));
+    d.online();
+    send_offer(&mut d, 1, &offer_at("r-cdn", "2.0.0", "https://cdn.example.com/fw.bin"));
+    d.download_progress(4_000);
+    let mut d = Device::boot_with(ota_config_on(Some(server)), d.nvs.clone(), vec![]);
+    let job = take_download(&mut d);
+    assert_eq!((job.from, job.bearer.is_none()), (4_000, true));
+}
+
+#[test]
+fn a_download_the_server_refuses_fails_once_with_the_status_and_keeps_the_running_version() {
+    let mut d = Device::boot(ota_config_on(Some("wss://fleet.example.com")));
+    d.online();
+    send_offer(&mut d, 1, &offer_at("r-403", "2.0.0", "/v1/firmware/abc"));
+    let _job = take_download(&mut d);
+    let why = crate::ota_download::plan_response(0, 403, None, 10).unwrap_err().to_string();
+    d.download_done(Err(DownloadFailure::Fetch(why)));
+    let sent = d.take_sent();
+    let failed: Vec<_> =
+        publishes_on(&sent, "ota/status").into_iter().map(|p| json_of(&p)).filter(|v| v["state"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["error"].as_str().unwrap().starts_with("download failed: HTTP 403"), "{}", failed[0]);
+    assert!(d.work.iter().all(|w| !matches!(w, OtaWork::Download(_))), "not fetched again: {:?}", d.work);
+    assert_eq!(record(&d).state(), SlotState::Idle);
+    assert_eq!(d.s().running_version(), "1.0.0");
 }
