@@ -17,6 +17,7 @@ export const AUDIT_TYPES = [
   'device.registered', 'device.updated', 'device.key-rotated', 'device.revoked',
   'signing-key.rotated', 'service-token.issued',
   'command.sent', 'command-batch.created', 'firmware.uploaded',
+  'rollout.created', 'rollout.paused', 'rollout.resumed', 'rollout.cancelled', 'rollout.aborted',
 ] as const;
 export type AuditType = (typeof AUDIT_TYPES)[number];
 

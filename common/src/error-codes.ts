@@ -52,6 +52,7 @@ export const errorCodes = [
   'FIRMWARE_CONFLICT',
   'FIRMWARE_UPLOADS_DISABLED',
   'FIRMWARE_RANGE_NOT_SATISFIABLE',
+  'ROLLOUT_STATE_CONFLICT',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

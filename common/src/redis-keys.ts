@@ -126,4 +126,22 @@ export const redisKeys = {
   commandBatchTargets: (id: string) => `fleetwire:cmd-batch-targets:${id}`,
   /** Sorted set: batch id → unix ms its sending node's lease ends; a batch leaves it once every command is sent. */
   commandBatchesSending: 'fleetwire:cmd-batches-sending',
+  /**
+   * Hash: an OTA rollout (request, state, waves, `c:<state>` and `w<wave>:<state>` device
+   * counts, `sender` = the node ticking it). Moved by lua/rollout-state.lua (state, compare
+   * and set) and lua/rollout-device.lua (one device's state and the counts, in one step).
+   */
+  rollout: (id: string) => `fleetwire:rollout:${id}`,
+  /** Hash: device id → `state|wave|at|reason` of a rollout's targets. */
+  rolloutDevices: (id: string) => `fleetwire:rollout-devices:${id}`,
+  /** List: a rollout's target ids in wave order (stable: sorted by id at creation). */
+  rolloutTargets: (id: string) => `fleetwire:rollout-targets:${id}`,
+  /** Set: devices of a started wave still waiting for their offer (offline ones wait for presence). */
+  rolloutPending: (id: string) => `fleetwire:rollout-pending:${id}`,
+  /** Sorted set: offered device → unix ms its confirm window ends (then rolled_back or timed_out). */
+  rolloutDeadlines: (id: string) => `fleetwire:rollout-deadlines:${id}`,
+  /** Sorted set of every rollout id by creation time (unix ms), for the listing. */
+  rollouts: 'fleetwire:rollouts',
+  /** Sorted set: running or paused rollout → unix ms its ticking node's lease ends (lua/batch-claim.lua). */
+  rolloutsActive: 'fleetwire:rollouts-active',
 } as const;

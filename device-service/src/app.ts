@@ -1,17 +1,21 @@
 /** Builds the device service on the shared parts: one part per capability, the broker link they publish through. */
 import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
+import { AuditLog, configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
 import { commandsPart } from './commands.js';
 import { firmwarePart } from './firmware/part.js';
+import { diskFirmwareStore } from './firmware/storage.js';
 import { fleetHealthPart } from './fleet-health.js';
 import { heartbeatsPart } from './heartbeats.js';
 import { otaEventsPart } from './ota-events.js';
 import { presencePart } from './presence.js';
+import { Rollouts } from './rollouts.js';
+import { rolloutsPart } from './rollouts-part.js';
 import { silencePart } from './silence.js';
 import { telemetryPart } from './telemetry.js';
 
@@ -46,13 +50,18 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
     },
   };
   const parts: Part[] = [];
+  const store = diskFirmwareStore(join(resolve(config.dataDir), 'firmware'));
+  const rollouts = new Rollouts({
+    redis: deps.redis, link, store, log: deps.log.child({ part: 'rollouts' }), node,
+    audit: new AuditLog(deps.redis, deps.log, config.auditMaxRecords), registry: deps.metricsRegistry,
+  });
   // The alert sink gets the silence checker's raised changes and the heartbeat part's cleared ones,
   // so it is made first and closed last, after both have stopped.
   const alerts = alertsPart(ctx);
-  parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx));
+  parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx, { rollouts }));
   parts.push(telemetryPart(ctx), fleetHealthPart(ctx));
   parts.push(commandsPart(ctx, node));
-  parts.push(firmwarePart(ctx, { verifier: keys.verifier }));
+  parts.push(firmwarePart(ctx, { verifier: keys.verifier, store }), rolloutsPart(ctx, rollouts));
 
   return {
     readiness: {

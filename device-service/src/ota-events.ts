@@ -8,7 +8,8 @@
  * "pending-verify" open (or extend) the window: ota_window_until = reported at +
  * OTA_REBOOT_WINDOW_S. "success", "failed" and "rolled-back" end it; the other states
  * leave it as it is. The silence check reads ota_window_until (lua/silence-raise.lua).
- * The rollout server that offers updates is a later issue; this only listens.
+ * Each status is also handed to the rollout engine (rollouts.ts), which moves the device's
+ * state in its rollout.
  */
 import { Counter, LogThrottle, createQueueConsumer, redisKeys, type QueueJob, type Registry } from '@fleetwire/common';
 import type { DeviceServiceContext, Part } from './context.js';
@@ -48,7 +49,12 @@ export function otaWindowFor(state: string, reportedAt: number, windowS: number)
   return '';
 }
 
-export function otaEventsPart(ctx: DeviceServiceContext): Part {
+/** The rollout engine's side of an OTA status (rollouts.ts); absent, statuses are only recorded. */
+export interface OtaEventSink {
+  onOtaEvent(deviceId: string, rollout: string, state: string, at: number, error?: string): Promise<unknown>;
+}
+
+export function otaEventsPart(ctx: DeviceServiceContext, deps: { rollouts?: OtaEventSink } = {}): Part {
   const log = ctx.log.child({ part: 'ota-events' });
   const scripts = deviceScripts<OtaScripts>(ctx.redis);
   const outcomes = otaCounter(ctx.metricsRegistry);
@@ -66,6 +72,9 @@ export function otaEventsPart(ctx: DeviceServiceContext): Part {
       return;
     }
     outcomes.inc({ outcome });
+    // Also when stale here: the rollout's own script drops repeats, and a status the state
+    // hash holds as older may still be new to its rollout.
+    await deps.rollouts?.onOtaEvent(id, status.rollout, status.state, at, status.error);
     job.log.info({ rollout: status.rollout, ota_state: status.state, progress: status.progress, error: status.error, outcome }, 'OTA status');
   }
 
