@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import type { ServiceCommand } from '@fleetwire/common';
+import { Api, bar, LiveView } from './cli-http.js';
 
 const USAGE = `fleetwire devices command --name N [--args JSON] (--ids a,b | --type T | --tag T | --firmware V)
       [--timeout-ms N] [--rate N]
@@ -14,7 +15,6 @@ const USAGE = `fleetwire devices command --name N [--args JSON] (--ids a,b | --t
                                   admin or operator access token, or a service token)`;
 
 const POLL_MS = 500;
-const BAR_WIDTH = 20;
 
 interface Progress {
   batch: string;
@@ -24,35 +24,12 @@ interface Progress {
   done: boolean;
 }
 
-class Api {
-  constructor(private readonly base: string, private readonly token: string) {}
-
-  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    let res: Response;
-    try {
-      res = await fetch(new URL(path, this.base), {
-        method,
-        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-    } catch (err) {
-      const cause = (err as { cause?: unknown }).cause;
-      throw new Error(`cannot reach ${this.base} (${cause instanceof Error ? cause.message : (err as Error).message}); is the server running, and FLEETWIRE_URL right?`);
-    }
-    const text = await res.text();
-    const parsed = text ? JSON.parse(text) as T & { error?: { code: string; message: string } } : {} as T & { error?: { code: string; message: string } };
-    if (!res.ok) throw new Error(parsed.error ? `${parsed.error.code}: ${parsed.error.message}` : `HTTP ${res.status}`);
-    return parsed;
-  }
-}
-
 /** `[#####-----] 12/20 succeeded 10 failed 1 …`: ended commands over the total. */
 export function progressLine(p: Progress): string {
   const c = p.counts;
   const ended = c.succeeded + c.failed + c.expired + c.timed_out;
-  const filled = p.total === 0 ? BAR_WIDTH : Math.round((ended / p.total) * BAR_WIDTH);
   const waiting = p.dispatched < p.total ? ` not sent yet ${p.total - p.dispatched}` : '';
-  return `[${'#'.repeat(filled)}${'-'.repeat(BAR_WIDTH - filled)}] ${ended}/${p.total} succeeded ${c.succeeded} failed ${c.failed} ` +
+  return `${bar(ended, p.total)} ${ended}/${p.total} succeeded ${c.succeeded} failed ${c.failed} ` +
     `expired ${c.expired} timed_out ${c.timed_out} sent ${c.sent} delivered ${c.delivered}${waiting}`;
 }
 
@@ -103,21 +80,18 @@ const command: ServiceCommand = {
     out.write(`fleet command ${created.batch}: ${values.name} to ${created.total} devices${created.skipped ? ` (${created.skipped} revoked skipped)` : ''}\n`);
 
     // On a terminal one line redrawn in place; otherwise (a log, a pipe) a line per change.
-    let last = '';
+    const view = new LiveView(out);
     let progress: Progress;
     for (;;) {
       progress = await api.call<Progress>('GET', `/v1/commands/batches/${created.batch}`);
-      const line = progressLine(progress);
-      if (line !== last) {
-        out.write(out.isTTY ? `\r\x1b[2K${line}` : `${line}\n`);
-        last = line;
-      }
+      view.update([progressLine(progress)]);
       if (progress.done) break;
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
+    view.end();
     const c = progress.counts;
     const allSucceeded = c.succeeded === progress.total;
-    out.write(`${out.isTTY ? '\n' : ''}${allSucceeded ? 'all succeeded' : `not all succeeded: failed ${c.failed}, expired ${c.expired}, timed_out ${c.timed_out}`}; ` +
+    out.write(`${allSucceeded ? 'all succeeded' : `not all succeeded: failed ${c.failed}, expired ${c.expired}, timed_out ${c.timed_out}`}; ` +
       `each command: GET /v1/commands/${created.batch}:<index>\n`);
     return allSucceeded ? 0 : 1;
   },

@@ -5,6 +5,7 @@ import { deviceCommands } from './cli.js';
 import { firmwareCommands } from './firmware/cli.js';
 import { loadDeviceServiceConfig, type DeviceServiceConfig } from './config.js';
 import { deviceServiceSpecReport } from './spec.js';
+import { rolloutCommands } from './rollouts-cli.js';
 
 export const service: ServiceDefinition<DeviceServiceConfig> = {
   name: 'device-service',
@@ -20,5 +21,5 @@ export const service: ServiceDefinition<DeviceServiceConfig> = {
       close: () => devices.close(),
     };
   },
-  commands: [...deviceCommands, ...firmwareCommands],
+  commands: [...deviceCommands, ...firmwareCommands, ...rolloutCommands],
 };
