@@ -6,13 +6,14 @@
  * runs on devices that cannot boot the new version (--fail-boot-version): they roll back,
  * the failure threshold aborts it, and its later wave is never offered.
  */
+import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import https from 'node:https';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signManifest, type SignedManifest } from '@fleetwire/common';
-import { startSim, startStack, until, type Sim, type Stack } from './stack.js';
+import { CLI, startSim, startStack, until, type Sim, type Stack } from './stack.js';
 
 interface View {
   id: string; state: string; abort_reason: string | null;
@@ -77,6 +78,18 @@ async function fleet(ids: string[], file: string, extra: string[]): Promise<void
   await until(() => Promise.all(ids.map((id) => stack.redis.hget(`fleetwire:dstate:${id}`, 'fw'))), (fws) => fws.every((fw) => fw === '1.0.0'));
 }
 
+/** `fleetwire rollouts watch ID`, not on a terminal (a line per change), to its exit. */
+function watch(id: string): Promise<{ code: number | null; stdout: string }> {
+  const child = spawn(process.execPath, [CLI, 'rollouts', 'watch', id], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH, FLEETWIRE_URL: stack.url, FLEETWIRE_TOKEN: admin, NODE_EXTRA_CA_CERTS: stack.caFile },
+  });
+  let stdout = '';
+  child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { stdout += d.toString(); });
+  return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stdout })));
+}
+
 const view = async (id: string): Promise<View> => (await stack.api('GET', `/v1/rollouts/${id}`, undefined, admin)).body as unknown as View;
 
 beforeAll(async () => {
@@ -100,7 +113,12 @@ describe('rollouts with simulated devices', () => {
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const id = created.body.id as string;
     expect((created.body.waves as View['waves']).map((w) => w.devices)).toEqual([2, 8, 10]);
+    // An operator watches it from the shell: the CLI against the real API, until it ends.
+    const watched = watch(id);
     const done = await until(() => view(id), (v) => v.state === 'completed' || v.state === 'aborted', 40_000);
+    const { code, stdout } = await watched;
+    expect(code, stdout).toBe(0);
+    expect(stdout).toMatch(/^completed wave 3\/3 \(100%\) succeeded 20 failed 0 /m);
     expect(done.state, JSON.stringify(done)).toBe('completed');
     expect(done.counts).toMatchObject({ succeeded: 20, failed: 0, rolled_back: 0, timed_out: 0, pending: 0 });
     expect(done.counts_by_wave.map((c) => c.succeeded)).toEqual([2, 8, 10]);

@@ -14,12 +14,14 @@ const ENV_LINE = `FLEETWIRE_URL (default http://127.0.0.1:8080),\n${' '.repeat(3
 const INDENT = ' '.repeat(34);
 
 const CREATE_USAGE = `fleetwire rollouts create --firmware SHA256 (--ids a,b | --type T | --tag T | --firmware-of V)
-      --waves PCT:HOLD_S,… --rate-per-min N --jitter-s N --failure-ratio R --min-sample N
-      --confirm-window-s N [--allow-downgrade]
+      [--waves PCT:HOLD_S,…] [--rate-per-min N] [--jitter-s N] [--failure-ratio R --min-sample N]
+      [--confirm-window-s N] [--allow-downgrade]
 ${INDENT}roll an uploaded image out to the selected devices in waves (e.g. --waves 10:600,50:600,100:0:
 ${INDENT}10% held 600 s, then 50%, then all), aborting itself when the failure ratio (failed, rolled back,
 ${INDENT}timed out over finished, once --min-sample finished) exceeds --failure-ratio; prints the rollout
-${INDENT}id and its view (JSON). ${ENV_LINE}; the same for watch, pause, resume, cancel`;
+${INDENT}id and its view (JSON). Left out, the server's defaults apply (one wave of 100%, 60 offers a
+${INDENT}minute, no jitter, ratio 0.2 after 5, a 600 s confirm window). ${ENV_LINE}; the same for watch,
+${INDENT}pause, resume, cancel`;
 const WATCH_USAGE = `fleetwire rollouts watch ID
 ${INDENT}show a rollout's progress (a bar per device state, its wave, its failure ratio) until it
 ${INDENT}completed, aborted or was cancelled; exits 0 when it completed with no device failed, refused,
@@ -110,22 +112,24 @@ export function createBody(argv: string[]): Record<string, unknown> {
     throw new UsageError(`--firmware takes the image's SHA-256 (64 hex digits, as \`fleetwire firmware upload\` prints), not "${firmware}"`);
   }
   const selector = selectorOf(values);
-  const waves = parseWaves(required(values, 'waves'));
-  const ratioRaw = required(values, 'failure-ratio');
-  const ratio = Number(ratioRaw);
-  if (ratioRaw.trim() === '' || !Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
-    throw new UsageError(`--failure-ratio takes a number from 0 to 1 (0.1: abort when over 10% of finished devices failed), not "${ratioRaw}"`);
+  // Flags left out are left out of the body: the server applies its defaults.
+  const flags = values as Record<string, string | boolean | undefined>;
+  const given = (flag: string): string | undefined => (typeof flags[flag] === 'string' ? flags[flag] as string : undefined);
+  const body: Record<string, unknown> = { firmware: firmware.toLowerCase(), selector, allow_downgrade: values['allow-downgrade'] === true };
+  if (given('waves') !== undefined) body.waves = parseWaves(given('waves')!);
+  if (given('rate-per-min') !== undefined) body.rate_per_min = integer('rate-per-min', given('rate-per-min')!, 1);
+  if (given('jitter-s') !== undefined) body.jitter_s = integer('jitter-s', given('jitter-s')!, 0);
+  if (given('confirm-window-s') !== undefined) body.confirm_window_s = integer('confirm-window-s', given('confirm-window-s')!, 1);
+  if (given('failure-ratio') !== undefined || given('min-sample') !== undefined) {
+    // The server takes the threshold whole: both or neither.
+    const ratioRaw = required(values, 'failure-ratio');
+    const ratio = Number(ratioRaw);
+    if (ratioRaw.trim() === '' || !Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
+      throw new UsageError(`--failure-ratio takes a number from 0 to 1 (0.1: abort when over 10% of finished devices failed), not "${ratioRaw}"`);
+    }
+    body.failure_threshold = { ratio, min_sample: integer('min-sample', required(values, 'min-sample'), 1) };
   }
-  return {
-    firmware: firmware.toLowerCase(),
-    selector,
-    waves,
-    rate_per_min: integer('rate-per-min', required(values, 'rate-per-min'), 1),
-    jitter_s: integer('jitter-s', required(values, 'jitter-s'), 0),
-    failure_threshold: { ratio, min_sample: integer('min-sample', required(values, 'min-sample'), 1) },
-    confirm_window_s: integer('confirm-window-s', required(values, 'confirm-window-s'), 1),
-    allow_downgrade: values['allow-downgrade'] === true,
-  };
+  return body;
 }
 
 // ---- what a view looks like -----------------------------------------------------------

@@ -73,14 +73,14 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
   seen.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
   if (req.headers.authorization !== `Bearer ${TOKEN}`) return error(res, 401, 'AUTH_REQUIRED', 'a bearer token is required');
   if (req.method === 'POST' && req.url === '/v1/rollouts') {
-    const b = body as { firmware: string; selector: Record<string, unknown>; waves: Array<{ percent: number; hold_s: number }> };
+    const b = body as { firmware: string; selector: Record<string, unknown>; waves?: Array<{ percent: number; hold_s: number }> };
     if (b.firmware !== SHA) return error(res, 404, 'FIRMWARE_NOT_FOUND', `no image with sha256 ${b.firmware}`);
     const id = `ro-${nextId++}`;
     const r: Rollout = {
       script: SCRIPTS[b.selector.tag === 'flaky' ? 'failing' : 'clean']!, step: 0,
       view: {
         id, state: 'running', firmware: { sha256: SHA, version: '1.4.0', chip: 'esp32' }, selector: b.selector,
-        waves: b.waves.map((w) => ({ ...w, devices: Math.round(w.percent / 5), started_at: null })), current_wave: 0,
+        waves: (b.waves ?? [{ percent: 100, hold_s: 0 }]).map((w) => ({ ...w, devices: Math.round(w.percent / 5), started_at: null })), current_wave: 0,
         counts: counts({}), counts_by_wave: [], failure_ratio: 0, abort_reason: null, created_at: 1, updated_at: 1, actor: 'user:op',
       },
     };
@@ -172,6 +172,11 @@ describe('fleetwire rollouts create', () => {
     }
   });
 
+  it('leaves the flags not given out of the request, so the server\'s defaults apply', async () => {
+    await created(['create', '--firmware', SHA, '--ids', 'a-1,b-2']);
+    expect(seen.at(-1)!.body).toEqual({ firmware: SHA, selector: { ids: ['a-1', 'b-2'] }, allow_downgrade: false });
+  });
+
   it('refuses a malformed command line with what is wrong, exit 2, and sends nothing', async () => {
     const without = (flag: string): string[] => CREATE.filter((a, i) => a !== flag && CREATE[i - 1] !== flag);
     const replace = (flag: string, value: string): string[] => CREATE.map((a, i) => (CREATE[i - 1] === flag ? value : a));
@@ -181,7 +186,6 @@ describe('fleetwire rollouts create', () => {
       [without('--type'), 'give exactly one of --ids, --type, --tag, --firmware-of'],
       [[...CREATE, '--tag', 'greenhouse'], 'give exactly one of --ids, --type, --tag, --firmware-of'],
       [[...without('--type'), '--ids', ' , '], '--ids takes device ids separated by commas'],
-      [without('--waves'), '--waves is required'],
       [replace('--waves', '10-60'), '--waves: "10-60" is not PERCENT:HOLD_S'],
       [replace('--waves', '50:60,10:60,100:0'), '--waves: each wave\'s percent is cumulative and must be more than the one before (50 then 10)'],
       [replace('--waves', '10:60,150:0'), '--waves: a wave\'s percent is over 0 and at most 100, not 150'],
@@ -191,7 +195,7 @@ describe('fleetwire rollouts create', () => {
       [replace('--jitter-s', '1.5'), '--jitter-s takes a whole number ≥ 0, not "1.5"'],
       [replace('--jitter-s', '-1'), 'Option \'--jitter-s\' argument is ambiguous'], // parseArgs: a value starting with a dash
       [replace('--failure-ratio', '1.5'), '--failure-ratio takes a number from 0 to 1'],
-      [without('--min-sample'), '--min-sample is required'],
+      [without('--min-sample'), '--min-sample is required'], // the threshold goes whole: with --failure-ratio
       [replace('--confirm-window-s', '2.5'), '--confirm-window-s takes a whole number ≥ 1, not "2.5"'],
       [[...CREATE, '--wave', '10:60'], 'Unknown option \'--wave\''],
     ];
