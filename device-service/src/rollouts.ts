@@ -9,6 +9,16 @@
  * - chip: the device record's capabilities name it as `chip:<name>` (e.g. `chip:esp32`,
  *   set at registration or with PATCH /v1/devices/{id}); no such capability = chip unknown,
  *   skipped. It must equal the manifest's chip (when the manifest names one).
+ * - OTA partition: the capability `ota_partition_bytes:<n>` (e.g. `ota_partition_bytes:1572864`,
+ *   set the same way) gives the size of the device's OTA slot; an image whose manifest `size`
+ *   is larger is skipped, the reason naming both sizes. An entry that is not a positive integer
+ *   is skipped too (a typo must not pass as "fits"). No such capability = offered, unlike chip:
+ *   the device itself refuses an image larger than its partition before downloading a byte
+ *   (firmware-esp32/core/src/ota.rs OtaVerifier::check → OtaError::TooLarge, after the
+ *   signature, chip and version checks; the simulator's ota_tests show it answers `refused`
+ *   "does not fit" and fetches nothing), so the worst case is one `refused` status, finished but
+ *   not as a failure; skipping every device that never declared its partition would instead
+ *   block rollouts to fleets registered before this capability existed.
  * - running version: the `fw` its heartbeats report (device state); unknown = skipped.
  *   Below the manifest's min_version: skipped. Equal to the image's version: skipped
  *   (already runs it). Newer than the image's version: skipped unless allow_downgrade.
@@ -130,6 +140,11 @@ export function incompatibility(manifest: SignedManifest, device: { capabilities
   if (manifest.chip !== undefined) {
     if (!chip) return 'chip unknown: the device has no chip:<name> capability';
     if (chip !== manifest.chip) return `chip ${chip}, the image is for ${manifest.chip}`;
+  }
+  const partition = device.capabilities.find((c) => c.startsWith('ota_partition_bytes:'))?.slice('ota_partition_bytes:'.length);
+  if (partition !== undefined) {
+    if (!/^[1-9]\d*$/.test(partition)) return `ota_partition_bytes:${partition} is not a size in bytes`;
+    if (manifest.size > Number(partition)) return `image of ${manifest.size} bytes does not fit the ${partition}-byte OTA partition`;
   }
   if (!device.fw) return 'running version unknown: no heartbeat yet';
   if (manifest.min_version !== undefined && compareVersions(device.fw, manifest.min_version) < 0) {

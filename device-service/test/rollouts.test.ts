@@ -182,6 +182,32 @@ describe('compatibility', () => {
   }, 30_000);
 });
 
+describe('compatibility: OTA partition size', () => {
+  it('skips a device whose ota_partition_bytes is smaller than the image (both sizes in the reason) or unreadable; offers one big enough and one that never declared it', async () => {
+    const sha = await storeImage('1.6.0');
+    const size = Buffer.byteLength('image 1.6.0 {}'); // what storeImage signs as the manifest's size
+    await device('pt-small', { type: 'partition', capabilities: ['chip:esp32', `ota_partition_bytes:${size - 1}`] });
+    await device('pt-junk', { type: 'partition', capabilities: ['chip:esp32', 'ota_partition_bytes:1.5MB'] });
+    await device('pt-exact', { type: 'partition', capabilities: ['chip:esp32', `ota_partition_bytes:${size}`] });
+    await device('pt-big', { type: 'partition', capabilities: ['chip:esp32', 'ota_partition_bytes:1572864'] });
+    await device('pt-unknown', { type: 'partition', capabilities: ['chip:esp32'] });
+    const r = await create({ firmware: sha, selector: { type: 'partition' }, rate_per_min: 6000 });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    const id = r.body.id as string;
+    const skipped = (await f.api('GET', `/v1/rollouts/${id}/devices?state=skipped`, { token: viewer })).body.items as { device_id: string; reason: string }[];
+    expect(Object.fromEntries(skipped.map((s) => [s.device_id, s.reason]))).toEqual({
+      'pt-small': `image of ${size} bytes does not fit the ${size - 1}-byte OTA partition`,
+      'pt-junk': expect.stringMatching(/ota_partition_bytes:1\.5MB is not a size in bytes/),
+    });
+    const done = await until(id, (v) => v.state === 'completed');
+    expect(done.counts).toMatchObject({ skipped: 2, succeeded: 3 });
+    for (const [dev, offers] of [['pt-small', 0], ['pt-junk', 0], ['pt-exact', 1], ['pt-big', 1], ['pt-unknown', 1]] as const) {
+      expect(devs.find((d) => d.id === dev)!.offers, dev).toHaveLength(offers);
+      expect(await wasOffered(f.redis, dev, sha), dev).toBe(offers === 1);
+    }
+  }, 30_000);
+});
+
 describe('waves, pause and resume', () => {
   it('advances a wave only after its hold; pause stops offers, resume goes on; 409 on a transition not allowed', async () => {
     const sha = await storeImage('3.0.0');
@@ -266,3 +292,4 @@ describe('presence and confirm windows', () => {
     expect(await f.metric('fleetwire_device_rollout_devices', 'state="succeeded"')).toBeGreaterThanOrEqual(0);
   }, 30_000);
 });
+

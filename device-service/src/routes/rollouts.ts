@@ -41,6 +41,10 @@ export function rolloutRoutes(app: FastifyInstance, d: { operator: Guard; reader
     schema: {
       tags, security,
       summary: 'Roll a stored firmware image out to the active devices a selector picks, wave by wave; incompatible devices are skipped, never offered',
+      description: 'Compatibility, from the device record\'s capabilities and its heartbeats: `chip:<name>` must equal the manifest\'s chip '
+        + '(no such entry: skipped); `ota_partition_bytes:<n>`, when present, must be at least the manifest\'s size (smaller: skipped, '
+        + 'the reason naming both sizes; absent: offered, the device refuses an image too large for its partition itself); the running '
+        + 'version must be at least min_version, not the image\'s, and not newer unless allow_downgrade.',
       body: {
         type: 'object', required: ['firmware', 'selector'],
         properties: {
