@@ -3,18 +3,20 @@
  * offers with OTA statuses as the firmware does: validation, roles, 404 and 409;
  * compatibility skips; waves with hold; pause and resume; the failure threshold aborting a
  * rollout before its later waves; an offline device offered on reconnect; confirm windows
- * (timed_out, rolled_back); repeated statuses counted once. The simulator runs the
+ * (timed_out, rolled_back); repeated statuses counted once; a rollout carried on by another
+ * node when the node stepping it stops. The simulator runs the
  * staged case end to end in e2e/.
  */
 import { createHash, generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { signManifest, type SignedManifest } from '@fleetwire/common';
+import { createLogger, redisKeys, signManifest, startServices, type SignedManifest } from '@fleetwire/common';
 import { diskFirmwareStore } from '../src/firmware/storage.js';
 import { wasOffered } from '../src/firmware/offers.js';
 import type { RolloutView } from '../src/rollouts.js';
-import { connect, heartbeat, sleep, startFleet, waitFor, type Fleet } from './helpers.js';
+import { service as devices } from '../src/service.js';
+import { REDIS_URL, connect, heartbeat, sleep, startFleet, waitFor, type Fleet } from './helpers.js';
 
 const stateOf = (id: string, field: string): Promise<string | null> => f.redis.hget(`fleetwire:dstate:${id}`, field);
 
@@ -293,3 +295,40 @@ describe('presence and confirm windows', () => {
   }, 30_000);
 });
 
+describe('a rollout whose stepping node stops', () => {
+  it('is carried on by another device-service node on the same Redis: the rest are offered, each device once', async () => {
+    const sha = await storeImage('7.0.0');
+    const ids = ['ls-0', 'ls-1', 'ls-2', 'ls-3', 'ls-4', 'ls-5'];
+    for (const id of ids) await device(id, { type: 'lease' });
+    const node2 = await startServices([devices], {
+      REDIS_URL, PORT: '0', HOST: '127.0.0.1', FLEETWIRE_DATA_DIR: f.dataDir, DEVICE_BROKER_URL: f.mqttUrl,
+    }, { version: 'test', log: createLogger({ level: 'silent', name: 'node-2' }) });
+    let stopped = false;
+    try {
+      // Created on node 2, which holds the lease from creation: the fleet's own node does not step it.
+      const res = await fetch(`http://127.0.0.1:${node2.port}/v1/rollouts`, {
+        method: 'POST', headers: { authorization: `Bearer ${operator}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ firmware: sha, selector: { type: 'lease' }, rate_per_min: 60 }), // one offer a second
+      });
+      expect(res.status).toBe(201);
+      const { id } = await res.json() as { id: string };
+      const node2Id = await f.redis.hget(redisKeys.rollout(id), 'sender');
+      expect(node2Id).toBeTruthy();
+      await until(id, (v) => v.counts.succeeded >= 2);
+      expect(await f.redis.hget(redisKeys.rollout(id), 'sender')).toBe(node2Id);
+      await node2.stop(); // drains: node 2 stops stepping and gives the lease back
+      stopped = true;
+      const midway = await view(id);
+      expect(midway.state).toBe('running');
+      expect(midway.counts.pending).toBeGreaterThan(0);
+
+      // Given back at once, not left to run out (LEASE_MS 10 s): the rest (≤ 4 at one a second) go well before.
+      const done = await until(id, (v) => v.state === 'completed', 9000);
+      expect(done.counts).toMatchObject({ succeeded: 6, pending: 0, offered: 0 });
+      expect(await f.redis.hget(redisKeys.rollout(id), 'sender')).not.toBe(node2Id); // the fleet's node took it
+      for (const d of devs.filter((x) => ids.includes(x.id))) expect(d.offers, d.id).toHaveLength(1);
+    } finally {
+      if (!stopped) await node2.stop();
+    }
+  }, 40_000);
+});
