@@ -259,6 +259,7 @@ export class Rollouts {
       detail: { firmware: image.sha256, version: manifest.version, selector: kinds[0]!, targets: ids.length, skipped: counts['c:skipped'] ?? 0, waves: waves.length },
     });
     this.o.log.info({ rollout: id, version: manifest.version, targets: ids.length, skipped: counts['c:skipped'] ?? 0, actor }, 'rollout created');
+    await this.announce(id, 'running', actor);
     void this.tick();
     return (await this.get(id))!;
   }
@@ -322,8 +323,20 @@ export class Rollouts {
     if (action === 'cancel') this.outcomes.inc({ outcome: 'cancelled' });
     await this.o.audit.record({ type, actor, subject: `rollout:${id}`, ip });
     this.o.log.info({ rollout: id, actor }, `rollout ${action}`);
+    await this.announce(id, rule[1]!, actor);
     if (action === 'resume') void this.tick();
     return (await this.get(id))!;
+  }
+
+  /**
+   * Publishes a state change retained on fleet/rollouts/{id} (contracts: rollout.schema.json), so
+   * services and dashboards hear of an abort without polling. A failed publish is logged: the
+   * change itself is already in Redis, the audit log and the view.
+   */
+  private async announce(id: string, state: string, actor: string, reason?: string): Promise<void> {
+    const change = { rollout: id, state, at: Date.now(), actor, ...(reason ? { reason } : {}) };
+    await this.o.link.publish(topicFor('rollout', id), change, { qos: 1, retain: true })
+      .catch((err: unknown) => this.o.log.error({ err, rollout: id, state }, 'publishing a rollout change failed'));
   }
 
   /** One OTA status (ota-events): moves the device's state in its rollout, once. */
@@ -383,6 +396,7 @@ export class Rollouts {
         this.outcomes.inc({ outcome: 'aborted' });
         this.o.log.warn({ rollout: id, failure_ratio: view.failure_ratio, finished }, 'rollout aborted: failure threshold crossed');
         await this.o.audit.record({ type: 'rollout.aborted', actor: 'system', subject: `rollout:${id}`, detail: { reason } });
+        await this.announce(id, 'aborted', 'system', reason);
       }
       return;
     }
@@ -407,6 +421,7 @@ export class Rollouts {
       if (await this.scripts.rolloutState(key, redisKeys.rolloutsActive, id, 'running', 'completed', now, '') === 'ok') {
         this.outcomes.inc({ outcome: 'completed' });
         this.o.log.info({ rollout: id, counts: view.counts }, 'rollout completed');
+        await this.announce(id, 'completed', 'system');
       }
       return;
     }

@@ -11,12 +11,12 @@ import { createHash, generateKeyPairSync } from 'node:crypto';
 import { join } from 'node:path';
 import type { MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLogger, redisKeys, signManifest, startServices, type SignedManifest } from '@fleetwire/common';
+import { createLogger, payloadValidator, redisKeys, signManifest, signToken, startServices, type SignedManifest } from '@fleetwire/common';
 import { diskFirmwareStore } from '../src/firmware/storage.js';
 import { wasOffered } from '../src/firmware/offers.js';
 import type { RolloutView } from '../src/rollouts.js';
 import { service as devices } from '../src/service.js';
-import { REDIS_URL, connect, heartbeat, sleep, startFleet, waitFor, type Fleet } from './helpers.js';
+import { REDIS_URL, connect, heartbeat, nextMessage, sleep, startFleet, waitFor, type Fleet } from './helpers.js';
 
 const stateOf = (id: string, field: string): Promise<string | null> => f.redis.hget(`fleetwire:dstate:${id}`, field);
 
@@ -259,6 +259,15 @@ describe('failure threshold', () => {
     expect(audit.body.records).toHaveLength(1);
     const rolled = (await f.api('GET', `/v1/rollouts/${id}/devices?state=rolled_back`, { token: viewer })).body.items as { device_id: string }[];
     expect(rolled.map((x) => x.device_id)).toEqual(['ab-0']);
+    // The abort is published, retained: a service that subscribes afterwards still hears it.
+    const keys = await f.running.deps.keyRing();
+    const watcher = await connect(f.mqttUrl, await signToken(keys.signer, { sub: 'rollout-watcher', typ: 'service', ttlSeconds: 600 }), 'service:rollout-watcher:1');
+    const heard = nextMessage(watcher, `fleet/rollouts/${id}`);
+    await watcher.subscribeAsync('fleet/rollouts/+', { qos: 1 });
+    const change = JSON.parse((await heard).toString()) as Record<string, unknown>;
+    expect(payloadValidator('rollout')(change)).toBe(true);
+    expect(change).toMatchObject({ rollout: id, state: 'aborted', actor: 'system', reason: v.abort_reason });
+    await watcher.endAsync();
   }, 30_000);
 });
 
