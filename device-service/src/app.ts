@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { AuditLog, configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { BrokerLink } from './broker-link.js';
+import { devSigningKey } from './firmware/dev-signing.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';
 import { alertsPart } from './alerts.js';
@@ -61,7 +62,8 @@ export async function buildDeviceService(config: DeviceServiceConfig, deps: Serv
   parts.push(alerts, heartbeatsPart(ctx, { alerts }), silencePart(ctx, { alerts }), presencePart(ctx), otaEventsPart(ctx, { rollouts }));
   parts.push(telemetryPart(ctx), fleetHealthPart(ctx));
   parts.push(commandsPart(ctx, node));
-  parts.push(firmwarePart(ctx, { verifier: keys.verifier, store }), rolloutsPart(ctx, rollouts));
+  const devKey = config.otaDevSigning ? await devSigningKey(resolve(config.dataDir)) : undefined;
+  parts.push(firmwarePart(ctx, { verifier: keys.verifier, store, devKey }), rolloutsPart(ctx, rollouts));
 
   return {
     readiness: {

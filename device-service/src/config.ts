@@ -1,5 +1,5 @@
 /** Device service settings: one spec, units in the names, validated and frozen at start-up. */
-import { auditSpec, baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, otaPublicKey, type ConfigOf } from '@fleetwire/common';
+import { bool, auditSpec, baseSpec, serverSpec, serverConfigProblems, configInvalid, defaults, int, str, url, loadConfig, otaPublicKey, type ConfigOf } from '@fleetwire/common';
 
 export const deviceServiceSpec = {
   ...baseSpec,
@@ -38,6 +38,7 @@ export const deviceServiceSpec = {
   commandResultsConcurrency: int('COMMAND_RESULTS_CONCURRENCY', 16, 'cmd-results jobs this node handles at once; 0 = none: a node that only serves the API, whose waiting requests hear of results through Redis pub/sub from the nodes that consume them', { min: 0, max: 1000 }),
   // firmware images (OTA)
   otaPublicKeys: str('OTA_PUBLIC_KEYS', '', 'comma-separated trusted OTA signing keys: raw 32-byte Ed25519 public keys in base64url, as `fleetwire firmware keygen` prints them; POST /v1/firmware accepts only manifests signed by one of them; empty = uploads refused'),
+  otaDevSigning: bool('OTA_DEV_SIGNING', false, 'development only (refused when NODE_ENV=production): POST /v1/firmware/dev-sign signs manifests with a key the server keeps at <FLEETWIRE_DATA_DIR>/ota-dev-signing.pem (made on first start) and trusts besides OTA_PUBLIC_KEYS'),
   otaMaxImageBytes: int('OTA_MAX_IMAGE_BYTES', 16 * 1024 * 1024, 'largest firmware image POST /v1/firmware accepts (bytes); larger uploads are refused (413) without being stored', { min: 1 }),
   // audit (the stream the auth service writes too; the same setting trims it)
   ...auditSpec,
@@ -85,6 +86,9 @@ function checkDeviceServiceConfig(config: DeviceServiceConfig): DeviceServiceCon
     } catch (err) {
       problems.push(`OTA_PUBLIC_KEYS: "${key}": ${(err as Error).message}`);
     }
+  }
+  if (config.otaDevSigning && config.nodeEnv === 'production') {
+    problems.push('OTA_DEV_SIGNING signs firmware with a key on the server and is refused when NODE_ENV=production: sign offline with `fleetwire firmware sign` and trust its key in OTA_PUBLIC_KEYS');
   }
   try {
     parseCommandAllow(config.commandAllow);

@@ -3,11 +3,11 @@
  * the manifest and the trusted keys), refusals that leave nothing on disk, downloads with
  * ETag/Range/If-Range, and who may download what (devices: only images they were offered).
  */
-import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { readdir } from 'node:fs/promises';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { otaPublicKeyText, signManifest, type SignedManifest } from '@fleetwire/common';
+import { manifestSigner, otaPublicKeyText, signManifest, type SignedManifest } from '@fleetwire/common';
 import { loadDeviceServiceConfig } from '../src/config.js';
 import { recordOffer } from '../src/firmware/offers.js';
 import { startFleet, type Fleet } from './helpers.js';
@@ -260,5 +260,42 @@ describe('without trusted keys', () => {
     } finally {
       await bare.close();
     }
+  });
+});
+
+describe('OTA_DEV_SIGNING (development only)', () => {
+  it('signs a manifest with the server\'s own key, which then uploads and verifies like an offline-signed one', async () => {
+    const dev = await startFleet({ OTA_DEV_SIGNING: 'true' });
+    try {
+      const token = await dev.tokenFor('admin');
+      const sha256 = createHash('sha256').update(image).digest('hex');
+      const signed = await dev.api('POST', '/v1/firmware/dev-sign', { token, body: { version: '9.0.0', size: image.length, sha256, chip: 'esp32' } });
+      expect(signed.status).toBe(200);
+      const manifest = signed.body.manifest as SignedManifest;
+      expect(manifest).toMatchObject({ version: '9.0.0', sha256, url: `/v1/firmware/${sha256}` });
+      // The key stays on the server, readable by its owner only, and its public key verifies the manifest.
+      const keyFile = join(dev.dataDir, 'ota-dev-signing.pem');
+      expect((await stat(keyFile)).mode & 0o777).toBe(0o600);
+      const publicKey = createPublicKey(createPrivateKey(await readFile(keyFile, 'utf8')));
+      expect(manifestSigner(manifest, [publicKey])).toBe(0);
+
+      const form = new FormData();
+      form.append('manifest', JSON.stringify(manifest));
+      form.append('image', new Blob([image]), 'app.bin');
+      const res = await fetch(`${dev.url}/v1/firmware`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: form });
+      expect(res.status).toBe(201);
+      // Only admins sign; a bad body names its field.
+      expect((await dev.api('POST', '/v1/firmware/dev-sign', { token: await dev.tokenFor('operator'), body: { version: '9.0.1', size: 1, sha256 } })).status).toBe(403);
+      const bad = await dev.api('POST', '/v1/firmware/dev-sign', { token, body: { version: '9.0.1', size: 0, sha256 } });
+      expect(bad.status).toBe(400);
+      expect(bad.body.error!.message).toMatch(/size/);
+    } finally {
+      await dev.close();
+    }
+  });
+
+  it('is not there without OTA_DEV_SIGNING, and refused with NODE_ENV=production', async () => {
+    expect((await f.api('POST', '/v1/firmware/dev-sign', { token: admin, body: { version: '1', size: 1, sha256: 'a'.repeat(64) } })).status).toBe(404);
+    expect(() => loadDeviceServiceConfig({ OTA_DEV_SIGNING: 'true', NODE_ENV: 'production' })).toThrow(/OTA_DEV_SIGNING signs firmware with a key on the server and is refused when NODE_ENV=production/);
   });
 });

@@ -3,10 +3,11 @@
  * (the list with manifests), GET /v1/firmware/{sha256} (the image: immutable, ETag,
  * Range/If-Range, streamed from disk; devices only the images they were offered).
  */
+import type { KeyObject } from 'node:crypto';
 import { resolve, join } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import {
-  AuditLog, canonicalJson, FleetwireError, otaPublicKey, tokenState, type Redis, type TokenVerifier,
+  AuditLog, canonicalJson, FleetwireError, otaPublicKey, otaPublicKeyText, signManifest, tokenState, type Redis, type TokenVerifier,
 } from '@fleetwire/common';
 import type { DeviceServiceContext, Part } from '../context.js';
 import { diskFirmwareStore, type FirmwareStore, type StoredImage } from './storage.js';
@@ -70,6 +71,8 @@ export interface FirmwarePartOptions {
   verifier: TokenVerifier;
   /** Where images are stored; default `<FLEETWIRE_DATA_DIR>/firmware` on disk. */
   store?: FirmwareStore;
+  /** OTA_DEV_SIGNING: the server's own development key (dev-signing.ts), trusted and used by POST /v1/firmware/dev-sign. */
+  devKey?: { privateKey: KeyObject; publicKey: KeyObject };
 }
 
 export function firmwarePart(ctx: DeviceServiceContext, o: FirmwarePartOptions): Part {
@@ -79,6 +82,11 @@ export function firmwarePart(ctx: DeviceServiceContext, o: FirmwarePartOptions):
   const audit = new AuditLog(ctx.redis, ctx.log, c.auditMaxRecords);
   const download = downloadGuard(o.verifier, ctx.redis);
   const log = ctx.log.child({ part: 'firmware' });
+  if (o.devKey) {
+    keys.push(o.devKey.publicKey);
+    log.warn({ public_key: otaPublicKeyText(o.devKey.publicKey) }, 'OTA_DEV_SIGNING: this server signs firmware manifests with its own development key; give devices this public key');
+    devSignRoute(ctx, o.devKey.privateKey);
+  }
 
   // Its own plugin: the multipart parser (which leaves the body to the route) applies to these routes only.
   void ctx.http.register(async (app: FastifyInstance) => {
@@ -168,4 +176,34 @@ async function serveImage(req: FastifyRequest<{ Params: { sha256: string } }>, r
   }
   void reply.header('content-length', image.size);
   return reply.send(store.read(image.sha256));
+}
+
+/**
+ * POST /v1/firmware/dev-sign (admin; only with OTA_DEV_SIGNING, which development alone
+ * allows): the manifest of an image signed with the server's development key, to upload with
+ * POST /v1/firmware like one signed offline.
+ */
+function devSignRoute(ctx: DeviceServiceContext, privateKey: KeyObject): void {
+  ctx.http.post('/v1/firmware/dev-sign', {
+    onRequest: ctx.guards.admin,
+    schema: {
+      tags: ['firmware'], security: [{ bearer: [] }],
+      summary: 'Development only (OTA_DEV_SIGNING): sign a manifest with the server\'s development key',
+      body: {
+        type: 'object', additionalProperties: false, required: ['version', 'size', 'sha256'],
+        properties: {
+          version: { type: 'string', minLength: 1, maxLength: 64 },
+          size: { type: 'integer', minimum: 1 },
+          sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+          chip: { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{0,31}$' },
+          min_version: { type: 'string', minLength: 1, maxLength: 64 },
+          url: { type: 'string', minLength: 1, maxLength: 2048 },
+        },
+      },
+      response: { 200: { type: 'object', properties: { manifest: manifestSchema } }, 400: errorBody, 401: errorBody, 403: errorBody },
+    },
+  }, async (req) => {
+    const b = req.body as { version: string; size: number; sha256: string; chip?: string; min_version?: string; url?: string };
+    return { manifest: signManifest({ ...b, url: b.url ?? `/v1/firmware/${b.sha256}` }, privateKey) };
+  });
 }
