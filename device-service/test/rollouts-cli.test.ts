@@ -210,7 +210,7 @@ describe('fleetwire rollouts create', () => {
     expect(noToken.code).toBe(2);
     expect(noToken.stderr).toContain('set FLEETWIRE_TOKEN to an admin or operator access token');
     expect(seen).toEqual([]);
-  });
+  }, 60_000); // about 20 CLI processes, one after another
 
   it('shows what the server refused, with its status, and exits 1', async () => {
     const run = await cli(CREATE.map((a) => (a === SHA ? 'cd'.repeat(32) : a)));
