@@ -108,4 +108,20 @@ describe('fleetwire firmware', () => {
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain('--version is required');
   });
+
+  it('sign refuses an image over --max-size (the target partition) and signs one that fits', async () => {
+    const keyFile = join(dir, 'max.key');
+    expect((await cli(['keygen', '--out', keyFile])).code).toBe(0);
+    const imageFile = join(dir, 'hundred.bin');
+    await writeFile(imageFile, randomBytes(100));
+    const over = await cli(['sign', '--key', keyFile, '--image', imageFile, '--version', '3.0.0', '--max-size', '99']);
+    expect(over.code).not.toBe(0);
+    expect(over.stderr).toContain('is 100 bytes, over --max-size 99: not signed');
+    expect(over.stdout).toBe('');
+    const fits = await cli(['sign', '--key', keyFile, '--image', imageFile, '--version', '3.0.0', '--max-size', '100']);
+    expect(fits.code).toBe(0);
+    expect((JSON.parse(fits.stdout) as SignedManifest).size).toBe(100);
+    const bad = await cli(['sign', '--key', keyFile, '--image', imageFile, '--version', '3.0.0', '--max-size', 'big']);
+    expect(bad.stderr).toContain('--max-size takes a whole number of bytes, not "big"');
+  });
 });

@@ -13,7 +13,7 @@ import { otaPublicKeyText, signManifest, type ServiceCommand, type UnsignedManif
 const KEYGEN_USAGE = `fleetwire firmware keygen --out FILE
                                   make an OTA signing key pair: the private key goes to FILE (PKCS#8 PEM, mode 0600,
                                   never overwritten); prints the public key (raw 32 bytes, base64url) for OTA_PUBLIC_KEYS`;
-const SIGN_USAGE = `fleetwire firmware sign --key KEY --image app.bin --version V [--chip C] [--min-version V] [--url U]
+const SIGN_USAGE = `fleetwire firmware sign --key KEY --image app.bin --version V [--chip C] [--min-version V] [--max-size N] [--url U]
                                   print the signed manifest of an image (JSON); --url defaults to /v1/firmware/<sha256>,
                                   relative, so the signature does not pin a host name. --min-version is for the server's
                                   rollout checks (the firmware ignores it; the signature covers it)`;
@@ -52,7 +52,10 @@ const sign: ServiceCommand = {
   async run(argv) {
     const { values } = parseArgs({
       args: argv,
-      options: { key: { type: 'string' }, image: { type: 'string' }, version: { type: 'string' }, chip: { type: 'string' }, 'min-version': { type: 'string' }, url: { type: 'string' } },
+      options: {
+        key: { type: 'string' }, image: { type: 'string' }, version: { type: 'string' }, chip: { type: 'string' }, 'min-version': { type: 'string' },
+        'max-size': { type: 'string' }, url: { type: 'string' },
+      },
     });
     for (const flag of ['key', 'image', 'version'] as const) {
       if (!values[flag]) throw new Error(`--${flag} is required\nusage: ${SIGN_USAGE}`);
@@ -61,6 +64,12 @@ const sign: ServiceCommand = {
     if (key.asymmetricKeyType !== 'ed25519') throw new Error(`${values.key} is not an Ed25519 private key`);
     const size = (await stat(values.image!)).size;
     if (size === 0) throw new Error(`${values.image} is empty`);
+    // The signer's guard: an image that would not fit the target's OTA partition is not signed at all.
+    if (values['max-size'] !== undefined) {
+      const max = Number(values['max-size']);
+      if (!Number.isInteger(max) || max < 1) throw new Error(`--max-size takes a whole number of bytes, not "${values['max-size']}"\nusage: ${SIGN_USAGE}`);
+      if (size > max) throw new Error(`${values.image} is ${size} bytes, over --max-size ${max}: not signed`);
+    }
     const sha256 = await sha256Of(values.image!);
     const manifest: UnsignedManifest = {
       version: values.version!, size, sha256, url: values.url ?? `/v1/firmware/${sha256}`,
