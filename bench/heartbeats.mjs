@@ -22,10 +22,9 @@
 //                 and the load generator (1.0 = one core)
 //   memory        Redis used_memory per tracked device: after every device has state, minus
 //                 before any heartbeat (device records and tokens already in), / devices
-import { spawn } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds, selfCpuSeconds, raiseFileLimit } from './lib/util.mjs';
-import { startTarget, FLEETWIRE_MAIN, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
+import { parseArgs, usage, log, sleep, freePort, procCpuSeconds, selfCpuSeconds, raiseFileLimit } from './lib/util.mjs';
+import { startTarget, startDeviceService, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 import { openInspector, topSelf, selfByArea } from './lib/inspector.mjs';
@@ -57,16 +56,9 @@ try {
   await t.registerDevices(ids);
   const redis = new Redis(t.redisUrl, { maxRetriesPerRequest: 1 });
 
-  const servicePort = await freePort();
-  const env = { ...t.env, PORT: String(servicePort), DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, BROKER_TCP_PORT: undefined };
   const serviceInspect = a.profile ? await freePort() : null;
-  const node = [process.execPath, ...(serviceInspect ? [`--inspect=127.0.0.1:${serviceInspect}`] : []), FLEETWIRE_MAIN, 'device-service'];
-  const cmd = a.serviceCpu === 'any' ? node : ['taskset', '-c', String(a.serviceCpu), ...node];
-  service = spawn(cmd[0], cmd.slice(1), { env, cwd: env.FLEETWIRE_DATA_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
-  const serviceTail = [];
-  service.stderr.on('data', (d) => { serviceTail.push(...d.toString().split('\n').filter(Boolean)); serviceTail.splice(0, Math.max(0, serviceTail.length - 30)); });
-  await waitForPort(servicePort, 20000, () => service.exitCode !== null).catch((err) => { throw new Error(`device service did not start: ${err.message}\n${serviceTail.join('\n')}`); });
-  const metricsUrl = `http://127.0.0.1:${servicePort}/metrics`;
+  service = await startDeviceService(t, { inspect: serviceInspect, cpu: a.serviceCpu });
+  const metricsUrl = `${service.url}/metrics`;
 
   const router = a.via === 'queue' ? new IngressRouter(new Redis(t.redisUrl, { maxRetriesPerRequest: null }), 'bench') : null;
   log(a.via === 'queue' ? `enqueueing for ${ids.length} devices from this process` : `connecting ${ids.length} devices (broker on core ${BROKER_CPU}, redis and generator on core ${LOAD_CPU}, device service on ${a.serviceCpu})`);
@@ -180,10 +172,7 @@ try {
   await router?.close();
 } finally {
   for (const c of conns) c?.destroy();
-  if (service && service.exitCode === null) {
-    service.kill('SIGTERM');
-    await Promise.race([new Promise((r) => service.once('exit', r)), sleep(10000)]);
-  }
+  await service?.stop();
   await t.stop();
 }
 process.exit(0);

@@ -22,13 +22,12 @@
 //   RSS           of the device service and the broker at the end (procMem)
 //   bottleneck    the process whose CPU was nearest one core (none when all are under 0.7: then
 //                 the engine's pacing or a serial path limits, not a core)
-import { spawn } from 'node:child_process';
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds, procMem, selfCpuSeconds, raiseFileLimit } from './lib/util.mjs';
-import { startTarget, FLEETWIRE_MAIN } from './lib/targets.mjs';
+import { parseArgs, usage, log, sleep, procCpuSeconds, procMem, selfCpuSeconds, raiseFileLimit } from './lib/util.mjs';
+import { startTarget, startDeviceService } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 
@@ -62,13 +61,8 @@ try {
   }
   await t.registerDevices(ids);
 
-  const servicePort = await freePort();
-  const env = { ...t.env, PORT: String(servicePort), DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, BROKER_TCP_PORT: undefined, OTA_PUBLIC_KEYS: otaPub };
-  service = spawn(process.execPath, [FLEETWIRE_MAIN, 'device-service'], { env, cwd: env.FLEETWIRE_DATA_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
-  const serviceTail = [];
-  service.stderr.on('data', (d) => { serviceTail.push(...d.toString().split('\n').filter(Boolean)); serviceTail.splice(0, Math.max(0, serviceTail.length - 30)); });
-  await waitForPort(servicePort, 20000, () => service.exitCode !== null).catch((err) => { throw new Error(`device service did not start: ${err.message}\n${serviceTail.join('\n')}`); });
-  const base = `http://127.0.0.1:${servicePort}`;
+  service = await startDeviceService(t, { env: { OTA_PUBLIC_KEYS: otaPub } });
+  const base = service.url;
   // An admin's token (uploads need the admin role), signed with the stack's own key.
   const { signer } = await loadOrCreateKeySet(join(t.env.FLEETWIRE_DATA_DIR, 'keys'));
   const svcToken = await signToken(signer, { sub: 'bench-admin', typ: 'user', role: 'admin', ttlSeconds: 3600 });
@@ -218,10 +212,7 @@ try {
 } finally {
   for (const c of conns) c?.destroy();
   agent.destroy();
-  if (service && service.exitCode === null) {
-    service.kill('SIGTERM');
-    await Promise.race([new Promise((r) => service.once('exit', r)), sleep(10000)]);
-  }
+  await service?.stop();
   await t.stop();
 }
 process.exit(0);

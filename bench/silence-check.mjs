@@ -9,10 +9,9 @@
 //             service's CPU while `due-per-s` devices per second go silent out of `devices`
 //   burst     `burst` devices going silent at the same moment (an outage): time until every
 //             one of them is raised, and the CPU it took
-import { spawn } from 'node:child_process';
 import { Redis } from 'ioredis';
-import { parseArgs, usage, log, sleep, freePort, waitForPort, procCpuSeconds } from './lib/util.mjs';
-import { startTarget, FLEETWIRE_MAIN } from './lib/targets.mjs';
+import { parseArgs, usage, log, sleep, procCpuSeconds } from './lib/util.mjs';
+import { startTarget, startDeviceService } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 
 const D = { devices: 100000, duePerS: 100, duration: 20, burst: 10000, checkMs: 1000 };
@@ -51,13 +50,8 @@ try {
   }
   await redis.sadd('fleetwire:devidx-values:fw', '1.0.0');
 
-  const servicePort = await freePort();
-  const env = { ...t.env, PORT: String(servicePort), DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, SILENCE_CHECK_MS: String(a.checkMs) };
-  service = spawn(process.execPath, [FLEETWIRE_MAIN, 'device-service'], { env, cwd: env.FLEETWIRE_DATA_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
-  const tail = [];
-  service.stderr.on('data', (d) => { tail.push(...d.toString().split('\n').filter(Boolean)); tail.splice(0, Math.max(0, tail.length - 30)); });
-  await waitForPort(servicePort, 20000, () => service.exitCode !== null).catch((err) => { throw new Error(`device service did not start: ${err.message}\n${tail.join('\n')}`); });
-  const metrics = () => fetch(`http://127.0.0.1:${servicePort}/metrics`).then((r) => r.text());
+  service = await startDeviceService(t, { env: { SILENCE_CHECK_MS: String(a.checkMs) } });
+  const metrics = () => fetch(`${service.url}/metrics`).then((r) => r.text());
 
   await sleep(Math.max(0, now + 10_000 - Date.now()));
   const m0 = await metrics(); const cpu0 = procCpuSeconds(service.pid); const t0 = performance.now();
@@ -89,10 +83,7 @@ try {
   ].join('\n'));
   redis.disconnect();
 } finally {
-  if (service && service.exitCode === null) {
-    service.kill('SIGTERM');
-    await Promise.race([new Promise((r) => service.once('exit', r)), sleep(10000)]);
-  }
+  await service?.stop();
   await t.stop();
 }
 process.exit(0);
