@@ -22,13 +22,13 @@ import { randomUUID } from 'node:crypto';
 import { FleetwireError, redisKeys, type AuditLog, type Logger, type Redis } from '@fleetwire/common';
 import { COMMAND_STATES, ENDED_STATES, type CommandMetrics, type CommandState } from './command-results.js';
 import { isCommandAllowed } from './config.js';
+import { selectorKind, type DeviceSelector, type SelectorKind } from './device-selector.js';
 import { deviceScripts } from './redis-scripts.js';
 
 /** Exactly one kind. */
-export interface BatchSelector { ids?: string[]; type?: string; tag?: string; firmware?: string }
 
 export interface BatchRequest {
-  selector: BatchSelector;
+  selector: DeviceSelector;
   name: string;
   args: Record<string, unknown>;
   timeout_ms?: number;
@@ -39,7 +39,7 @@ export interface BatchView {
   batch: string;
   name: string;
   args: Record<string, unknown>;
-  selector: BatchSelector;
+  selector: DeviceSelector;
   total: number;
   /** Commands published so far. */
   dispatched: number;
@@ -65,7 +65,6 @@ interface BatchScripts {
 }
 
 const LEASE_MS = 10_000;
-const SELECTOR_KINDS = ['ids', 'type', 'tag', 'firmware'] as const;
 /** The listing index behind each selector kind (written by the auth service, and by the heartbeat part for fw). */
 const INDEX_KIND = { type: 'type', tag: 'tag', firmware: 'fw' } as const;
 
@@ -94,9 +93,7 @@ export class CommandBatches {
 
   /** Records the batch and starts sending it from this node. Refuses (400) before recording anything. */
   async create(req: BatchRequest, actor: string, ip: string): Promise<{ batch: string; total: number; skipped: number }> {
-    const kinds = SELECTOR_KINDS.filter((k) => req.selector[k] !== undefined);
-    if (kinds.length !== 1) throw invalid(`selector takes exactly one of ${SELECTOR_KINDS.join(', ')}`);
-    const kind = kinds[0]!;
+    const kind = selectorKind(req.selector);
     const { targets, skipped } = await this.resolve(kind, req.selector);
     this.checkAllowed(req.name, targets.map((t) => t.type));
     const id = randomUUID();
@@ -131,7 +128,7 @@ export class CommandBatches {
     const dispatched = Number(h.dispatched);
     const ended = COMMAND_STATES.filter((s) => ENDED_STATES.has(s)).reduce((n, s) => n + counts[s], 0);
     return {
-      batch: id, name: h.name, args: JSON.parse(h.args ?? '{}') as Record<string, unknown>, selector: JSON.parse(h.selector ?? '{}') as BatchSelector,
+      batch: id, name: h.name, args: JSON.parse(h.args ?? '{}') as Record<string, unknown>, selector: JSON.parse(h.selector ?? '{}') as DeviceSelector,
       total, dispatched, counts, done: dispatched >= total && ended >= total, sending: lease !== null,
       created_at: Number(h.created_at), actor: h.actor ?? '', rate_per_s: Number(h.rate_per_s),
       ...(h.timeout_ms !== undefined ? { timeout_ms: Number(h.timeout_ms) } : {}),
@@ -213,7 +210,7 @@ export class CommandBatches {
   }
 
   /** The active devices the selector picks; for an index selector, revoked or deleted devices are skipped. */
-  private async resolve(kind: (typeof SELECTOR_KINDS)[number], selector: BatchSelector): Promise<{ targets: { id: string; type: string }[]; skipped: number }> {
+  private async resolve(kind: SelectorKind, selector: DeviceSelector): Promise<{ targets: { id: string; type: string }[]; skipped: number }> {
     const ids = kind === 'ids'
       ? selector.ids!
       : await this.o.redis.zrange(redisKeys.deviceIndex(INDEX_KIND[kind], selector[kind]!), 0, -1);

@@ -50,6 +50,7 @@ import {
 import type { BrokerLink } from './broker-link.js';
 import { recordOffer } from './firmware/offers.js';
 import type { FirmwareStore } from './firmware/storage.js';
+import { selectorKind, type DeviceSelector, type SelectorKind } from './device-selector.js';
 import { deviceScripts } from './redis-scripts.js';
 
 export const DEVICE_STATES = [
@@ -66,14 +67,12 @@ const FROM_OTA: Record<string, DeviceState> = {
   offered: 'offered', downloading: 'downloading', verifying: 'verifying', rebooting: 'rebooting', 'pending-verify': 'rebooting',
   success: 'succeeded', failed: 'failed', refused: 'refused', 'rolled-back': 'rolled_back',
 };
-const SELECTOR_KINDS = ['ids', 'type', 'tag', 'firmware'] as const;
 const LEASE_MS = 10_000;
 export const TICK_MS = 500;
 
-export interface RolloutSelector { ids?: string[]; type?: string; tag?: string; firmware?: string }
 export interface RolloutRequest {
   firmware: string;
-  selector: RolloutSelector;
+  selector: DeviceSelector;
   waves?: { percent: number; hold_s: number }[];
   rate_per_min?: number;
   jitter_s?: number;
@@ -86,7 +85,7 @@ export interface RolloutView {
   id: string;
   state: RolloutState;
   firmware: { sha256: string; version: string; chip: string | null };
-  selector: RolloutSelector;
+  selector: DeviceSelector;
   waves: { percent: number; hold_s: number; devices: number; started_at: number | null }[];
   current_wave: number;
   counts: Counts;
@@ -191,8 +190,7 @@ export class Rollouts {
   }
 
   async create(req: RolloutRequest, actor: string, ip: string): Promise<RolloutView> {
-    const kinds = SELECTOR_KINDS.filter((k) => req.selector[k] !== undefined);
-    if (kinds.length !== 1) throw invalid(`selector takes exactly one of ${SELECTOR_KINDS.join(', ')}`);
+    const kind = selectorKind(req.selector);
     const waves = req.waves ?? [{ percent: 100, hold_s: 0 }];
     for (let i = 1; i < waves.length; i++) {
       if (waves[i]!.percent <= waves[i - 1]!.percent) throw invalid(`waves[${i}].percent must be greater than waves[${i - 1}].percent`);
@@ -201,7 +199,7 @@ export class Rollouts {
     const image = await this.o.store.stat(req.firmware);
     if (!image) throw new FleetwireError('NOT_FOUND', `firmware ${req.firmware} is not stored (POST /v1/firmware first)`);
     const manifest = image.manifest;
-    const ids = (await this.resolve(kinds[0]!, req.selector)).sort();
+    const ids = (await this.resolve(kind, req.selector)).sort();
     const allowDowngrade = req.allow_downgrade ?? false;
 
     // Compatibility and wave of each target.
@@ -256,7 +254,7 @@ export class Rollouts {
     this.outcomes.inc({ outcome: 'created' });
     await this.o.audit.record({
       type: 'rollout.created', actor, subject: `rollout:${id}`, ip,
-      detail: { firmware: image.sha256, version: manifest.version, selector: kinds[0]!, targets: ids.length, skipped: counts['c:skipped'] ?? 0, waves: waves.length },
+      detail: { firmware: image.sha256, version: manifest.version, selector: kind, targets: ids.length, skipped: counts['c:skipped'] ?? 0, waves: waves.length },
     });
     this.o.log.info({ rollout: id, version: manifest.version, targets: ids.length, skipped: counts['c:skipped'] ?? 0, actor }, 'rollout created');
     await this.announce(id, 'running', actor);
@@ -273,7 +271,7 @@ export class Rollouts {
     const finished = sum(counts, FINISHED);
     return {
       id, state: h.state as RolloutState, firmware: JSON.parse(h.firmware!) as RolloutView['firmware'],
-      selector: JSON.parse(h.selector!) as RolloutSelector,
+      selector: JSON.parse(h.selector!) as DeviceSelector,
       waves: waves.map((w, i) => ({ ...w, started_at: h[`wave_started_${i}`] ? Number(h[`wave_started_${i}`]) : null })),
       current_wave: Math.max(0, Number(h.current_wave)), counts, counts_by_wave: waves.map((_w, i) => countsOf(`w${i}:`)),
       failure_ratio: finished ? sum(counts, FAILURES) / finished : 0, abort_reason: h.abort_reason ?? null,
@@ -485,7 +483,7 @@ export class Rollouts {
     }
   }
 
-  private async resolve(kind: (typeof SELECTOR_KINDS)[number], selector: RolloutSelector): Promise<string[]> {
+  private async resolve(kind: SelectorKind, selector: DeviceSelector): Promise<string[]> {
     if (kind === 'ids') {
       const ids = selector.ids!;
       const statuses = await Promise.all(ids.map((id) => this.o.redis.hget(redisKeys.device(id), 'status')));

@@ -8,6 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import { FleetwireError, type Guard } from '@fleetwire/common';
 import type { BatchRequest, BatchView } from '../command-batches.js';
 import type { CommandView } from '../command-results.js';
+import { deviceIdSchema, deviceSelectorSchema } from '../device-selector.js';
 
 export interface SendRequest {
   name: string;
@@ -33,8 +34,7 @@ export interface CommandRouteDeps {
 }
 
 const errorBody = { $ref: 'error#' } as const;
-const deviceId = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } as const;
-const idParam = { type: 'object', additionalProperties: false, required: ['id'], properties: { id: deviceId } } as const;
+const idParam = { type: 'object', additionalProperties: false, required: ['id'], properties: { id: deviceIdSchema } } as const;
 const cidParam = {
   type: 'object', additionalProperties: false, required: ['cid'],
   properties: { cid: { type: 'string', minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9:._-]+$' } },
@@ -126,14 +126,7 @@ export function commandRoutes(app: FastifyInstance, d: CommandRouteDeps): void {
       body: {
         type: 'object', required: ['selector', 'name'],
         properties: {
-          selector: {
-            type: 'object', description: 'exactly one of ids, type, tag, firmware',
-            properties: {
-              ids: { type: 'array', minItems: 1, maxItems: 10_000, uniqueItems: true, items: deviceId },
-              type: { type: 'string', minLength: 1, maxLength: 64 }, tag: { type: 'string', minLength: 1, maxLength: 64 },
-              firmware: { type: 'string', minLength: 1, maxLength: 64 },
-            },
-          },
+          selector: deviceSelectorSchema,
           name: commandName, args,
           timeout_ms: { ...timeoutMs, description: 'each command\'s expiry after it is sent (default: COMMAND_DEFAULT_TIMEOUT_MS for a connected device, COMMAND_QUEUED_TTL_S for an offline one)' },
           rate_per_s: { type: 'integer', minimum: 1, maximum: d.limits.maxRatePerS, default: Math.min(20, d.limits.maxRatePerS) },

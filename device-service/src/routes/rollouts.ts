@@ -6,9 +6,9 @@
 import type { FastifyInstance } from 'fastify';
 import { FleetwireError, type Guard } from '@fleetwire/common';
 import { DEVICE_STATES, ROLLOUT_STATES, type DeviceState, type RolloutRequest, type Rollouts } from '../rollouts.js';
+import { deviceSelectorSchema, SELECTOR_KINDS } from '../device-selector.js';
 
 const errorBody = { $ref: 'error#' } as const;
-const deviceId = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } as const;
 const idParam = { type: 'object', additionalProperties: false, required: ['id'], properties: { id: { type: 'string', format: 'uuid' } } } as const;
 const countsSchema = { type: 'object', properties: Object.fromEntries(DEVICE_STATES.map((s) => [s, { type: 'integer' }])) } as const;
 const rolloutView = {
@@ -49,14 +49,7 @@ export function rolloutRoutes(app: FastifyInstance, d: { operator: Guard; reader
         type: 'object', required: ['firmware', 'selector'],
         properties: {
           firmware: { type: 'string', pattern: '^[0-9a-f]{64}$', description: 'the sha256 of an image stored with POST /v1/firmware' },
-          selector: {
-            type: 'object', description: 'exactly one of ids, type, tag, firmware',
-            properties: {
-              ids: { type: 'array', minItems: 1, maxItems: 10_000, uniqueItems: true, items: deviceId },
-              type: { type: 'string', minLength: 1, maxLength: 64 }, tag: { type: 'string', minLength: 1, maxLength: 64 },
-              firmware: { type: 'string', minLength: 1, maxLength: 64 },
-            },
-          },
+          selector: deviceSelectorSchema,
           waves: {
             type: 'array', minItems: 1, maxItems: 20, description: 'cumulative percent of the targets, increasing, the last 100; default one wave of 100',
             items: {
@@ -79,7 +72,7 @@ export function rolloutRoutes(app: FastifyInstance, d: { operator: Guard; reader
     },
   }, async (req, reply) => {
     refuseUnknown(req.body, FIELDS, '');
-    refuseUnknown(req.body.selector, ['ids', 'type', 'tag', 'firmware'], 'selector.');
+    refuseUnknown(req.body.selector, SELECTOR_KINDS, 'selector.');
     for (const [i, w] of (req.body.waves ?? []).entries()) refuseUnknown(w, ['percent', 'hold_s'], `waves[${i}].`);
     if (req.body.failure_threshold) refuseUnknown(req.body.failure_threshold, ['ratio', 'min_sample'], 'failure_threshold.');
     return reply.code(201).send(await d.rollouts.create(req.body, actorOf(req.caller), req.ip));

@@ -1,6 +1,7 @@
 /** GET /v1/devices/{id}/telemetry: a device's stored readings, paged by stream position, and its latest value per reading. */
 import type { FastifyInstance } from 'fastify';
 import { FleetwireError, MAX_QUERY_INTEGER, queryInteger, type Guard } from '@fleetwire/common';
+import { deviceIdSchema } from '../device-selector.js';
 
 export interface Reading { readonly name: string; readonly value: number; readonly unit: string }
 
@@ -83,7 +84,7 @@ export function telemetryRoutes(app: FastifyInstance, d: TelemetryRouteDeps): vo
       security: [{ bearer: [] }],
       params: {
         type: 'object', required: ['id'], additionalProperties: false,
-        properties: { id: { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{2,63}$' } },
+        properties: { id: deviceIdSchema },
       },
       querystring: {
         type: 'object', additionalProperties: false,
