@@ -7,8 +7,11 @@ NODE_BIN := node_modules/.bin
 # The npm workspaces, in package.json order: the one list of Node packages and services.
 WORKSPACES := $(shell node -p "require('./package.json').workspaces.join(' ')")
 VENV := .venv
-# Python parts, each a folder with its pyproject.toml, installed into the one $(VENV).
-PY_PROJECTS := e2e/python
+# Python parts, each a folder with its pyproject.toml and tests/, installed into the one $(VENV).
+PY_PROJECTS := e2e/python python-worker
+# pip targets: the worker is installed editable, so an edit to its source is what runs
+# (fleetwire up starts .venv/bin/fleetwire-ml-worker); its train extra retrains the models.
+PY_INSTALL := './e2e/python[dev]' -e './python-worker[dev,train]'
 # Python files outside those folders that ruff checks with their settings (README snippets).
 PY_EXTRA := examples
 RUFF_CONFIG := e2e/python/pyproject.toml
@@ -30,7 +33,7 @@ install: node_modules/.package-lock.json build
 
 # Created, and refilled, only when missing or when a pyproject.toml changed.
 $(VENV)/.installed: $(addsuffix /pyproject.toml,$(PY_PROJECTS)) scripts/ensure-venv.sh
-	scripts/ensure-venv.sh $(VENV) $(foreach p,$(PY_PROJECTS),'./$(p)[dev]')
+	scripts/ensure-venv.sh $(VENV) $(PY_INSTALL)
 	@touch $@
 
 venv: $(VENV)/.installed

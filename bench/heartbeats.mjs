@@ -60,7 +60,7 @@ try {
   service = await startDeviceService(t, { inspect: serviceInspect, cpu: a.serviceCpu });
   const metricsUrl = `${service.url}/metrics`;
 
-  const router = a.via === 'queue' ? new IngressRouter(new Redis(t.redisUrl, { maxRetriesPerRequest: null }), 'bench') : null;
+  const router = a.via === 'queue' ? new IngressRouter(new Redis(t.redisUrl, { maxRetriesPerRequest: null }), 'bench', { timeoutMs: 2000, maxTimeoutMs: 30000, quotaPerMin: 600 }) : null;
   log(a.via === 'queue' ? `enqueueing for ${ids.length} devices from this process` : `connecting ${ids.length} devices (broker on core ${BROKER_CPU}, redis and generator on core ${LOAD_CPU}, device service on ${a.serviceCpu})`);
   const specs = a.via === 'queue' ? [] : await Promise.all(ids.map((id) => t.clientOpts({ kind: 'device', id }, 'ws')));
   let next = 0; let connectRetries = 0;

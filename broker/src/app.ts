@@ -102,7 +102,7 @@ export async function buildBroker(config: BrokerConfig, deps: BrokerDeps): Promi
     tokenNoticeS: config.tokenNoticeS, maxConnectionsPerIp: config.maxConnectionsPerIp,
   });
   const gate = new ConnectGate(redis, config);
-  const ingress = new IngressRouter(queueRedis, nodeId);
+  const ingress = new IngressRouter(queueRedis, nodeId, { timeoutMs: config.mlTimeoutMs, maxTimeoutMs: config.mlMaxTimeoutMs, quotaPerMin: config.mlQuotaPerMin });
   const control = new ControlChannel(redis, connections, registry, nodeId, log);
   installHooks({
     aedes, redis, verifier: deps.verifier, gate, connections, ingress, metrics, log, nodeId,

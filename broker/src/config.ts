@@ -1,5 +1,5 @@
 /** Broker settings: one spec, units in the names, validated and frozen at start-up. */
-import { baseSpec, serverSpec, serverConfigProblems, configInvalid, bool, int, oneOf, str, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
+import { mlSetting, baseSpec, serverSpec, serverConfigProblems, configInvalid, bool, int, oneOf, str, loadConfig, defaults, type ConfigOf } from '@fleetwire/common';
 
 export const brokerSpec = {
   ...baseSpec,
@@ -32,6 +32,10 @@ export const brokerSpec = {
   abuseDropsBeforeKick: int('BROKER_ABUSE_DROPS_BEFORE_KICK', 500, 'dropped publishes within 10 s after which the client is disconnected', { min: 1 }),
   floodPenaltyS: int('BROKER_FLOOD_PENALTY_S', 30, 'a client disconnected for flooding is refused (CONNACK 3) this long; 0 = off', { min: 0 }),
   limitServices: bool('BROKER_LIMIT_SERVICES', false, 'apply the per-client publish limits to service tokens too'),
+  // ML admission (contracts/ml.json): the same settings the ml-bridge reads
+  mlTimeoutMs: mlSetting('ML_TIMEOUT_MS'),
+  mlMaxTimeoutMs: mlSetting('ML_MAX_TIMEOUT_MS'),
+  mlQuotaPerMin: mlSetting('ML_QUOTA_PER_MIN'),
   // lifetimes
   tokenNoticeS: int('BROKER_TOKEN_NOTICE_S', 60, 'send a token-expiring notice this long before exp', { min: 0 }),
   shutdownSpreadMs: int('BROKER_SHUTDOWN_SPREAD_MS', 5000, 'on SIGTERM, client closes are spread randomly over this time', { min: 0 }),

@@ -9,6 +9,9 @@
  * - Refusal: a payload that does not decode, fails its schema or cannot be a JSON job
  *   (ingress-payload.ts) is acknowledged, so the device does not retransmit it forever,
  *   but reaches nobody, with a metric and a log line.
+ * - ML admission (common/src/ml.ts): an ml/infer request is checked against the device's
+ *   quota and gets its deadline and request record before it is queued; over quota it is
+ *   answered rate_limited, and a retransmission of one already answered is dropped.
  * - The ML error reply: a refused ml/infer request with a cid gets an error result on
  *   the device's ml/result, which it can correlate.
  * - Acknowledgement: QoS 0 passes at once; a failed enqueue is counted and logged.
@@ -20,7 +23,10 @@
 import { Queue, type JobsOptions } from 'bullmq';
 import type { Client, PublishPacket } from 'aedes';
 import { randomUUID } from 'node:crypto';
-import { queues as queueContract, topicFor, type IngressEnvelope, type Logger, type QueueSpec, type Redis, type TopicEntry } from '@fleetwire/common';
+import {
+  admitMlRequest, deviceJobId, mlDeadline, mlErrorResult, mlJobId, queues as queueContract, topicFor,
+  type IngressEnvelope, type Logger, type MlAdmission, type MlAdmissionSettings, type MlErrorCode, type QueueSpec, type Redis, type TopicEntry,
+} from '@fleetwire/common';
 import { IngressBatcher } from './ingress-batcher.js';
 import { setCloseIntent, type ConnState } from './conn-state.js';
 import { decodeDevicePayload, IngressRejected } from './ingress-payload.js';
@@ -57,7 +63,9 @@ export class IngressPolicy {
       this.refuse(client, packet, entry.class, err);
       return done(null);
     }
-    const routed = this.d.router.route(queue, deviceId, entry.class, payload);
+    const routed = entry.class === 'ml-infer'
+      ? this.routeMlRequest(client, queue, deviceId, payload)
+      : this.d.router.route(queue, deviceId, entry.class, payload);
     if (packet.qos === 0) {
       routed.catch((err: unknown) => this.routingFailed(err, queue, client.id));
       return done(null);
@@ -74,6 +82,23 @@ export class IngressPolicy {
     );
   }
 
+  /** Admits an ML request (quota, deadline) before queueing it; over quota it is answered at once. */
+  private async routeMlRequest(client: Client, queue: string, deviceId: string, payload: Record<string, unknown>): Promise<void> {
+    const admission = await this.d.router.admitMl(deviceId, payload);
+    if (admission.verdict === 'rate_limited') {
+      this.d.metrics.ingressRejected.inc({ topic_class: 'ml-infer' });
+      this.answerMl(client, String(payload.cid), 'rate_limited');
+      return;
+    }
+    if (admission.verdict === 'answered') return; // a retransmission of a request already answered: exactly one answer per cid
+    await this.d.router.route(queue, deviceId, 'ml-infer', payload, { received_at: admission.receivedAt, deadline_at: admission.deadlineAt });
+  }
+
+  private answerMl(client: Client, cid: string, code: MlErrorCode, message?: string): void {
+    const result = mlErrorResult(cid, code, message);
+    client.publish({ cmd: 'publish', topic: topicFor('ml-result', client.id), payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
+  }
+
   private routingFailed(err: unknown, queue: string, clientId: string): void {
     this.d.metrics.queueRoutingErrors.inc({ queue });
     this.d.log.error({ err, queue, client_id: clientId }, 'routing a device message to its queue failed');
@@ -85,10 +110,7 @@ export class IngressPolicy {
     this.d.log.warn({ client_id: client.id, cid: err.cid, topic: packet.topic }, err.message);
     packet.topic = this.sinkTopic;
     packet.retain = false;
-    if (topicClass === 'ml-infer' && err.cid) {
-      const result = { cid: err.cid, ok: false, error: { code: err.code, message: err.message }, model_version: '' };
-      client.publish({ cmd: 'publish', topic: topicFor('ml-result', client.id), payload: Buffer.from(JSON.stringify(result)), qos: 1, retain: false, dup: false }, () => {});
-    }
+    if (topicClass === 'ml-infer' && err.cid) this.answerMl(client, err.cid, 'request_invalid', err.message);
   }
 }
 
@@ -98,7 +120,7 @@ export class IngressRouter {
   /** Queues whose jobs carry batches of envelopes (contracts/queues.json `batch`). */
   private readonly batchers = new Map<string, IngressBatcher>();
 
-  constructor(connection: Redis, private readonly nodeId: string) {
+  constructor(private readonly connection: Redis, private readonly nodeId: string, private readonly ml: MlAdmissionSettings) {
     for (const [name, spec] of Object.entries(queueContract.queues)) {
       const queue = new Queue(name, { connection, prefix: queueContract.prefix });
       this.queues.set(name, queue);
@@ -112,11 +134,26 @@ export class IngressRouter {
     return q;
   }
 
+  /** Quota and deadline of a schema-valid ML request (which has a cid), recorded for the bridge. */
+  async admitMl(deviceId: string, payload: Record<string, unknown>): Promise<{ verdict: MlAdmission; receivedAt: number; deadlineAt: number }> {
+    const receivedAt = Date.now();
+    const deadlineAt = mlDeadline(this.ml, receivedAt, payload.deadline_ms);
+    const cid = String(payload.cid);
+    const verdict = await admitMlRequest(this.connection, this.ml, {
+      deviceId, cid, model: String(payload.model), receivedAt, deadlineAt, jobId: mlJobId(deviceId, cid),
+    });
+    return { verdict, receivedAt, deadlineAt };
+  }
+
   /** Enqueues a decoded device message; resolves when Redis has it. */
-  async route(queueName: string, deviceId: string, topicClass: string, payload: Record<string, unknown>): Promise<string> {
+  async route(queueName: string, deviceId: string, topicClass: string, payload: Record<string, unknown>,
+    stamps: { received_at?: number; deadline_at?: number } = {}): Promise<string> {
     const spec = queueContract.queues[queueName]!;
     const cid = typeof payload.cid === 'string' ? payload.cid : randomUUID();
-    const envelope: IngressEnvelope = { cid, device_id: deviceId, topic_class: topicClass, payload, received_at: Date.now(), node: this.nodeId };
+    const envelope: IngressEnvelope = {
+      cid, device_id: deviceId, topic_class: topicClass, payload, received_at: stamps.received_at ?? Date.now(), node: this.nodeId,
+      ...(stamps.deadline_at === undefined ? {} : { deadline_at: stamps.deadline_at }),
+    };
     const batcher = this.batchers.get(queueName);
     if (batcher) {
       await batcher.add(envelope);
@@ -124,7 +161,7 @@ export class IngressRouter {
     }
     await this.queue(queueName).add(topicClass, envelope, {
       // Stable id for messages with a device-chosen cid, so a QoS 1 retransmission is not queued twice.
-      ...(typeof payload.cid === 'string' ? { jobId: `${deviceId}.${cid.replaceAll(':', '_')}` } : {}),
+      ...(typeof payload.cid === 'string' ? { jobId: deviceJobId(deviceId, cid) } : {}),
       ...jobOptions(spec),
     });
     return cid;

@@ -18,6 +18,7 @@ const visibility = {
   connectWindowS: 'limit', authFailuresBeforeBan: 'limit', banS: 'limit', publishPerS: 'limit', publishBurst: 'limit',
   publishPerMin: 'limit', publishBytesPerS: 'limit', publishBytesPerMin: 'limit', abuseDropsBeforeKick: 'limit', floodPenaltyS: 'limit',
   limitServices: 'limit', tokenNoticeS: 'limit', shutdownSpreadMs: 'limit', shutdownTimeoutMs: 'limit', registryFlushMs: 'limit', nodeTtlS: 'limit',
+  mlTimeoutMs: 'limit', mlMaxTimeoutMs: 'limit', mlQuotaPerMin: 'limit',
 } as const satisfies Record<keyof BrokerConfig, 'limit' | 'private'>;
 
 const reportedLimits = (Object.keys(visibility) as (keyof BrokerConfig)[]).filter((k) => visibility[k] === 'limit');

@@ -92,7 +92,7 @@ describe('ingress routing to BullMQ', () => {
     const answer = nextMessage(dev, 'devices/dev-mlbad/ml/result');
     await dev.publishAsync('devices/dev-mlbad/ml/infer', JSON.stringify({ cid: 'm-bad', input: [1] }), { qos: 1 });
     const body = JSON.parse((await answer).toString());
-    expect(body).toMatchObject({ cid: 'm-bad', ok: false, error: { code: 'BROKER_INGRESS_REJECTED' } });
+    expect(body).toMatchObject({ cid: 'm-bad', ok: false, error: { code: 'request_invalid' } });
     expect(body.error.message).toMatch(/must have required property 'model'/);
     await dev.endAsync();
   });
@@ -109,7 +109,7 @@ describe('ingress routing to BullMQ', () => {
       const answer = nextMessage(dev, 'devices/dev-unq/ml/result');
       await dev.publishAsync('devices/dev-unq/ml/infer', payload(), { qos: 1 });
       const body = JSON.parse((await answer).toString());
-      expect(body).toMatchObject({ ok: false, error: { code: 'BROKER_INGRESS_REJECTED' } });
+      expect(body).toMatchObject({ ok: false, error: { code: 'request_invalid' } });
       expect(body.error.message).toMatch(/JSON|nest/);
       await sleep(100);
       expect(dev.connected).toBe(true);

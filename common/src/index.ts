@@ -28,3 +28,5 @@ export * from './queue-batch.js';
 export * from './queue-consumer.js';
 export * from './audit.js';
 export * from './ota-manifest.js';
+export * from './ml.js';
+export * from './broker-link.js';

@@ -19,6 +19,16 @@ export interface IngressEnvelope {
   readonly received_at: number;
   /** The broker node that enqueued it. */
   readonly node: string;
+  /** ml-infer only: Unix ms when the answer is due (common/src/ml.ts). */
+  readonly deadline_at?: number;
+}
+
+/**
+ * The job id of a device message with a device-chosen cid: stable, so a QoS 1
+ * retransmission is the same job and is not queued twice. Device ids have no '.'.
+ */
+export function deviceJobId(deviceId: string, cid: string): string {
+  return `${deviceId}.${cid.replaceAll(':', '_')}`;
 }
 
 /**

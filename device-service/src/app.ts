@@ -2,8 +2,7 @@
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { AuditLog, configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
-import { BrokerLink } from './broker-link.js';
+import { AuditLog, BrokerLink, configInvalid, createRedis, requireRole, type ServiceDeps } from '@fleetwire/common';
 import { devSigningKey } from './firmware/dev-signing.js';
 import type { DeviceServiceConfig } from './config.js';
 import type { DeviceServiceContext, Part } from './context.js';

@@ -1,7 +1,7 @@
 /** What the device service's parts share, and the shape of a part. */
 import type { FastifyInstance } from 'fastify';
 import type { Guard, Logger, Redis, Registry } from '@fleetwire/common';
-import type { BrokerLink } from './broker-link.js';
+import type { BrokerLink } from '@fleetwire/common';
 import type { DeviceServiceConfig } from './config.js';
 
 export interface DeviceServiceContext {

@@ -47,7 +47,7 @@ import { randomUUID } from 'node:crypto';
 import {
   AuditLog, Counter, FleetwireError, Gauge, findDeviceIds, redisKeys, topicFor, type Logger, type Redis, type Registry, type SignedManifest,
 } from '@fleetwire/common';
-import type { BrokerLink } from './broker-link.js';
+import type { BrokerLink } from '@fleetwire/common';
 import { recordOffer } from './firmware/offers.js';
 import type { FirmwareStore } from './firmware/storage.js';
 import { selectorKind, type DeviceSelector, type SelectorKind } from './device-selector.js';

@@ -7,7 +7,7 @@ import {
 } from '@fleetwire/common';
 import { heartbeat, REDIS_URL, sleep, startFleet, waitFor, type Answer, type Fleet } from './helpers.js';
 import type { AlertChange } from '../src/alert-change.js';
-import { BrokerLink } from '../src/broker-link.js';
+import { BrokerLink } from '@fleetwire/common';
 import { deviceServiceDefaults } from '../src/config.js';
 import type { DeviceState } from '../src/device-state.js';
 import { heartbeatsPart } from '../src/heartbeats.js';

@@ -12,7 +12,8 @@
  */
 import mqtt, { type MqttClient } from 'mqtt';
 import WebSocket from 'ws';
-import { signToken, type Logger, type SigningKey } from '@fleetwire/common';
+import { signToken, type SigningKey } from './jwt.js';
+import type { Logger } from './logger.js';
 
 const TOKEN_TTL_S = 3600;
 /** Reconnect with a fresh token this long before the current one expires. */
