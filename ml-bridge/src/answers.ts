@@ -1,0 +1,104 @@
+/**
+ * The one place a device's ML request is answered. Whatever ends a request (the worker's
+ * result, its failure, or the deadline loop's timeout) comes here: claimMlAnswer takes
+ * the one right to answer (an atomic Lua claim on the request record, so two bridges, a
+ * late result and a timeout cannot both answer), and only the winner publishes
+ * `{cid, ok, output | error, model_version}` on devices/{id}/ml/result at QoS 1 through the
+ * broker link, so it reaches the device on whichever broker node holds it. The loser is
+ * dropped, counted and logged.
+ */
+import { claimMlAnswer, mlErrorMessage, mlErrorResult, topicFor, type BrokerLink, type Logger, type MlErrorCode, type MlRequestRecord, type Redis } from '@fleetwire/common';
+import type { MlMetrics } from './metrics.js';
+
+/** How a request ended, as the bridge learnt it. */
+export type MlOutcome =
+  | { readonly ok: true; readonly output: unknown; readonly modelVersion: string; readonly computeMs?: number }
+  | { readonly ok: false; readonly code: MlErrorCode; readonly message: string; readonly modelVersion: string };
+
+export interface AnswersDeps {
+  redis: Redis;
+  link: BrokerLink;
+  metrics: MlMetrics;
+  log: Logger;
+}
+
+export class Answers {
+  /** Publishes under way: drain waits for them. */
+  private readonly inFlight = new Set<Promise<unknown>>();
+
+  constructor(private readonly d: AnswersDeps) {}
+
+  /**
+   * Answers request `jobId` with a worker's `outcome` unless it was answered already (then it is a late result).
+   * Resolves true when this call answered it.
+   */
+  answer(jobId: string, outcome: MlOutcome): Promise<boolean> {
+    return this.track(this.claimAndPublish(jobId, outcome, 'worker'));
+  }
+
+  /** The deadline passed first. */
+  timeout(jobId: string): Promise<boolean> {
+    return this.track(this.claimAndPublish(jobId, { ok: false, code: 'timeout', message: mlErrorMessage('timeout'), modelVersion: '' }, 'deadline'));
+  }
+
+  private track(p: Promise<boolean>): Promise<boolean> {
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p));
+    return p;
+  }
+
+  /** Resolves once every answer begun so far was published (or failed to be). */
+  async settle(): Promise<void> {
+    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+  }
+
+  private async claimAndPublish(jobId: string, outcome: MlOutcome, source: 'worker' | 'deadline'): Promise<boolean> {
+    const label = outcome.ok ? 'ok' : outcome.code;
+    let record: MlRequestRecord | null;
+    try {
+      record = await claimMlAnswer(this.d.redis, jobId, label);
+    } catch (err) {
+      // Not claimed: the deadline loop tries again (the request is still pending in Redis).
+      this.d.log.error({ err, job_id: jobId }, 'claiming an ML answer failed');
+      return false;
+    }
+    if (!record) {
+      // For the deadline loop this is a race it lost to a result (or to another bridge's loop): nothing to count.
+      if (source === 'worker') {
+        this.d.metrics.lateResults.inc();
+        this.d.log.info({ job_id: jobId, cid: cidOf(jobId), device_id: deviceOf(jobId), outcome: label }, 'late result dropped');
+      }
+      return false;
+    }
+    const log = { cid: record.cid, device_id: record.deviceId, model: record.model, outcome: label };
+    if (!outcome.ok && outcome.code === 'timeout') {
+      this.d.metrics.timeouts.inc();
+      this.d.log.info({ ...log, deadline_at: record.deadlineAt }, 'timed out');
+    }
+    const payload = outcome.ok
+      ? { cid: record.cid, ok: true, output: outcome.output, model_version: outcome.modelVersion }
+      : mlErrorResult(record.cid, outcome.code, outcome.message, outcome.modelVersion);
+    try {
+      await this.d.link.publish(topicFor('ml-result', record.deviceId), payload, { qos: 1 });
+    } catch (err) {
+      // Claimed but not delivered: nothing can answer it any more, so say so loudly.
+      this.d.log.error({ ...log, err }, 'publishing an ML answer failed; the device gets no answer');
+      return false;
+    }
+    this.d.metrics.requests.inc({ model: record.model, outcome: label });
+    this.d.metrics.latency.observe({ model: record.model }, Math.max(0, Date.now() - record.receivedAt) / 1000);
+    if (outcome.ok && outcome.computeMs !== undefined) this.d.metrics.compute.observe({ model: record.model }, outcome.computeMs / 1000);
+    this.d.log.debug(log, 'published');
+    return true;
+  }
+}
+
+/** The device id of a job id `<device_id>.<cid>` (device ids have no '.'). */
+export function deviceOf(jobId: string): string {
+  return jobId.slice(0, jobId.indexOf('.'));
+}
+
+/** The cid part of a job id (':' in the cid was made '_'). */
+export function cidOf(jobId: string): string {
+  return jobId.slice(jobId.indexOf('.') + 1);
+}
