@@ -7,7 +7,7 @@
  * broker link, so it reaches the device on whichever broker node holds it. The loser is
  * dropped, counted and logged.
  */
-import { claimMlAnswer, mlErrorMessage, mlErrorResult, topicFor, type BrokerLink, type Logger, type MlErrorCode, type MlRequestRecord, type Redis } from '@fleetwire/common';
+import { claimMlAnswer, mlErrorMessage, mlKeys, mlErrorResult, topicFor, type BrokerLink, type Logger, type MlErrorCode, type MlRequestRecord, type Redis } from '@fleetwire/common';
 import type { MlMetrics } from './metrics.js';
 
 /** How a request ended, as the bridge learnt it. */
@@ -64,10 +64,7 @@ export class Answers {
     }
     if (!record) {
       // For the deadline loop this is a race it lost to a result (or to another bridge's loop): nothing to count.
-      if (source === 'worker') {
-        this.d.metrics.lateResults.inc();
-        this.d.log.info({ job_id: jobId, cid: cidOf(jobId), device_id: deviceOf(jobId), outcome: label }, 'late result dropped');
-      }
+      if (source === 'worker') await this.dropped(jobId, label);
       return false;
     }
     const log = { cid: record.cid, device_id: record.deviceId, model: record.model, outcome: label };
@@ -90,6 +87,22 @@ export class Answers {
     if (outcome.ok && outcome.computeMs !== undefined) this.d.metrics.compute.observe({ model: record.model }, outcome.computeMs / 1000);
     this.d.log.debug(log, 'published');
     return true;
+  }
+
+  /**
+   * A worker result for a request already answered. Every bridge sees every result, so with
+   * several bridges all but one lose each claim: that is not news. A result that lost to the
+   * deadline (or whose record is gone) is a late result: counted and logged.
+   */
+  private async dropped(jobId: string, label: string): Promise<void> {
+    const answeredWith = await this.d.redis.hget(mlKeys.request(jobId), 'outcome').catch(() => null);
+    const fields = { job_id: jobId, cid: cidOf(jobId), device_id: deviceOf(jobId), outcome: label, answered_with: answeredWith };
+    if (answeredWith !== null && answeredWith !== 'timeout') {
+      this.d.log.debug(fields, 'result already answered (by another bridge)');
+      return;
+    }
+    this.d.metrics.lateResults.inc();
+    this.d.log.info(fields, 'late result dropped');
   }
 }
 

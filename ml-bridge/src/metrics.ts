@@ -36,7 +36,7 @@ export function mlMetrics(registry: Registry, collect: { queueDepth: () => Promi
     }),
     timeouts: new Counter({ name: 'fleetwire_ml_timeouts_total', help: 'requests answered timeout (their deadline passed first)', registers: [registry] }),
     lateResults: new Counter({
-      name: 'fleetwire_ml_late_results_total', help: 'worker results dropped because the request was answered already (timed out, or answered by another bridge)',
+      name: 'fleetwire_ml_late_results_total', help: 'worker results dropped because the request had been answered timeout (or its record was gone) when they came',
       registers: [registry],
     }),
     queueDepth: new Gauge({

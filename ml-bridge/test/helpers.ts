@@ -93,6 +93,8 @@ export interface FleetOptions {
   services?: AnyService[];
   /** Share another fleet's key ring (tokens signed by one verify on the other). */
   dataDir?: string;
+  /** Where user tokens come from when this process runs no auth service. */
+  users?: Pick<MlFleet, 'tokenFor'>;
 }
 
 /** `env` overrides any setting (names as in the specs, e.g. ML_WORKERS). Workers log at warn unless LOG_LEVEL says otherwise. */
@@ -127,6 +129,7 @@ export async function startMlFleet(env: Record<string, string> = {}, o: FleetOpt
 
   let adminToken: string | undefined;
   async function tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string> {
+    if (o.users) return o.users.tokenFor(role);
     const login = async (email: string, password: string) => (await api('POST', '/v1/auth/login', { body: { email, password } })).body.access_token as string;
     adminToken ??= await login(ADMIN.email, ADMIN.password);
     if (role === 'admin') return adminToken;
