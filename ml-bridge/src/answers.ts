@@ -47,9 +47,18 @@ export class Answers {
     return p;
   }
 
-  /** Resolves once every answer begun so far was published (or failed to be). */
-  async settle(): Promise<void> {
-    while (this.inFlight.size) await Promise.allSettled([...this.inFlight]);
+  /**
+   * Resolves once every answer begun so far was published (or failed to be), or after
+   * `timeoutMs`: a publish waits for the broker's PUBACK, and with the broker gone (it drains
+   * first in `fleetwire up`) it would wait for a reconnect that never comes.
+   */
+  async settle(timeoutMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((r) => { timer = setTimeout(r, timeoutMs); });
+    const all = (async () => { while (this.inFlight.size) await Promise.allSettled([...this.inFlight]); })();
+    await Promise.race([all, bound]);
+    clearTimeout(timer);
+    if (this.inFlight.size) this.d.log.warn({ unpublished: this.inFlight.size }, 'ML answers still waiting for the broker at shutdown');
   }
 
   private async claimAndPublish(jobId: string, outcome: MlOutcome, source: 'worker' | 'deadline'): Promise<boolean> {

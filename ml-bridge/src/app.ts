@@ -20,6 +20,9 @@ import { mlRoutes } from './routes.js';
 import { readWorkers } from './worker-view.js';
 import { staleAfterMs, WorkerPool } from './workers.js';
 
+/** How long drain and close wait for answers being published. */
+const SETTLE_MS = 2000;
+
 export interface MlBridge {
   readonly node: string;
   readonly pool: WorkerPool;
@@ -73,7 +76,7 @@ export async function buildMlBridge(config: MlBridgeConfig, deps: ServiceDeps): 
       workers: async () => (await aliveCount()) > 0,
       broker_link: async () => link.connected,
     },
-    shutdownTimeoutMs: pool.stopTimeoutMs + 2000,
+    shutdownTimeoutMs: pool.stopTimeoutMs + SETTLE_MS + 1000,
     async start(port) {
       if (ownBroker) brokerUrl = `${config.tlsCertFile ? 'wss' : 'ws'}://127.0.0.1:${port}/mqtt`;
       await link.start();
@@ -90,13 +93,13 @@ export async function buildMlBridge(config: MlBridgeConfig, deps: ServiceDeps): 
       await new Promise((r) => setTimeout(r, 50));
       await deadlines.stop();
       await results.close();
-      await answers.settle();
+      await answers.settle(SETTLE_MS);
     },
     async close() {
       await pool.stop();
       await deadlines.stop();
       await results.close().catch(() => undefined);
-      await answers.settle();
+      await answers.settle(SETTLE_MS);
       await queue.close();
       await link.close();
       queueConnection.disconnect();
