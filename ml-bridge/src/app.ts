@@ -20,6 +20,8 @@ import { mlRoutes } from './routes.js';
 import { readWorkers } from './worker-view.js';
 import { staleAfterMs, WorkerPool } from './workers.js';
 
+/** How long start waits for the first supervised worker (it imports onnxruntime and loads the models: about a second). */
+const FIRST_WORKER_WAIT_MS = 15_000;
 /** How long drain and close wait for answers being published. */
 const SETTLE_MS = 2000;
 
@@ -84,6 +86,9 @@ export async function buildMlBridge(config: MlBridgeConfig, deps: ServiceDeps): 
       await results.start();
       deadlines.start();
       pool.start();
+      if (pool.slots.length && !(await pool.firstAlive(FIRST_WORKER_WAIT_MS))) {
+        log.warn({ waited_ms: FIRST_WORKER_WAIT_MS }, 'no supervised ML worker is alive yet; requests wait in the queue (or time out) until one is');
+      }
       const workersLine = pool.unavailable ? 'no supervised workers (see the error above)' : `${config.workers} supervised worker(s)`;
       return [`ML bridge:           node ${node}, ${workersLine}, answering through ${brokerUrl}`];
     },

@@ -110,6 +110,22 @@ export class WorkerPool {
     for (const s of this.slots) s.supervisor.start();
   }
 
+  /**
+   * Resolves once one supervised worker wrote a heartbeat (true), or after `timeoutMs`
+   * (false), so a process that starts them reports itself started when ML can answer.
+   */
+  async firstAlive(timeoutMs: number): Promise<boolean> {
+    if (!this.slots.length) return false;
+    const deadline = Date.now() + timeoutMs;
+    const maxAge = staleAfterMs(this.config);
+    while (Date.now() < deadline) {
+      const alive = await Promise.all(this.slots.map((s) => heartbeatFresh(this.d.redis, s.id, maxAge, s.supervisor.pid).catch(() => false)));
+      if (alive.some(Boolean)) return true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return false;
+  }
+
   async stop(): Promise<void> {
     await Promise.all(this.slots.map((s) => s.supervisor.stop()));
   }
