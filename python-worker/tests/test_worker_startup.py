@@ -1,0 +1,41 @@
+"""Starting the worker process: settings it refuses, and models it needs, say so and exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import worker_env
+
+
+def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fleetwire_ml"], env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("REDIS_URL", "", "REDIS_URL"),
+        ("REDIS_URL", "http://localhost", "REDIS_URL"),
+        ("ML_WORKER_CONCURRENCY", "many", "ML_WORKER_CONCURRENCY"),
+        ("ML_WORKER_HEARTBEAT_MS", "0", "ML_WORKER_HEARTBEAT_MS"),
+        ("ML_MODELS_DIR", "/nonexistent/models", "ML_MODELS_DIR"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL"),
+    ],
+)
+def test_a_bad_setting_exits_2_with_one_line_naming_it(redis_url, models_dir, setting, value, named):
+    env = worker_env(redis_url, models_dir, "w-bad", **{setting: value})
+    done = run_worker(env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], done.stderr
+
+
+def test_no_loadable_model_exits_2(redis_url, tmp_path: Path):
+    empty = tmp_path / "models"
+    (empty / "anomaly" / "1").mkdir(parents=True)  # a version directory without its files
+    done = run_worker(worker_env(redis_url, empty, "w-empty"))
+    assert done.returncode == 2
+    assert "no model loaded" in done.stderr
