@@ -255,6 +255,9 @@ class ModelRegistry:
         self._refused: dict[Path, tuple] = {}
         self._lock = threading.Lock()  # scans may run in a thread while the event loop resolves
 
+    # Logging: refusals are logged here (error); loads and drops only at debug, since scan() and
+    # reload() return them for the caller to log once with its context.
+
     def scan(self) -> list[str]:
         """Loads new or changed version directories and drops versions whose directory is gone."""
         return self._rescan(names=None, verify_all=False)
@@ -323,13 +326,13 @@ class ModelRegistry:
                 for version in current:
                     if version not in on_disk.get(name, {}):
                         changes.append(f"{name}@{version} dropped (directory gone)")
-                        self._log.info("model %s@%s dropped: its directory is gone", name, version)
+                        self._log.debug("model %s@%s dropped: its directory is gone", name, version)
                 if kept:
                     versions[name] = kept
             defaults = {name: max(found, key=_version_key) for name, found in versions.items()}
             for name, default in defaults.items():
                 if old.defaults.get(name) not in (None, default):
-                    self._log.info("model %s default version is now %s (was %s)", name, default, old.defaults[name])
+                    self._log.debug("model %s default version is now %s (was %s)", name, default, old.defaults[name])
             self._table = _Table(versions, defaults)  # the one assignment readers see
             return changes
 
@@ -353,5 +356,5 @@ class ModelRegistry:
             # Verified again and unchanged: keep the session jobs already hold.
             return _Loaded(current.model, fingerprint)
         changes.append(f"{name}@{version} {'reloaded' if current else 'loaded'}")
-        self._log.info("model %s@%s %s from %s", name, version, "reloaded" if current else "loaded", directory)
+        self._log.debug("model %s@%s %s from %s", name, version, "reloaded" if current else "loaded", directory)
         return _Loaded(model, fingerprint)
