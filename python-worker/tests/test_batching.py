@@ -91,8 +91,9 @@ async def test_a_lone_request_is_not_held_back(registry: ModelRegistry, batcher:
 
 async def test_requests_arriving_during_a_call_go_together_in_the_next(registry: ModelRegistry, batcher: MicroBatcher) -> None:
     slow = registry.resolve("slow", None)
-    running = asyncio.ensure_future(batcher.infer(slow, slow.prepare([[150]], 10)))
-    await asyncio.sleep(0.03)  # the 150 ms call is running
+    # 300 ms requested: even if it ran twice as fast as calibrated, the three below arrive during it.
+    running = asyncio.ensure_future(batcher.infer(slow, slow.prepare([[300]], 10)))
+    await asyncio.sleep(0.03)
     late = []
     for _ in range(3):
         late.append(asyncio.ensure_future(batcher.infer(slow, slow.prepare([[5]], 10))))
