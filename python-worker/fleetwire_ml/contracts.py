@@ -62,7 +62,7 @@ class Contracts:
 
     @cached_property
     def _ml_topic(self) -> dict[str, Any]:
-        return next(t for t in self.read("topics.json") if t["class"] == ML_INFER_CLASS)
+        return next(t for t in self.read("topics.json")["topics"] if t["class"] == ML_INFER_CLASS)
 
     @property
     def prefix(self) -> str:

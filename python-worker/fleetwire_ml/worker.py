@@ -15,8 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as redis
 from bullmq import Worker
 from bullmq.custom_errors import UnrecoverableError
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from fleetwire_ml.batching import MicroBatcher
 from fleetwire_ml.config import Settings
@@ -157,13 +161,33 @@ def _job_fields(job: Any, data: Any) -> dict[str, Any]:
     return fields
 
 
+def pooled_client(settings: Settings) -> redis.Redis:
+    """The worker's Redis client: a pool of up to one connection per concurrent job.
+
+    Given a URL, bullmq-python opens a single-connection client, so the moveToActive and
+    moveToFinished calls of all concurrent jobs queue behind each other on one socket; measured on
+    the 2-core machine with 1-row jobs, a pool takes about half the CPU per job and doubles the
+    jobs/s. The retry policy is bullmq's own for its connections (bullmq/redis_connection.py).
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        # Jobs in flight plus their job fetches, lock renewal, the stalled check and the blocking wait.
+        max_connections=settings.concurrency + 4,
+        timeout=None,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=20, base=1), 20),
+        retry_on_error=[redis_errors.BusyLoadingError, redis_errors.ConnectionError, redis_errors.TimeoutError],
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 def build_worker(processor: InferenceProcessor, contracts: Contracts, settings: Settings) -> Worker:
     """The BullMQ worker on ml-infer, not yet running (main() runs it and watches the run)."""
     return Worker(
         contracts.ml_queue,
         processor,
         {
-            "connection": settings.redis_url,
+            "connection": pooled_client(settings),
             "prefix": contracts.prefix,
             "concurrency": settings.concurrency,
             # A killed worker's job is retried once its lock lapses; the lock is renewed every
