@@ -68,7 +68,7 @@ def load_settings(contracts: Contracts, env: dict[str, str] | None = None) -> Se
         raise ConfigError(f"LOG_LEVEL={log_level!r} must be one of {', '.join(LEVELS)}")
 
     heartbeat_ms = _int(env, "ML_WORKER_HEARTBEAT_MS", defaults["ML_WORKER_HEARTBEAT_MS"])
-    # BullMQ renews a lock every lockDuration/4 at worst; below this it would renew constantly.
+    # BullMQ checks locks every lockDuration/4: below 100 ms it would spend its time renewing them.
     lock_ms = _int(env, "ML_WORKER_LOCK_MS", defaults["ML_WORKER_LOCK_MS"], minimum=100)
 
     return Settings(

@@ -154,6 +154,9 @@ async def test_hot_reload_switches_the_default_with_jobs_in_flight_and_none_fail
         await asyncio.sleep(0.3)
         add_version(models_dir, "anomaly", "2", "3")
         if how == "control-channel":
+            # Commands the worker does not understand are logged and ignored; the next one still works.
+            await rdb.publish(contracts.key("control"), "reload everything")
+            await rdb.publish(contracts.key("control"), json.dumps({"action": "delete", "model": "anomaly"}))
             await rdb.publish(contracts.key("control"), json.dumps({"action": "reload", "model": "anomaly"}))
 
     switching = asyncio.create_task(switch())
@@ -167,6 +170,8 @@ async def test_hot_reload_switches_the_default_with_jobs_in_flight_and_none_fail
     assert versions[0] == "2" and versions[-1] == "3"
     heartbeat = await heartbeat_of(rdb, contracts, worker.id)
     assert heartbeat["models"]["anomaly"] == {"default": "3", "versions": ["1", "2", "3"]}
+    if how == "control-channel":
+        assert [line["msg"] for line in worker.logs()].count("control message ignored: not JSON") == 1
 
 
 async def test_the_heartbeat_reports_the_worker_its_models_and_its_jobs(start_worker, ml_queue, rdb, contracts):
@@ -217,8 +222,8 @@ async def test_sigterm_lets_the_running_job_finish_then_exits_and_withdraws_the_
 
 
 async def test_two_worker_processes_share_the_queue(start_worker, ml_queue):
-    first, second = start_worker("w-a"), start_worker("w-b")
-    # Requests for the slow model keep one worker busy long enough for the other to take its share.
+    # One job at a time each, on the slow model: a worker busy with one job leaves the next to the other.
+    first, second = start_worker("w-a", ML_WORKER_CONCURRENCY="1"), start_worker("w-b", ML_WORKER_CONCURRENCY="1")
     ids = [await ml_queue.add_request("dev-1", {"cid": f"s-{i}", "model": "slow", "input": [[30]]}) for i in range(30)]
     results = [await ml_queue.finished(job_id) for job_id in ids]
     assert all(r.returnvalue["ok"] for r in results)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import worker_env
+from conftest import _free_port, worker_env
 
 
 def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -39,3 +39,9 @@ def test_no_loadable_model_exits_2(redis_url, tmp_path: Path):
     done = run_worker(worker_env(redis_url, empty, "w-empty"))
     assert done.returncode == 2
     assert "no model loaded" in done.stderr
+
+
+def test_an_unreachable_redis_is_a_crash_the_supervisor_restarts(models_dir):
+    closed_port = _free_port()
+    done = run_worker(worker_env(f"redis://127.0.0.1:{closed_port}", models_dir, "w-no-redis"))
+    assert done.returncode not in (0, 2)
