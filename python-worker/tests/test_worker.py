@@ -228,3 +228,25 @@ async def test_two_worker_processes_share_the_queue(start_worker, ml_queue):
     results = [await ml_queue.finished(job_id) for job_id in ids]
     assert all(r.returnvalue["ok"] for r in results)
     assert {r.returnvalue["worker"] for r in results} == {first.id, second.id}
+
+
+async def test_a_burst_completes_each_job_once_with_its_own_result(start_worker, ml_queue):
+    start_worker()
+    ids = [await ml_queue.add_request("dev-burst", anomaly(f"b-{i}", [[20.0 + i % 7, 40.0, 0.02, 1.3]])) for i in range(300)]
+    results = [await ml_queue.finished(job_id) for job_id in ids]
+    assert all(r.returnvalue["ok"] for r in results)
+    assert [r.returnvalue["cid"] for r in results] == [f"b-{i}" for i in range(300)]
+    assert {r.attempts_started for r in results} == {1}
+
+
+async def test_sigterm_in_a_burst_leaves_no_job_active(start_worker, ml_queue):
+    worker = start_worker()
+    ids = [await ml_queue.add_request("dev-burst", anomaly(f"t-{i}"), 60_000) for i in range(400)]
+    worker.proc.terminate()
+    assert await asyncio.to_thread(worker.proc.wait, 15) == 0
+
+    counts = await ml_queue.queue.getJobCounts("active", "waiting", "completed", "failed", "delayed")
+    # Every job the worker took is completed; the rest wait for the next worker; none is held by a lock.
+    assert counts["active"] == counts["failed"] == counts["delayed"] == 0
+    assert counts["waiting"] + counts["completed"] == len(ids)
+    assert counts["completed"] > 0
