@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -250,3 +251,17 @@ async def test_sigterm_in_a_burst_leaves_no_job_active(start_worker, ml_queue):
     assert counts["active"] == counts["failed"] == counts["delayed"] == 0
     assert counts["waiting"] + counts["completed"] == len(ids)
     assert counts["completed"] > 0
+
+
+async def test_a_job_of_a_killed_worker_is_retried_by_another_once_its_lock_lapses(start_worker, ml_queue):
+    doomed = start_worker("w-doomed", ML_WORKER_LOCK_MS="500", ML_WORKER_CONCURRENCY="1")
+    slow = await ml_queue.add_request("dev-1", {"cid": "orphan", "model": "slow", "input": [[1500]]}, 15_000)
+    while await ml_queue.state(slow) != "active":
+        await asyncio.sleep(0.02)
+    doomed.stop(signal.SIGKILL)
+    survivor = start_worker("w-survivor", ML_WORKER_LOCK_MS="500")
+
+    done = await ml_queue.finished(slow, timeout=8)
+    assert done.state == "completed"
+    assert done.returnvalue["worker"] == survivor.id
+    assert done.attempts_started == 2
