@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
 
 import redis.asyncio as redis
+from bullmq import Worker
 
 from fleetwire_ml.batching import MicroBatcher
 from fleetwire_ml.config import ConfigError, Settings, load_settings
@@ -24,6 +26,7 @@ from fleetwire_ml.logs import make_logger
 from fleetwire_ml.models import ModelRegistry
 from fleetwire_ml.worker import InferenceProcessor, JobCounters, build_worker
 
+EXIT_CRASHED = 1
 EXIT_CANNOT_START = 2
 
 
@@ -84,16 +87,42 @@ async def serve(contracts: Contracts, settings: Settings) -> None:
 
     log.info("stopping: taking no more jobs, finishing the running ones", extra={"running": len(worker.jobs)})
     heartbeat.state = "stopping"
+    stopping = asyncio.create_task(stop_gracefully(worker, run, background, heartbeat, batcher, client, log))
+    done, _ = await asyncio.wait({stopping}, timeout=settings.stop_grace_ms / 1000)
+    if not done:
+        # bullmq and redis-py retry a lost Redis for minutes and bullmq's close() cannot be cancelled:
+        # leave now. Jobs still active are retried by another worker once their locks lapse.
+        log.error(
+            "stop took longer than ML_MAX_TIMEOUT_MS (is Redis reachable?): exiting without withdrawing",
+            extra={"running": len(worker.jobs)},
+        )
+        sys.stdout.flush()
+        os._exit(EXIT_CRASHED)
+    stopping.result()
+    log.info("worker stopped", extra={"jobs_done": counters.jobs_done, "jobs_failed": counters.jobs_failed})
+
+
+async def stop_gracefully(
+    worker: Worker,
+    run: asyncio.Task,
+    background: list[asyncio.Task],
+    heartbeat: Heartbeat,
+    batcher: MicroBatcher,
+    client: redis.Redis,
+    log: logging.Logger,
+) -> None:
     await worker.close()  # waits for the running jobs to complete
     with contextlib.suppress(asyncio.CancelledError):
         await run
     for task in background:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
-    await heartbeat.withdraw()
+    try:
+        await heartbeat.withdraw()
+    except (redis.RedisError, OSError) as err:
+        log.warning("heartbeat not withdrawn: it expires by itself", extra={"err": str(err)})
     await batcher.close()
     await client.aclose()
-    log.info("worker stopped", extra={"jobs_done": counters.jobs_done, "jobs_failed": counters.jobs_failed})
 
 
 def main() -> None:

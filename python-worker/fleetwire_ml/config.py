@@ -33,6 +33,7 @@ class Settings:
     lock_ms: int
     max_input_rows: int
     model_scan_ms: int
+    stop_grace_ms: int
     log_level: str
 
 
@@ -80,5 +81,8 @@ def load_settings(contracts: Contracts, env: dict[str, str] | None = None) -> Se
         lock_ms=lock_ms,
         max_input_rows=_int(env, "ML_MAX_INPUT_ROWS", defaults["ML_MAX_INPUT_ROWS"]),
         model_scan_ms=_int(env, "ML_MODEL_SCAN_MS", DEFAULT_MODEL_SCAN_MS),
+        # How long a stop waits for running jobs: no request's deadline is further away than this,
+        # so a job still running after it has no one waiting for its answer.
+        stop_grace_ms=_int(env, "ML_MAX_TIMEOUT_MS", defaults["ML_MAX_TIMEOUT_MS"]),
         log_level=log_level,
     )

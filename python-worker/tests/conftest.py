@@ -41,8 +41,8 @@ def contracts() -> Contracts:
     return load_contracts()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
+def spawn_redis() -> tuple[subprocess.Popen, str]:
+    """A redis-server of our own on a free port, without persistence; returns it and its URL once it answers."""
     port = _free_port()
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -60,7 +60,13 @@ def redis_server() -> Iterator[str]:
                 raise
             time.sleep(0.05)
     client.close()
-    yield f"redis://127.0.0.1:{port}"
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    proc, url = spawn_redis()
+    yield url
     proc.terminate()
     proc.wait(10)
 

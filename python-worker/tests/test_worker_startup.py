@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import _free_port, worker_env
+from bullmq import Queue
+from conftest import MlQueue, _free_port, spawn_redis, worker_env
 
 
 def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -45,3 +48,24 @@ def test_an_unreachable_redis_is_a_crash_the_supervisor_restarts(models_dir):
     closed_port = _free_port()
     done = run_worker(worker_env(f"redis://127.0.0.1:{closed_port}", models_dir, "w-no-redis"))
     assert done.returncode not in (0, 2)
+
+
+async def test_sigterm_while_redis_goes_away_still_exits_within_the_grace(models_dir, contracts):
+    server, url = spawn_redis()
+    try:
+        queue = MlQueue(Queue(contracts.ml_queue, {"connection": url, "prefix": contracts.prefix}), contracts)
+        for i in range(2000):
+            await queue.add_request("dev-1", {"cid": f"c{i}", "model": "anomaly", "input": [[21.5, 40.1, 0.02, 1.3]]}, 60_000)
+        await queue.queue.close()
+        env = worker_env(url, models_dir, "w-orphaned", ML_MAX_TIMEOUT_MS="2000")
+        proc = subprocess.Popen([sys.executable, "-m", "fleetwire_ml"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(2)  # started and busy with the queue
+        proc.terminate()
+        server.kill()
+        started = time.monotonic()
+        code = await asyncio.to_thread(proc.wait, 10)
+        assert time.monotonic() - started < 5
+        assert code in (0, 1)  # 0 when it finished before Redis was gone, 1 when the grace ran out
+    finally:
+        server.kill()
+        server.wait()
