@@ -2,7 +2,8 @@
 then the BullMQ worker, heartbeat, control channel and model rescan until SIGTERM or SIGINT.
 
 Exit codes: 0 after a clean stop (running jobs finished, heartbeat withdrawn); 2 when it cannot
-start (bad setting, no model loads); 1 when it crashes, for the supervisor to restart it.
+start (bad setting, no model loads); 1 when it crashes, or when a stop cannot finish within
+ML_MAX_TIMEOUT_MS (Redis gone), for the supervisor to restart it.
 """
 
 from __future__ import annotations
