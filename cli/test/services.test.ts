@@ -108,7 +108,7 @@ describe('a new service', () => {
 });
 
 describe('this checkout', () => {
-  it('holds the broker, the auth service and the device service, in workspaces order', async () => {
-    expect((await discoverServices(repoRoot)).map((s) => s.name)).toEqual(['broker', 'auth-service', 'device-service']);
+  it('holds the broker, the auth service, the device service and the ML bridge, in workspaces order', async () => {
+    expect((await discoverServices(repoRoot)).map((s) => s.name)).toEqual(['broker', 'auth-service', 'device-service', 'ml-bridge']);
   });
 });
