@@ -199,7 +199,13 @@ impl MlAnswer {
             Ok(o) => (Some(o.clone()), None),
             Err(e) => (None, Some(e.clone())),
         };
-        let w = WireAnswer { cid: self.cid.clone(), ok: self.ok(), output, error, model_version: self.model_version.clone() };
+        let w = WireAnswer {
+            cid: self.cid.clone(),
+            ok: self.ok(),
+            output,
+            error,
+            model_version: self.model_version.clone(),
+        };
         serde_json::to_string(&w).expect("an answer serialises")
     }
 }
@@ -488,7 +494,9 @@ mod tests {
             format!(r#"{{"cid":"x-{cid}","ok":true,"model_version":"2"}}"#),
             format!(r#"{{"cid":"x-{cid}","ok":false,"output":[],"model_version":""}}"#),
             format!(r#"{{"cid":"x-{cid}","ok":false,"error":{{"code":"timeout"}},"model_version":""}}"#),
-            format!(r#"{{"cid":"x-{cid}","ok":true,"output":[],"error":{{"code":"a","message":"b"}},"model_version":"2"}}"#),
+            format!(
+                r#"{{"cid":"x-{cid}","ok":true,"output":[],"error":{{"code":"a","message":"b"}},"model_version":"2"}}"#
+            ),
             format!(r#"{{"cid":"x-{cid}","ok":true,"output":[],"model_version":2}}"#),
         ] {
             assert!(matches!(c.on_result(bad.as_bytes()), Matched::Malformed { request: None, .. }), "{bad}");
@@ -517,7 +525,8 @@ mod tests {
         assert_eq!(c.expire(10_000).len(), 1);
         assert_eq!((c.pending(), c.next_wakeup()), (0, None));
         // Its answer, arriving later, is ignored.
-        let late = json!({"cid": default.cid, "ok": false, "error": {"code": "timeout", "message": "m"}, "model_version": ""});
+        let late =
+            json!({"cid": default.cid, "ok": false, "error": {"code": "timeout", "message": "m"}, "model_version": ""});
         assert!(matches!(c.on_result(&serde_json::to_vec(&late).unwrap()), Matched::Unknown { .. }));
     }
 
