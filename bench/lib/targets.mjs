@@ -209,15 +209,15 @@ export function transportFor(kind, requested) {
 }
 
 /**
- * `fleetwire device-service` as its own process next to a started fleetwire target `t` (same
- * Redis, same data dir and so the same keys), publishing through its broker. `env` adds
- * settings; `inspect` opens the inspector on that port; `cpu` pins it ('any' = not pinned).
+ * `fleetwire <service>` as its own process next to a started fleetwire target `t` (same Redis,
+ * same data dir and so the same keys), publishing through its broker. `env` adds settings;
+ * `inspect` opens the inspector on that port; `cpu` pins it ('any' = not pinned).
  * Resolves once it listens: { child, pid, url (http://127.0.0.1:<port>), stop() }.
  */
-export async function startDeviceService(t, { env = {}, inspect = null, cpu = 'any' } = {}) {
+export async function startService(t, service, { env = {}, inspect = null, cpu = 'any' } = {}) {
   const port = await freePort();
-  const fullEnv = { ...t.env, PORT: String(port), DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, BROKER_TCP_PORT: undefined, ...env };
-  const node = [process.execPath, ...(inspect ? [`--inspect=127.0.0.1:${inspect}`] : []), FLEETWIRE_MAIN, 'device-service'];
+  const fullEnv = { ...t.env, PORT: String(port), BROKER_TCP_PORT: undefined, ...env };
+  const node = [process.execPath, ...(inspect ? [`--inspect=127.0.0.1:${inspect}`] : []), FLEETWIRE_MAIN, service];
   const cmd = cpu === 'any' ? node : ['taskset', '-c', String(cpu), ...node];
   const child = spawn(cmd[0], cmd.slice(1), { env: fullEnv, cwd: fullEnv.FLEETWIRE_DATA_DIR, stdio: ['ignore', 'ignore', 'pipe'] });
   const tail = [];
@@ -231,7 +231,12 @@ export async function startDeviceService(t, { env = {}, inspect = null, cpu = 'a
     await waitForPort(port, 20000, () => child.exitCode !== null);
   } catch (err) {
     await stop();
-    throw new Error(`device service did not start: ${err.message}\n${tail.join('\n')}`);
+    throw new Error(`${service} did not start: ${err.message}\n${tail.join('\n')}`);
   }
-  return { child, pid: child.pid, url: `http://127.0.0.1:${port}`, stop };
+  return { child, pid: child.pid, url: `http://127.0.0.1:${port}`, tail, stop };
+}
+
+/** `fleetwire device-service` next to `t`, publishing through its broker (startService). */
+export function startDeviceService(t, opts = {}) {
+  return startService(t, 'device-service', { ...opts, env: { DEVICE_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, ...opts.env } });
 }

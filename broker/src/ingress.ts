@@ -87,11 +87,13 @@ export class IngressPolicy {
     const admission = await this.d.router.admitMl(deviceId, payload);
     if (admission.verdict === 'rate_limited') {
       this.d.metrics.ingressRejected.inc({ topic_class: 'ml-infer' });
+      this.d.log.debug({ cid: payload.cid, device_id: deviceId }, 'ml request over the device\'s quota: answered rate_limited');
       this.answerMl(client, String(payload.cid), 'rate_limited');
       return;
     }
     if (admission.verdict === 'answered') return; // a retransmission of a request already answered: exactly one answer per cid
     await this.d.router.route(queue, deviceId, 'ml-infer', payload, { received_at: admission.receivedAt, deadline_at: admission.deadlineAt });
+    this.d.log.debug({ cid: payload.cid, device_id: deviceId, model: payload.model, deadline_at: admission.deadlineAt, retransmitted: admission.verdict === 'retransmitted' }, 'ml request enqueued');
   }
 
   private answerMl(client: Client, cid: string, code: MlErrorCode, message?: string): void {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import {
-  contractsDir, errorCatalogue, payloadValidator, parseDeviceTopic, topicFor, topics, queues, closeCodes, FleetwireError, type ErrorCode,
+  contractsDir, errorCatalogue, payloadValidator, parseDeviceTopic, topicFor, topics, queues, closeCodes, FleetwireError, mlContract, type ErrorCode, type MlErrorCode,
 } from '../src/index.js';
 // @ts-expect-error: a plain .mjs script without types
 import { errorCodesSource } from '../../scripts/gen-error-codes.mjs';
@@ -48,6 +48,12 @@ describe('error catalogue', () => {
       expect(code).toMatch(/^[A-Z]+_[A-Z_]+$/);
       expect(docs, code).toMatch(new RegExp(`\\| \`${code}\` \\| ${e.status} \\|`));
     }
+  });
+
+  it('documents every ML result error code, and the TypeScript type has exactly those', () => {
+    const codes: MlErrorCode[] = ['timeout', 'rate_limited', 'request_invalid', 'model_unknown', 'version_unknown', 'input_invalid', 'input_too_large', 'internal'];
+    expect(Object.keys(mlContract.result_errors).sort()).toEqual([...codes].sort());
+    for (const code of codes) expect(docs, code).toContain(`| \`${code}\` | ${mlContract.result_errors[code]} |`);
   });
 
   it('documents every WebSocket close code', () => {

@@ -1,0 +1,208 @@
+// ML inference round trip: device -> broker -> `ml-infer` queue -> Python worker -> ml-bridge
+// -> broker -> device, timed at the device from its PUBLISH to the answer with its cid.
+//   node bench/ml.mjs --mode steady [--rate 500] [--workers 1]   latency at a steady open-loop rate
+//   node bench/ml.mjs --mode max [--window 256] [--workers 1|2]  most answers/s with --window requests in flight
+//   node bench/ml.mjs --mode bare [--rate 500 | --max]           the same harness on a bare BullMQ Node-to-Node
+//                                                                 round trip (Queue.add -> Worker in another process
+//                                                                 -> QueueEvents 'completed'), for comparison
+// The broker (`fleetwire broker`, core 0) and the bridge (`fleetwire ml-bridge`, unpinned) are separate
+// processes on one Redis (core 1, with this generator); the bridge starts --workers Python workers
+// (unpinned). Devices are real WebSocket connections with their own tokens, each subscribed to its
+// ml/result (QoS 1) and sending QoS 1 requests round-robin, one 4-reading row each (`anomaly` model).
+//
+// Reported over the measured window (after warm-up):
+//   answered/s   answers received per second; ok / errors by code; missing = no answer 10 s after the run
+//   p50/p90/p99  device-side round trip in ms
+//   CPU          seconds of CPU per wall second of the broker, the bridge, each worker, redis-server and
+//                this generator (1.0 = one core)
+import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { Queue, QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
+import { parseArgs, usage, log, sleep, procCpuSeconds, selfCpuSeconds, summarize, fmt, raiseFileLimit } from './lib/util.mjs';
+import { startTarget, startService, REPO } from './lib/targets.mjs';
+import { setupProcess, hardDeadline } from './lib/runner.mjs';
+import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
+
+const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false };
+const a = parseArgs(D);
+if (a.help) {
+  console.log(usage('ml', 'ML round trip device -> broker -> queue -> Python -> bridge -> device (or --mode bare: BullMQ Node to Node)', D));
+  process.exit(0);
+}
+if (!['steady', 'max', 'bare'].includes(a.mode)) throw new Error('--mode is steady, max or bare');
+setupProcess();
+hardDeadline(300 + a.duration * 2);
+raiseFileLimit(a.devices + 1000);
+
+const INPUT = [[21.5, 40.2, 0.02, 1.3]];
+const closedLoop = a.mode === 'max' || (a.mode === 'bare' && a.max);
+
+/** Sends requests (open loop at --rate, or keeping --window in flight) and times their answers. */
+class Load {
+  constructor(send) {
+    this.send = send; // (cid) => void
+    this.sentAt = new Map();
+    this.seq = 0;
+    this.measuring = false;
+    this.samples = [];
+    this.outcomes = new Map();
+    this.answered = 0;
+    this.sent = 0;
+  }
+
+  fire() {
+    const cid = `b${this.seq++}`;
+    this.sentAt.set(cid, { t: performance.now(), measured: this.measuring });
+    this.sent++;
+    this.send(cid);
+  }
+
+  answer(cid, outcome) {
+    const s = this.sentAt.get(cid);
+    if (!s) return;
+    this.sentAt.delete(cid);
+    if (s.measured) {
+      this.samples.push(performance.now() - s.t);
+      this.outcomes.set(outcome, (this.outcomes.get(outcome) ?? 0) + 1);
+      this.answered++;
+    }
+    if (closedLoop && !this.stopped) this.fire();
+  }
+
+  start() {
+    if (closedLoop) {
+      for (let i = 0; i < a.window; i++) this.fire();
+      return;
+    }
+    const t0 = performance.now();
+    let due = 0;
+    this.timer = setInterval(() => {
+      const target = Math.floor(((performance.now() - t0) / 1000) * a.rate);
+      while (due < target) { this.fire(); due++; }
+    }, 1);
+  }
+
+  stop() { this.stopped = true; clearInterval(this.timer); }
+
+  measuredMissing() { return [...this.sentAt.values()].filter((s) => s.measured).length; }
+}
+
+function cpuOf(pids) {
+  return Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, pid === 'self' ? selfCpuSeconds() : procCpuSeconds(pid)]));
+}
+
+function childPids(pid) {
+  try { return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { return []; }
+}
+
+async function waitReady(url, timeoutMs = 30000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const res = await fetch(`${url}/readyz`).catch(() => null);
+    if (res?.ok) return;
+    if (Date.now() > until) throw new Error(`${url}/readyz not ready: ${res ? await res.text() : 'no answer'}`);
+    await sleep(200);
+  }
+}
+
+async function measure(load, pids) {
+  load.start();
+  await sleep(a.warmup * 1000);
+  load.measuring = true;
+  const c0 = cpuOf(pids);
+  const w0 = performance.now();
+  await sleep(a.duration * 1000);
+  load.measuring = false;
+  const wall = (performance.now() - w0) / 1000;
+  const c1 = cpuOf(pids);
+  load.stop();
+  const drainUntil = Date.now() + 10_000;
+  while (load.measuredMissing() > 0 && Date.now() < drainUntil) await sleep(100);
+  const lat = summarize(load.samples);
+  const cpu = Object.fromEntries(Object.keys(pids).map((k) => [k, c0[k] === null || c1[k] === null ? null : (c1[k] - c0[k]) / wall]));
+  return {
+    mode: a.mode, workers: a.mode === 'bare' ? 'node' : a.workers, offered: closedLoop ? `window ${a.window}` : `${a.rate}/s`,
+    answeredPerS: load.answered / wall, outcomes: Object.fromEntries(load.outcomes), missing: load.measuredMissing(),
+    p50: lat.p50, p90: lat.p90, p99: lat.p99, max: lat.max, cpu,
+  };
+}
+
+function report(r) {
+  console.log(`\nML round trip (${r.mode}, workers ${r.workers}, ${r.offered}, ${a.duration} s measured):`);
+  console.log(`  answered/s ${fmt(r.answeredPerS, 1)}   outcomes ${JSON.stringify(r.outcomes)}   missing ${r.missing}`);
+  console.log(`  round trip ms: p50 ${fmt(r.p50, 2)}  p90 ${fmt(r.p90, 2)}  p99 ${fmt(r.p99, 2)}  max ${fmt(r.max, 1)}`);
+  console.log(`  CPU (cores): ${Object.entries(r.cpu).map(([k, v]) => `${k} ${fmt(v, 2)}`).join('  ')}`);
+  console.log(`RESULT ${JSON.stringify(r)}`);
+}
+
+async function runFleetwire() {
+  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn', ML_QUOTA_PER_MIN: '1000000000' } });
+  let bridge = null;
+  const conns = [];
+  try {
+    bridge = await startService(t, 'ml-bridge', {
+      env: { ML_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, ML_WORKERS: String(a.workers), ML_WORKER_CONCURRENCY: String(a.concurrency), ML_QUOTA_PER_MIN: '1000000000' },
+    });
+    await waitReady(bridge.url);
+    const ids = Array.from({ length: a.devices }, (_, i) => `ml-${String(i).padStart(4, '0')}`);
+    await t.registerDevices(ids);
+    let load = null;
+    for (const [i, id] of ids.entries()) {
+      const c = new MqttConn({
+        ...(await t.clientOpts({ kind: 'device', id }, 'ws')), localAddress: loopbackAddress(i), keepalive: 60,
+        onPublish(buf, s, e, b0) {
+          const tl = buf.readUInt16BE(s);
+          const off = s + 2 + tl + ((b0 & 6) !== 0 ? 2 : 0);
+          const body = JSON.parse(buf.toString('utf8', off, e));
+          load.answer(body.cid, body.ok ? 'ok' : body.error.code);
+        },
+      });
+      await c.connect();
+      await c.subscribe(`devices/${id}/ml/result`, 1);
+      conns.push({ c, id, msgId: 1 });
+    }
+    let next = 0;
+    load = new Load((cid) => {
+      const d = conns[next++ % conns.length];
+      d.msgId = d.msgId % 65535 + 1;
+      d.c.write(publishPacket(`devices/${d.id}/ml/infer`, Buffer.from(JSON.stringify({ cid, model: 'anomaly', input: INPUT })), 1, d.msgId));
+    });
+    const workers = childPids(bridge.pid);
+    if (workers.length !== a.workers) log(`warning: the bridge has ${workers.length} child processes, expected ${a.workers}`);
+    const pids = { broker: t.pid, bridge: bridge.pid, ...Object.fromEntries(workers.map((p, i) => [`worker${i + 1}`, p])), redis: t.redisPid, generator: 'self' };
+    report(await measure(load, pids));
+  } finally {
+    for (const { c } of conns) c.destroy();
+    await bridge?.stop();
+    await t.stop();
+  }
+}
+
+/** The same harness with nothing but BullMQ: a Node worker process that answers at once. */
+async function runBare() {
+  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' } });
+  const connection = new Redis(t.redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue('bare-rt', { connection, prefix: 'bench' });
+  const events = new QueueEvents('bare-rt', { connection: { url: t.redisUrl }, prefix: 'bench' });
+  const workerSrc = `import { Worker } from 'bullmq';
+    new Worker('bare-rt', async (job) => ({ cid: job.data.cid, ok: true }), { connection: { url: ${JSON.stringify(t.redisUrl)}, maxRetriesPerRequest: null }, prefix: 'bench', concurrency: ${a.concurrency} });`;
+  const worker = spawn(process.execPath, ['--input-type=module', '-e', workerSrc], { cwd: REPO, stdio: ['ignore', 'inherit', 'inherit'] });
+  try {
+    await events.waitUntilReady();
+    const load = new Load((cid) => { queue.add('rt', { cid, input: INPUT }, { jobId: cid, removeOnComplete: 1000, removeOnFail: 5000 }); });
+    events.on('completed', ({ jobId }) => load.answer(jobId, 'ok'));
+    events.on('failed', ({ jobId }) => load.answer(jobId, 'failed'));
+    await sleep(1000);
+    report(await measure(load, { worker: worker.pid, redis: t.redisPid, generator: 'self' }));
+  } finally {
+    worker.kill('SIGTERM');
+    await events.close();
+    await queue.close();
+    connection.disconnect();
+    await t.stop();
+  }
+}
+
+if (a.mode === 'bare') await runBare(); else await runFleetwire();
+process.exit(0);
