@@ -156,8 +156,8 @@ pub struct MlAnswer {
     pub model_version: String,
 }
 
+/// Members beyond these are ignored: the schema allows them, so a server may add some.
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireAnswer {
     cid: String,
     ok: bool,
@@ -468,6 +468,14 @@ mod tests {
         assert!(!answer.ok());
         let back: Value = serde_json::from_str(&answer.to_json()).unwrap();
         assert_eq!(back, payload);
+    }
+
+    #[test]
+    fn members_the_schema_does_not_name_are_ignored() {
+        let mut c = client(4);
+        let asked = c.ask(&ask("anomaly", vec![vec![1.0]]), 0).unwrap();
+        let payload = json!({"cid": asked.cid, "ok": true, "output": [1], "model_version": "2", "compute_ms": 0.4});
+        assert!(matches!(c.on_result(&serde_json::to_vec(&payload).unwrap()), Matched::Answered { .. }));
     }
 
     #[test]

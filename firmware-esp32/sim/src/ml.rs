@@ -19,15 +19,18 @@ use crate::stats::Stats;
 pub const EXIT_ML_OK: i32 = 0;
 /// The answer said `ok: false`, or the device gave up for good (revoked, bad key).
 pub const EXIT_ML_ERROR: i32 = 1;
-/// No answer: `--timeout-s` passed, or the device stopped waiting after the deadline.
+/// No answer: `--timeout-s` passed, the device stopped waiting after the deadline, or
+/// the run was interrupted.
 pub const EXIT_ML_NO_ANSWER: i32 = 3;
 
 /// How the run ended.
 #[derive(Debug)]
 pub enum Ending {
     Outcome(MlOutcome),
-    /// `--timeout-s` passed (or a stop was asked) before the request ended.
+    /// `--timeout-s` passed before the request ended.
     TimedOut,
+    /// Ctrl-C or SIGTERM before the request ended.
+    Interrupted,
     /// The device's session ended first.
     DeviceEnded(Exit),
 }
@@ -36,7 +39,7 @@ pub enum Ending {
 pub fn exit_status(ending: &Ending) -> (Option<String>, i32) {
     match ending {
         Ending::Outcome(MlOutcome::Answered(a)) => (Some(a.to_json()), if a.ok() { EXIT_ML_OK } else { EXIT_ML_ERROR }),
-        Ending::Outcome(MlOutcome::GaveUp { .. }) | Ending::TimedOut => (None, EXIT_ML_NO_ANSWER),
+        Ending::Outcome(MlOutcome::GaveUp { .. }) | Ending::TimedOut | Ending::Interrupted => (None, EXIT_ML_NO_ANSWER),
         Ending::DeviceEnded(_) => (None, EXIT_ML_ERROR),
     }
 }
@@ -53,6 +56,7 @@ fn explain(ending: &Ending, timeout_s: u64) -> Option<String> {
             other => format!("request {cid}: no answer ({})", other.as_str()),
         },
         Ending::TimedOut => format!("no answer within {timeout_s} s"),
+        Ending::Interrupted => "stop requested before an answer".to_owned(),
         Ending::DeviceEnded(Exit::Stopped(why)) => format!("the device stopped before an answer: {why}"),
         Ending::DeviceEnded(Exit::Shutdown) => "the device shut down before an answer".to_owned(),
     })
@@ -90,7 +94,7 @@ pub async fn run(opts: Options, ml: MlOptions) -> i32 {
         },
         exit = &mut device => Ending::DeviceEnded(exit.unwrap_or_else(|e| Exit::Stopped(e.to_string()))),
         _ = sleep(ml.timeout) => Ending::TimedOut,
-        _ = stop_signal() => Ending::TimedOut,
+        _ = stop_signal() => Ending::Interrupted,
     };
     // Disconnect cleanly (DISCONNECT, close) before exiting.
     let _ = stop_tx.send(true);
