@@ -71,8 +71,8 @@ ML (`ml`, after the other options: one inference request as this device, then ex
 
 Exit status: 0 clean stop, 1 a device gave up (revoked, bad key), 2 usage error.
 With ml: 0 answer ok:true, 1 answer ok:false (its error also on stderr) or the device gave up
-  (revoked, bad key), 2 usage error, 3 no answer (--timeout-s passed, or the device stopped
-  waiting a little after the deadline).
+  (revoked, bad key), 2 usage error, 3 no answer (--timeout-s passed, the device stopped
+  waiting a little after the deadline, or Ctrl-C / SIGTERM).
 ";
 
 #[derive(Debug, Clone)]
