@@ -300,7 +300,7 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             Output::Reboot(kind) => Next::Reboot(kind),
             Output::Stop(why) => Next::Exit(Exit::Stopped(why)),
             Output::Ml(outcome) => {
-                let ours = self.ml.as_ref().is_some_and(|r| r.cid.as_deref() == Some(outcome_cid(&outcome)));
+                let ours = self.ml.as_ref().is_some_and(|r| r.cid.as_deref() == Some(outcome.cid()));
                 if let Some(done) = self.ml.as_mut().filter(|_| ours).and_then(|r| r.done.take()) {
                     let _ = done.send(outcome);
                 }
@@ -390,13 +390,6 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
                 fields.iter().map(|(k, v)| (*k, v as &dyn std::fmt::Display)).collect();
             log::emit(level, &self.cfg.engine.device_id, name, &fields);
         }
-    }
-}
-
-fn outcome_cid(o: &MlOutcome) -> &str {
-    match o {
-        MlOutcome::Answered(a) => &a.cid,
-        MlOutcome::GaveUp { cid, .. } => cid,
     }
 }
 

@@ -50,6 +50,16 @@ pub enum MlOutcome {
     GaveUp { cid: String, model: String, reason: GiveUp },
 }
 
+impl MlOutcome {
+    /// The request's cid, as [`super::Session::request_inference`] returned it.
+    pub fn cid(&self) -> &str {
+        match self {
+            MlOutcome::Answered(a) => &a.cid,
+            MlOutcome::GaveUp { cid, .. } => cid,
+        }
+    }
+}
+
 /// Why the device reboots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebootKind {
