@@ -1,7 +1,8 @@
 /**
- * The device service's MQTT connection to a broker node, as a service client: it
+ * A service's MQTT connection to a broker node, as a service client: the device service
  * publishes commands (`devices/{id}/cmd`) and alerts (`fleet/alerts/{id}`) and
- * subscribes to presence (`fleet/presence/+`). Publishing through the broker, not
+ * subscribes to presence (`fleet/presence/+`); the ml-bridge publishes results
+ * (`devices/{id}/ml/result`). Publishing through the broker, not
  * around it, means a command reaches the device on whichever node holds it, waits in
  * the device's persistent session when it is offline, and passes the same ACL.
  *
@@ -24,11 +25,18 @@ export interface BrokerLinkOptions {
   url: () => string;
   /** The key that signs now (read on every connect, so a rotation is followed). */
   signer: () => SigningKey;
-  /** `service:device-service:<node>`: a service's client id starts with `service:<sub>:`. */
+  /** `service:<name>:<node>`, e.g. `service:device-service:<node>`: the broker accepts a service's client id only when it starts with `service:<sub>:`, so the token's sub is taken from it. */
   clientId: string;
   log: Logger;
   /** Only for this process's own loopback listener when it serves TLS with a certificate for another name. */
   allowSelfSigned?: boolean;
+}
+
+/** The `<name>` of a `service:<name>:<node>` client id. */
+function serviceName(clientId: string): string {
+  const [typ, name] = clientId.split(':');
+  if (typ !== 'service' || !name) throw new Error(`a broker link's client id is service:<name>:<node>, not ${clientId}`);
+  return name;
 }
 
 export type MessageHandler = (topic: string, payload: Buffer) => void;
@@ -90,7 +98,7 @@ export class BrokerLink {
 
   /** Mints the token the next (re)connect offers, and schedules the next renewal. */
   private async renewToken(): Promise<void> {
-    this.token = await signToken(this.o.signer(), { sub: 'device-service', typ: 'service', ttlSeconds: TOKEN_TTL_S });
+    this.token = await signToken(this.o.signer(), { sub: serviceName(this.o.clientId), typ: 'service', ttlSeconds: TOKEN_TTL_S });
     this.renewTimer = setTimeout(() => {
       void this.renewToken().then(() => {
         // The broker would end the connection at the old token's exp: reconnect now, with the new one.
