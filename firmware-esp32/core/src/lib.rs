@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod close_codes;
 pub mod commands;
 pub mod heartbeat;
+pub mod ml;
 pub mod mqtt;
 pub mod ota;
 pub mod ota_download;
@@ -46,4 +47,6 @@ pub mod contracts {
     pub const VALID_OTA_STATUS_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ota-status.json");
     pub const INVALID_OTA_STATUS_JSON: &str =
         include_str!("../../../common/contracts/fixtures/invalid/ota-status.json");
+    pub const ML_JSON: &str = include_str!("../../../common/contracts/ml.json");
+    pub const VALID_ML_INFER_JSON: &str = include_str!("../../../common/contracts/fixtures/valid/ml-infer.json");
 }

@@ -10,6 +10,10 @@
 //! RSSI, and a fresh one goes out right after CONNACK anyway, so unacknowledged ones
 //! are dropped when the link goes down.
 //!
+//! Inference requests are kept across reconnects but not across a reboot: the table of
+//! requests waiting for an answer is RAM, so an answer to one sent after the boot would
+//! be ignored; one given up before it was ever sent is withdrawn ([`Outbox::withdraw`]).
+//!
 //! Before a planned reboot the session saves the entries ([`Outbox::save`], NVS key
 //! [`STORAGE_KEY`]) and the next boot restores them, so a `reboot` command's result or
 //! an OTA `rebooting` report that was not acknowledged in time is still delivered.
@@ -30,6 +34,14 @@ pub enum Kind {
     Heartbeat,
     CmdResult { cid: String },
     OtaStatus,
+    MlInfer { cid: String },
+}
+
+impl Kind {
+    /// Worth saving across a reboot (see the module docs).
+    fn survives_reboot(&self) -> bool {
+        !matches!(self, Kind::Heartbeat | Kind::MlInfer { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +133,13 @@ impl Outbox {
         self.entries.iter().any(|e| &e.kind == kind)
     }
 
+    /// Drop the publish of `kind` if no connection carried it yet; whether it was dropped.
+    pub fn withdraw(&mut self, kind: &Kind) -> bool {
+        let Some(i) = self.entries.iter().position(|e| &e.kind == kind && !e.ever_sent) else { return false };
+        self.entries.remove(i);
+        true
+    }
+
     /// PUBACK received: the acknowledged entry, if it was ours.
     pub fn ack(&mut self, packet_id: u16) -> Option<Entry> {
         let pos = self.entries.iter().position(|e| e.publish.packet_id == Some(packet_id))?;
@@ -141,7 +160,7 @@ impl Outbox {
         let saved: Vec<Saved> = self
             .entries
             .iter()
-            .filter(|e| e.kind != Kind::Heartbeat)
+            .filter(|e| e.kind.survives_reboot())
             .map(|e| Saved {
                 topic: e.publish.topic.clone(),
                 packet_id: e.publish.packet_id.unwrap_or_default(),
@@ -249,5 +268,21 @@ mod tests {
         assert_eq!((again[0].payload.as_slice(), again[1].payload.as_slice()), (&b"{\"ok\":true}"[..], &[0, 255][..]));
         assert_eq!(booted.next_packet_id(), 4, "new ids do not collide with restored ones");
         assert_eq!(Outbox::new(8).restore(b"garbage"), 0);
+    }
+
+    #[test]
+    fn inference_requests_are_not_saved_across_a_reboot_and_can_be_withdrawn_until_sent() {
+        let ml = |cid: &str| Kind::MlInfer { cid: cid.into() };
+        let mut o = Outbox::new(8);
+        o.push("infer", b"a".to_vec(), ml("a"));
+        o.transmit(0);
+        o.on_disconnect();
+        o.push("infer", b"b".to_vec(), ml("b"));
+        assert!(!o.withdraw(&ml("a")), "already on the wire: its PUBACK is still due");
+        assert!(o.withdraw(&ml("b")));
+        assert!(!o.has_pending(&ml("b")));
+        o.push("st", vec![], Kind::OtaStatus);
+        let mut booted = Outbox::new(8);
+        assert_eq!(booted.restore(&o.save()), 1, "only the OTA report");
     }
 }

@@ -15,7 +15,8 @@ use embedded_svc::ws::FrameType;
 use esp_idf_svc::ws::client::{EspWebSocketClient, EspWebSocketClientConfig, EspWebSocketX509Encoding, WebSocketEventType};
 use fleetwire_core::platform::{Clock, Storage};
 use fleetwire_core::session::{
-    Event, Hardware, LinkEnd, LinkFailure, Now, OtaWork, Output, RebootKind, Session, SessionConfig, Severity, TokenError,
+    Event, Hardware, LinkEnd, LinkFailure, MlOutcome, Now, OtaWork, Output, RebootKind, Session, SessionConfig, Severity,
+    TokenError,
 };
 
 use crate::platform::{EspBoard, EspClock, EspRng, NvsStorage};
@@ -97,6 +98,15 @@ impl Shell<'_> {
                 Output::Ota(work) => self.ota(work),
                 Output::Reboot(kind) => reboot(kind),
                 Output::Stop(why) => halt(&why),
+                // Where an application that asks with `Session::request_inference` gets
+                // its answer; this firmware asks for none yet, so it only logs.
+                Output::Ml(outcome) => {
+                    match outcome {
+                        MlOutcome::Answered(a) => log::info!("ml answer {}", a.to_json()),
+                        MlOutcome::GaveUp { cid, reason, .. } => log::warn!("ml {cid}: no answer ({})", reason.as_str()),
+                    }
+                    Vec::new()
+                }
                 Output::Event(e) => {
                     log_event(&e);
                     Vec::new()

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleetwire_core::heartbeat::{MAX_INTERVAL_S, MIN_INTERVAL_S};
+use fleetwire_core::ml::MlAsk;
 use fleetwire_core::ota::{compare_versions, is_valid_chip, parse_public_key_hex};
 use fleetwire_core::secret::Secret;
 use fleetwire_core::session::Jwt;
@@ -20,6 +21,8 @@ fleetwire-sim: simulated Fleetwire devices running the ESP32 firmware's core log
 USAGE:
   fleetwire-sim --url URL --device-id ID (--api-key KEY | --token JWT) [OPTIONS]
   fleetwire-sim --url URL --keys-file FILE [--devices N] [OPTIONS]
+  fleetwire-sim --url URL --device-id ID (--api-key KEY | --token JWT) [OPTIONS] \\
+      ml --model NAME --input JSON [--version V] [--deadline-ms N] [--timeout-s N]
 
 CREDENTIALS:
   --url URL           ws://host:port or wss://host:port (MQTT at URL/mqtt, token exchange at URL/v1/devices/token)
@@ -55,7 +58,21 @@ OTA (offers on devices/{id}/ota are verified, downloaded, installed and confirme
   --ota-confirm-timeout-s N  a new image must reach CONNACK + an acknowledged heartbeat
                       within N s or it is rolled back (default 120)
 
+ML (`ml`, after the other options: one inference request as this device, then exit):
+  The device connects as usual, publishes one request on devices/{id}/ml/infer (QoS 1) once
+  connected, waits for the answer with its cid on devices/{id}/ml/result and prints it on
+  stdout as one JSON line: {\"cid\",\"ok\",\"output\"|\"error\":{\"code\",\"message\"},\"model_version\"}.
+  --model NAME        the model, e.g. anomaly (required)
+  --input JSON        rows of numbers, e.g. '[[21.5,40,0.02,1.3]]' (required)
+  --version V         a pinned model version (default: the server's newest)
+  --deadline-ms N     the answer is wanted within N ms, 1..=600000 (default: the server's,
+                      2000; the server caps it at 30000)
+  --timeout-s N       give up after N s without an answer, connecting included (default 10)
+
 Exit status: 0 clean stop, 1 a device gave up (revoked, bad key), 2 usage error.
+With ml: 0 answer ok:true, 1 answer ok:false (its error also on stderr) or the device gave up
+  (revoked, bad key), 2 usage error, 3 no answer (--timeout-s passed, the device stopped
+  waiting a little after the deadline, or Ctrl-C / SIGTERM).
 ";
 
 #[derive(Debug, Clone)]
@@ -83,6 +100,56 @@ pub struct Options {
     pub stats_s: u64,
     pub log_level: Level,
     pub ota: OtaOptions,
+    /// `ml ...`: one inference request instead of running until stopped.
+    pub ml: Option<MlOptions>,
+}
+
+/// The `ml` flags; see `USAGE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlOptions {
+    pub ask: MlAsk,
+    pub timeout: Duration,
+}
+
+/// Default `--timeout-s` of `ml`.
+pub const DEFAULT_ML_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The arguments after `ml`.
+fn parse_ml(args: impl Iterator<Item = String>) -> Result<MlOptions, String> {
+    let mut args = args.peekable();
+    let (mut model, mut input, mut version, mut deadline_ms) = (None, None, None, None);
+    let mut timeout = DEFAULT_ML_TIMEOUT;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("ml {flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--model" => model = Some(value()?),
+            "--input" => {
+                let v = value()?;
+                let rows: Vec<Vec<f32>> = serde_json::from_str(&v).map_err(|e| {
+                    format!("ml --input: expected a JSON array of rows of numbers like [[21.5,40,0.02,1.3]] ({e})")
+                })?;
+                input = Some(rows);
+            }
+            "--version" => version = Some(value()?),
+            "--deadline-ms" => deadline_ms = Some(number("ml --deadline-ms", &value()?)?),
+            "--timeout-s" => timeout = Duration::from_secs(number("ml --timeout-s", &value()?)?),
+            other => return Err(format!("unknown ml argument {other:?} (options of the device go before `ml`)")),
+        }
+    }
+    let model = model.ok_or("ml needs --model NAME")?;
+    let input = input.ok_or("ml needs --input JSON, e.g. --input '[[21.5,40,0.02,1.3]]'")?;
+    if timeout.is_zero() {
+        return Err("ml --timeout-s must be at least 1".into());
+    }
+    let ask = MlAsk { model, version, input, deadline_ms };
+    ask.check().map_err(|e| format!("ml: {e}"))?;
+    Ok(MlOptions { ask, timeout })
 }
 
 /// The OTA flags; see `USAGE`.
@@ -179,6 +246,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
         stats_s: 10,
         log_level: Level::Info,
         ota: OtaOptions::default(),
+        ml: None,
     };
 
     let mut args = args.into_iter();
@@ -193,6 +261,11 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
         };
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
+            // Everything after it belongs to the request.
+            "ml" => {
+                o.ml = Some(parse_ml(args.by_ref())?);
+                break;
+            }
             "--url" => url = Some(value()?),
             "--device-id" => device_id = Some(value()?),
             "--api-key" => api_key = Some(Secret::new(value()?)),
@@ -256,6 +329,9 @@ pub fn parse(args: impl IntoIterator<Item = String>, env: impl Fn(&str) -> Optio
         let key = parse_public_key_hex(&hex)
             .map_err(|_| "--ota-public-key: expected 64 hex digits of a valid Ed25519 public key".to_owned())?;
         o.ota.public_key = Some(key);
+    }
+    if o.ml.is_some() && keys_file.is_some() {
+        return Err("ml runs one device: use --device-id, not --keys-file".into());
     }
     o.devices = match (device_id, keys_file) {
         (Some(_), Some(_)) => return Err("use either --device-id or --keys-file, not both".into()),
@@ -427,6 +503,60 @@ mod tests {
         assert_eq!(run(&format!("--url ws://h --keys-file {p}")).unwrap().devices.len(), 3);
         assert!(run(&format!("--url ws://h --keys-file {p} --devices 4")).is_err());
         assert!(run(&format!("--url ws://h --keys-file {p} --api-key k")).is_err());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    /// `ml` arguments: a JSON value is one argument, as a shell passes it.
+    fn ml(extra: &[&str]) -> Result<Options, String> {
+        let mut a = args("--url ws://h --device-id esp-01 --api-key k --log warn ml");
+        a.extend(extra.iter().map(|s| s.to_string()));
+        match parse(a, no_env)? {
+            Parsed::Run(o) => Ok(*o),
+            Parsed::Help => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn ml_takes_a_model_and_rows_of_readings_with_defaults() {
+        let o = ml(&["--model", "anomaly", "--input", "[[21.5, 40, 0.02, 1.3], [20, 41, 0.5, 2]]"]).unwrap();
+        assert_eq!(o.log_level, Level::Warn, "options before `ml` still apply");
+        let m = o.ml.unwrap();
+        assert_eq!(m.ask.model, "anomaly");
+        assert_eq!(m.ask.input, [vec![21.5, 40.0, 0.02, 1.3], vec![20.0, 41.0, 0.5, 2.0]]);
+        assert_eq!((m.ask.version, m.ask.deadline_ms, m.timeout), (None, None, DEFAULT_ML_TIMEOUT));
+
+        let o =
+            ml(&["--model=anomaly", "--input=[[1,2,3,4]]", "--version", "1", "--deadline-ms", "500", "--timeout-s=3"]);
+        let m = o.unwrap().ml.unwrap();
+        assert_eq!(
+            (m.ask.version.as_deref(), m.ask.deadline_ms, m.timeout),
+            (Some("1"), Some(500), Duration::from_secs(3))
+        );
+        assert!(run("--url ws://h --device-id esp-01 --api-key k").unwrap().ml.is_none());
+    }
+
+    #[test]
+    fn ml_usage_errors_say_what_is_wrong() {
+        let cases: [(&[&str], &str); 10] = [
+            (&["--input", "[[1]]"], "--model"),
+            (&["--model", "anomaly"], "--input"),
+            (&["--model", "anomaly", "--input", "[[1,2"], "JSON array of rows"),
+            (&["--model", "anomaly", "--input", "[1, 2]"], "JSON array of rows"),
+            (&["--model", "anomaly", "--input", "[[\"a\"]]"], "JSON array of rows"),
+            (&["--model", "anomaly", "--input", "[[1e39]]"], "finite"),
+            (&["--model", "", "--input", "[[1]]"], "model"),
+            (&["--model", "anomaly", "--input", "[[1]]", "--deadline-ms", "0"], "deadline_ms"),
+            (&["--model", "anomaly", "--input", "[[1]]", "--timeout-s", "0"], "--timeout-s"),
+            (&["--model", "anomaly", "--input", "[[1]]", "--heartbeat-s", "10"], "before `ml`"),
+        ];
+        for (extra, says) in cases {
+            let err = ml(extra).unwrap_err();
+            assert!(err.contains(says), "{extra:?}: {err}");
+        }
+        let path = std::env::temp_dir().join(format!("fleetwire-sim-ml-keys-{}.txt", std::process::id()));
+        std::fs::write(&path, "dev-1 k1\n").unwrap();
+        let err = run(&format!("--url ws://h --keys-file {} ml --model m --input [[1]]", path.display())).unwrap_err();
+        assert!(err.contains("--device-id"), "{err}");
         std::fs::remove_file(path).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::{interval_at, sleep, Instant};
 
 use crate::auth::{ApiKeyExchange, Credentials, StaticToken};
-use crate::cli::{Credential, Options};
+use crate::cli::{Credential, DeviceArgs, Options};
 use crate::endpoint::Endpoint;
 use crate::flash::TempDir;
 use crate::http::HttpClient;
@@ -27,7 +27,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const RAMP_STEP: Duration = Duration::from_millis(20);
 const MAX_RAMP: Duration = Duration::from_secs(10);
 /// How long devices get to send DISCONNECT and close after a stop.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_DEVICE_STOPPED: i32 = 1;
@@ -48,7 +48,7 @@ fn start_offset(index: usize, devices: usize) -> Duration {
 }
 
 /// Resolves on Ctrl-C or (on Unix) SIGTERM.
-async fn stop_signal() {
+pub async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -68,61 +68,63 @@ async fn stop_signal() {
     }
 }
 
-/// Run the fleet described by `opts`; returns the process exit code.
-pub async fn run(opts: Options) -> i32 {
-    crate::log::set_level(opts.log_level);
-    let tls = match tls::client_config(&Trust { ca_file: opts.ca.as_deref(), webpki_roots: opts.webpki_roots }) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("fleetwire-sim: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let endpoint = match Endpoint::parse(&opts.url) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("fleetwire-sim: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    // Without --state-dir, device state lives for this run only (removed on return).
-    let (state_dir, _temp_state) = match &opts.ota.state_dir {
-        Some(dir) => (dir.clone(), None),
-        None => match TempDir::new("fleetwire-sim-state") {
-            Ok(t) => (t.path().to_owned(), Some(t)),
-            Err(e) => {
-                eprintln!("fleetwire-sim: cannot create a state directory: {e}");
-                return EXIT_USAGE;
-            }
-        },
-    };
-    let ota = OtaConfig {
-        fail_boot_versions: opts.ota.fail_boot_versions.clone(),
-        tls: Some(tls.clone()),
-        ..OtaConfig::new(state_dir)
-    };
-    let ota_settings = OtaSettings {
-        public_key: opts.ota.public_key,
-        chip: opts.ota.chip.clone(),
-        partition_size: opts.ota.partition_size,
-        confirm_timeout_ms: opts.ota.confirm_timeout.as_millis() as u64,
-        // Manifest urls that are paths (`/v1/firmware/{sha256}`) come from the server of --url.
-        server_url: Some(endpoint.http_base.clone()),
-    };
-    if ota_settings.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
-        eprintln!("fleetwire-sim: no --ota-public-key: OTA offers will be refused");
-    }
-    let http = HttpClient::new(tls.clone(), IO_TIMEOUT);
-    let stats = Arc::new(Stats::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let n = opts.devices.len();
+/// What every device of a run shares: trust, server, state directory, OTA settings,
+/// the HTTP client of the token exchange.
+pub struct Setup {
+    tls: Arc<rustls::ClientConfig>,
+    endpoint: Endpoint,
+    ota: OtaConfig,
+    ota_settings: OtaSettings,
+    http: HttpClient,
+    /// Without --state-dir, device state lives for this run only (removed on drop).
+    _temp_state: Option<TempDir>,
+}
 
-    let mut tasks = JoinSet::new();
-    for (i, d) in opts.devices.into_iter().enumerate() {
-        let credentials = match d.credential {
-            Credential::ApiKey(key) => {
-                Credentials::ApiKey(ApiKeyExchange::new(http.clone(), endpoint.token_url(), key, d.id.clone()))
+impl Setup {
+    /// `Err`: a message for stderr; the run exits with [`EXIT_USAGE`].
+    pub fn prepare(opts: &Options) -> Result<Setup, String> {
+        let tls = tls::client_config(&Trust { ca_file: opts.ca.as_deref(), webpki_roots: opts.webpki_roots })?;
+        let endpoint = Endpoint::parse(&opts.url)?;
+        let (state_dir, temp_state) = match &opts.ota.state_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let t =
+                    TempDir::new("fleetwire-sim-state").map_err(|e| format!("cannot create a state directory: {e}"))?;
+                (t.path().to_owned(), Some(t))
             }
+        };
+        let ota = OtaConfig {
+            fail_boot_versions: opts.ota.fail_boot_versions.clone(),
+            tls: Some(tls.clone()),
+            ..OtaConfig::new(state_dir)
+        };
+        let ota_settings = OtaSettings {
+            public_key: opts.ota.public_key,
+            chip: opts.ota.chip.clone(),
+            partition_size: opts.ota.partition_size,
+            confirm_timeout_ms: opts.ota.confirm_timeout.as_millis() as u64,
+            // Manifest urls that are paths (`/v1/firmware/{sha256}`) come from the server of --url.
+            server_url: Some(endpoint.http_base.clone()),
+        };
+        let http = HttpClient::new(tls.clone(), IO_TIMEOUT);
+        Ok(Setup { tls, endpoint, ota, ota_settings, http, _temp_state: temp_state })
+    }
+
+    /// One device's session, configured by `opts`.
+    pub fn session(
+        &self,
+        opts: &Options,
+        d: DeviceArgs,
+        stats: Arc<Stats>,
+        shutdown: Shutdown,
+    ) -> Result<Session<WsConnector, Credentials>, String> {
+        let credentials = match d.credential {
+            Credential::ApiKey(key) => Credentials::ApiKey(ApiKeyExchange::new(
+                self.http.clone(),
+                self.endpoint.token_url(),
+                key,
+                d.id.clone(),
+            )),
             Credential::Token(jwt) => Credentials::Static(StaticToken::new(jwt)),
         };
         let mut cfg = SessionConfig::new(&d.id);
@@ -131,12 +133,35 @@ pub async fn run(opts: Options) -> i32 {
         cfg.engine.telemetry_s = opts.telemetry_s;
         cfg.engine.connack_timeout_ms = IO_TIMEOUT.as_millis() as u64;
         cfg.engine.factory_version = opts.ota.fw_version.clone();
-        cfg.engine.ota = ota_settings.clone();
+        cfg.engine.ota = self.ota_settings.clone();
         cfg.seed = seed_for(&d.id);
-        cfg.ota = ota.clone();
-        let connector = WsConnector::new(endpoint.ws_url.clone(), tls.clone(), IO_TIMEOUT);
+        cfg.ota = self.ota.clone();
+        let connector = WsConnector::new(self.endpoint.ws_url.clone(), self.tls.clone(), IO_TIMEOUT);
+        Session::new(cfg, connector, credentials, stats, shutdown)
+    }
+}
+
+/// Run the fleet described by `opts`; returns the process exit code.
+pub async fn run(opts: Options) -> i32 {
+    crate::log::set_level(opts.log_level);
+    let setup = match Setup::prepare(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fleetwire-sim: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    if setup.ota_settings.public_key.is_none() && crate::log::enabled(crate::log::Level::Warn) {
+        eprintln!("fleetwire-sim: no --ota-public-key: OTA offers will be refused");
+    }
+    let stats = Arc::new(Stats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let n = opts.devices.len();
+
+    let mut tasks = JoinSet::new();
+    for (i, d) in opts.devices.iter().cloned().enumerate() {
         let mut shutdown = Shutdown::new(stop_rx.clone());
-        let session = match Session::new(cfg, connector, credentials, stats.clone(), shutdown.clone()) {
+        let session = match setup.session(&opts, d, stats.clone(), shutdown.clone()) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("fleetwire-sim: {e}");

@@ -4,7 +4,8 @@
 //! `main.rs` only parses the command line; everything else lives here so it can be
 //! tested: [`session`] drives one device's core session engine over a
 //! [`transport::Connector`], [`ws`] is the real WebSocket transport, [`auth`] the
-//! API-key → JWT exchange, [`fleet`] runs many devices in one runtime.
+//! API-key → JWT exchange, [`fleet`] runs many devices in one runtime,
+//! [`ml`] one device asking for inference once.
 
 pub mod log;
 
@@ -17,6 +18,7 @@ pub mod flash;
 pub mod fleet;
 pub mod handshake;
 pub mod http;
+pub mod ml;
 pub mod ota;
 pub mod session;
 pub mod stats;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use fleetwire_sim::cli::{self, Parsed, USAGE};
-use fleetwire_sim::fleet;
+use fleetwire_sim::{fleet, ml};
 
 fn main() -> ExitCode {
     let opts = match cli::parse(std::env::args().skip(1), |k| std::env::var(k).ok()) {
@@ -24,5 +24,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    ExitCode::from(runtime.block_on(fleet::run(opts)) as u8)
+    let status = match opts.ml.clone() {
+        Some(request) => runtime.block_on(ml::run(opts, request)),
+        None => runtime.block_on(fleet::run(opts)),
+    };
+    ExitCode::from(status as u8)
 }

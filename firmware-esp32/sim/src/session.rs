@@ -12,11 +12,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleetwire_core::ml::MlAsk;
 use fleetwire_core::platform::{Rng, Storage, XorShiftRng};
 use fleetwire_core::session::{
-    self as engine, Event, Hardware, LinkEnd, LinkFailure, Now, OtaSettings, Output, RebootKind, Severity,
+    self as engine, Event, Hardware, LinkEnd, LinkFailure, MlOutcome, Now, OtaSettings, Output, RebootKind, Severity,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::TokenSource;
@@ -106,6 +107,16 @@ pub struct Session<C: Connector, T: TokenSource> {
     /// Origin of the engine's monotonic milliseconds.
     epoch: Instant,
     ever_connected: bool,
+    /// The one inference request of `fleetwire-sim ... ml`.
+    ml: Option<MlRequest>,
+}
+
+/// An inference request asked once the device is first connected; its end goes to `done`.
+struct MlRequest {
+    ask: MlAsk,
+    /// Set once asked.
+    cid: Option<String>,
+    done: Option<oneshot::Sender<MlOutcome>>,
 }
 
 /// What one output leads to.
@@ -136,8 +147,18 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             shutdown,
             epoch: Instant::now(),
             ever_connected: false,
+            ml: None,
             cfg,
         })
+    }
+
+    /// Ask for inference once the device is connected (CONNACK); the receiver gets how
+    /// the request ended. A reboot in between loses the request (as on the board: the
+    /// table of pending requests is RAM), and with it the answer.
+    pub fn with_ml_request(mut self, ask: MlAsk) -> (Self, oneshot::Receiver<MlOutcome>) {
+        let (tx, rx) = oneshot::channel();
+        self.ml = Some(MlRequest { ask, cid: None, done: Some(tx) });
+        (self, rx)
     }
 
     /// Replace the jitter source (tests use one that always picks the window's top).
@@ -278,9 +299,29 @@ impl<C: Connector, T: TokenSource> Session<C, T> {
             }
             Output::Reboot(kind) => Next::Reboot(kind),
             Output::Stop(why) => Next::Exit(Exit::Stopped(why)),
+            Output::Ml(outcome) => {
+                let ours = self.ml.as_ref().is_some_and(|r| r.cid.as_deref() == Some(outcome.cid()));
+                if let Some(done) = self.ml.as_mut().filter(|_| ours).and_then(|r| r.done.take()) {
+                    let _ = done.send(outcome);
+                }
+                Next::More(vec![])
+            }
             Output::Event(e) => {
                 self.observe(&e);
-                Next::More(vec![])
+                let now = self.now();
+                match (&e, self.ml.as_mut()) {
+                    (Event::Connected { .. }, Some(r)) if r.cid.is_none() => {
+                        match session.request_inference(now, &r.ask) {
+                            Ok((cid, outputs)) => {
+                                r.cid = Some(cid);
+                                Next::More(outputs)
+                            }
+                            // The command line checked the ask; the session may have ended.
+                            Err(e) => Next::Exit(Exit::Stopped(format!("inference request refused: {e}"))),
+                        }
+                    }
+                    _ => Next::More(vec![]),
+                }
             }
         }
     }

@@ -315,3 +315,52 @@ async fn sample_sensors_answers_the_simulated_readings_with_their_time() {
     assert!(at >= sent_at && at - sent_at < 60_000, "{at} vs {sent_at}");
     assert_eq!(h.stop().await, Exit::Shutdown);
 }
+
+fn anomaly_ask() -> fleetwire_core::ml::MlAsk {
+    fleetwire_core::ml::MlAsk {
+        model: "anomaly".into(),
+        version: None,
+        input: vec![vec![21.5, 40.0, 0.02, 1.3]],
+        deadline_ms: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ml_request_is_published_once_connected_and_its_answer_is_handed_over() {
+    use fleetwire_core::session::MlOutcome;
+    let mut h = Harness::start_ml(FakeTokens::fixed(), anomaly_ask());
+    let mut c = h.conn().await;
+    c.accept().await;
+    let request = c.expect_publish_on("devices/esp-01/ml/infer").await;
+    assert_eq!(request.qos, QoS::AtLeastOnce);
+    c.send(mqtt::encode_puback(request.packet_id.unwrap()));
+    let body: Value = serde_json::from_slice(&request.payload).unwrap();
+    assert_eq!((body["model"].as_str(), &body["input"]), (Some("anomaly"), &json!([[21.5, 40.0, 0.02, 1.3]])));
+    let cid = body["cid"].as_str().unwrap().to_owned();
+
+    // A stray answer first (another cid): not handed over.
+    let stray = json!({ "cid": "ml-other-1", "ok": true, "output": [], "model_version": "2" });
+    c.send(publish_qos1("devices/esp-01/ml/result", 5, stray.to_string().as_bytes(), false));
+    let answer = json!({ "cid": cid, "ok": true, "output": [{ "score": 0.1 }], "model_version": "2" });
+    c.send(publish_qos1("devices/esp-01/ml/result", 6, answer.to_string().as_bytes(), false));
+    let outcome = h.ml.take().unwrap().await.unwrap();
+    let MlOutcome::Answered(got) = outcome else { panic!("{outcome:?}") };
+    assert_eq!(serde_json::from_str::<Value>(&got.to_json()).unwrap(), answer);
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_answer_the_ml_request_ends_as_given_up_after_its_deadline() {
+    use fleetwire_core::ml::{GiveUp, GIVE_UP_GRACE_MS};
+    use fleetwire_core::session::MlOutcome;
+    let mut h = Harness::start_ml(FakeTokens::fixed(), anomaly_ask());
+    let mut c = h.conn().await;
+    c.accept().await;
+    let request = c.expect_publish_on("devices/esp-01/ml/infer").await;
+    c.send(mqtt::encode_puback(request.packet_id.unwrap()));
+    let asked = Instant::now();
+    let outcome = h.ml.take().unwrap().await.unwrap();
+    assert!(matches!(outcome, MlOutcome::GaveUp { reason: GiveUp::Deadline, .. }), "{outcome:?}");
+    assert!(approx(asked.elapsed(), 2_000 + GIVE_UP_GRACE_MS), "{:?}", asked.elapsed());
+    assert_eq!(h.stop().await, Exit::Shutdown);
+}

@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetwire_core::backoff::BackoffConfig;
+use fleetwire_core::ml::MlAsk;
 use fleetwire_core::mqtt::Publish;
-use fleetwire_core::session::{IssuedToken, Jwt, TokenError};
+use fleetwire_core::session::{IssuedToken, Jwt, MlOutcome, TokenError};
 pub use fleetwire_core::testkit::{connack, pingresp, publish_qos1, suback, DevicePacket};
 use fleetwire_core::testkit::{parse_device_packet, split_packet, MaxRng};
 use fleetwire_core::topics::{DeviceTopics, TopicMap};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -235,9 +236,17 @@ pub struct Harness {
     /// The device's persistent state; shared with a later harness to simulate a
     /// restart of the simulator process.
     pub state: Arc<TempDir>,
+    /// How the inference request of [`Harness::start_ml`] ended.
+    pub ml: Option<oneshot::Receiver<MlOutcome>>,
 }
 
 impl Harness {
+    /// A device that asks for `ask` once connected (`fleetwire-sim ... ml`).
+    pub fn start_ml(tokens: FakeTokens, ask: MlAsk) -> Harness {
+        let state = Arc::new(TempDir::new("fleetwire-sim-test").unwrap());
+        Harness::launch(state, tokens, |_| {}, vec![], Some(ask))
+    }
+
     pub fn start(tokens: FakeTokens, tweak: impl FnOnce(&mut SessionConfig), failures: Vec<ConnectError>) -> Harness {
         let state = Arc::new(TempDir::new("fleetwire-sim-test").unwrap());
         Harness::start_in(state, tokens, tweak, failures)
@@ -249,6 +258,16 @@ impl Harness {
         tokens: FakeTokens,
         tweak: impl FnOnce(&mut SessionConfig),
         failures: Vec<ConnectError>,
+    ) -> Harness {
+        Harness::launch(state, tokens, tweak, failures, None)
+    }
+
+    fn launch(
+        state: Arc<TempDir>,
+        tokens: FakeTokens,
+        tweak: impl FnOnce(&mut SessionConfig),
+        failures: Vec<ConnectError>,
+        ml: Option<MlAsk>,
     ) -> Harness {
         let mut cfg = session_config(ID, &state);
         cfg.engine.telemetry_s = 0;
@@ -262,6 +281,13 @@ impl Harness {
         let session = Session::new(cfg, connector.clone(), tokens.clone(), stats.clone(), Shutdown::new(rx))
             .unwrap()
             .with_rng(MaxRng);
+        let (session, ml) = match ml {
+            Some(ask) => {
+                let (session, rx) = session.with_ml_request(ask);
+                (session, Some(rx))
+            }
+            None => (session, None),
+        };
         Harness {
             conns,
             connector,
@@ -271,6 +297,7 @@ impl Harness {
             task: tokio::spawn(session.run()),
             topics: TopicMap::load().unwrap().device_topics(ID).unwrap(),
             state,
+            ml,
         }
     }
 

@@ -176,7 +176,7 @@ impl Session {
                 }
             }
             Kind::CmdResult { cid } => out.event(Event::CmdResultAcked { cid }),
-            Kind::OtaStatus => {}
+            Kind::OtaStatus | Kind::MlInfer { .. } => {}
         }
     }
 
@@ -189,13 +189,7 @@ impl Session {
             self.ota.on_offer(&p.payload, out);
             self.publish_ota_reports(now, out);
         } else if p.topic == self.topics.ml_result {
-            let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-            out.event(Event::MlResult {
-                cid: v.get("cid").and_then(Value::as_str).unwrap_or("-").to_owned(),
-                ok: v.get("ok").and_then(Value::as_bool).unwrap_or(false),
-                model_version: v.get("model_version").and_then(Value::as_str).unwrap_or("-").to_owned(),
-                code: v.pointer("/error/code").and_then(Value::as_str).map(str::to_owned),
-            });
+            self.on_ml_result(now, &p.payload, out);
         } else {
             out.event(Event::UnexpectedTopic { topic: p.topic.clone() });
         }

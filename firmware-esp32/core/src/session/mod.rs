@@ -25,7 +25,9 @@
 //!   performed once its result is acknowledged (at most [`REBOOT_FLUSH_MS`] of waiting)
 //!   and its delay passed, after saving the command memory and the outbox;
 //! - OTA ([`ota`]): offers, reports, the reboot into a new image, and its confirmation or
-//!   rollback.
+//!   rollback;
+//! - inference requests ([`Session::request_inference`]) and their answers, matched by
+//!   cid, each ending exactly once as [`Output::Ml`] (answer or give-up).
 //!
 //! A reboot ends a session: the shell reboots (the simulator in-process) and boots a new
 //! one with [`Session::boot`], which restores what was saved. RAM state (token, backoff,
@@ -33,6 +35,7 @@
 
 mod connected;
 mod link;
+mod ml;
 mod ota;
 mod output;
 mod reboot;
@@ -45,13 +48,14 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::close_codes::CloseCodes;
 use crate::commands::CommandProcessor;
 use crate::heartbeat::HeartbeatScheduler;
+use crate::ml::{Deadlines, MlClient, DEFAULT_PENDING_CAPACITY};
 use crate::mqtt::{self, Connect, Decoder};
 use crate::outbox::{self, Outbox};
 use crate::platform::{Board, Rng, Storage};
 use crate::topics::{DeviceTopics, TopicMap};
 
 pub use ota::{OtaSettings, DEFAULT_CONFIRM_TIMEOUT_MS, DEFAULT_PARTITION_SIZE, PROGRESS_STEP};
-pub use output::{DownloadFailure, Event, ImageDownload, OtaWork, Output, RebootKind, Severity};
+pub use output::{DownloadFailure, Event, ImageDownload, MlOutcome, OtaWork, Output, RebootKind, Severity};
 pub use token::{IssuedToken, Jwt, TokenError, MIN_REFRESH_INTERVAL_MS, REFRESH_PERCENT, REFRESH_RETRY_MS};
 
 use ota::OtaAgent;
@@ -95,6 +99,8 @@ pub struct SessionConfig {
     pub recent_commands: usize,
     /// Largest MQTT packet accepted from the broker.
     pub max_packet: usize,
+    /// Inference requests waiting for an answer at most; a new one gives up the oldest.
+    pub ml_pending: usize,
 }
 
 impl SessionConfig {
@@ -111,6 +117,7 @@ impl SessionConfig {
             ota,
             recent_commands: 32,
             max_packet: 64 * 1024,
+            ml_pending: DEFAULT_PENDING_CAPACITY,
         }
     }
 }
@@ -197,6 +204,7 @@ pub struct Session {
     /// resumed at boot, before the first token).
     download_awaiting_token: Option<Box<ImageDownload>>,
     ota: OtaAgent,
+    ml: MlClient,
     planned_reboot: Option<PlannedReboot>,
     link: Link,
 }
@@ -244,7 +252,7 @@ impl Session {
     /// `after`: the reboot that led here, `None` at power-on.
     pub fn boot(
         cfg: SessionConfig,
-        hw: Hardware,
+        mut hw: Hardware,
         storage: &dyn Storage,
         image_starts: &dyn Fn(&str) -> bool,
         after: Option<RebootKind>,
@@ -266,6 +274,7 @@ impl Session {
             Writes(&mut out).remove(outbox::STORAGE_KEY);
         }
         out.event(Event::Booted { fw: ota.running_version().to_owned(), ota: ota.state(), after });
+        let ml = MlClient::new(&mut *hw.rng, cfg.ml_pending, Deadlines::from_contract());
         let mut s = Session {
             topics,
             close_codes: CloseCodes::load(),
@@ -278,6 +287,7 @@ impl Session {
             token: None,
             download_awaiting_token: None,
             ota,
+            ml,
             planned_reboot: None,
             link: Link::Offline { retry_at: now.mono_ms },
             hw,
@@ -312,7 +322,8 @@ impl Session {
             Link::Up(conn) => self.connected_wakeup(conn),
             Link::FetchingToken | Link::Opening | Link::Ended => None,
         };
-        earliest(link, self.ota.next_wakeup().filter(|_| !self.has_ended()))
+        let own = earliest(self.ota.next_wakeup(), self.ml.next_wakeup()).filter(|_| !self.has_ended());
+        earliest(link, own)
     }
 
     /// Time passed.
@@ -416,13 +427,15 @@ impl Session {
         }
     }
 
-    /// Act on the clock: OTA deadline and reports, then the link's own timers.
+    /// Act on the clock: OTA deadline and reports, inference give-ups, then the link's
+    /// own timers.
     fn advance(&mut self, now: Now, out: &mut Out) {
         if self.has_ended() {
             return;
         }
         self.ota.tick(now.mono_ms, out);
         self.publish_ota_reports(now, out);
+        self.expire_inference(now, out);
         match self.link {
             Link::Offline { retry_at } => {
                 if let Some(kind) = self.reboot_due(now) {

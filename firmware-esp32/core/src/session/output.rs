@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::ml::{GiveUp, MlAnswer};
 use crate::ota::{ImageHasher, SlotState};
 use crate::session::token::Jwt;
 
@@ -33,8 +34,30 @@ pub enum Output {
     /// Give up for good (credentials gone, a refusal retrying cannot fix). Nothing
     /// follows.
     Stop(String),
+    /// An inference request asked for with [`super::Session::request_inference`] is
+    /// done: hand this to whoever asked.
+    Ml(MlOutcome),
     /// For logs and counters.
     Event(Event),
+}
+
+/// How an inference request ended: exactly one per request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MlOutcome {
+    /// The server's answer (`ok` or an error such as `timeout` or `model_unknown`).
+    Answered(MlAnswer),
+    /// No answer will be used (see [`GiveUp`]).
+    GaveUp { cid: String, model: String, reason: GiveUp },
+}
+
+impl MlOutcome {
+    /// The request's cid, as [`super::Session::request_inference`] returned it.
+    pub fn cid(&self) -> &str {
+        match self {
+            MlOutcome::Answered(a) => &a.cid,
+            MlOutcome::GaveUp { cid, .. } => cid,
+        }
+    }
 }
 
 /// Why the device reboots.
@@ -248,11 +271,31 @@ pub enum Event {
     SysMalformed {
         error: String,
     },
-    MlResult {
+    /// An inference request was queued on `ml/infer`; `deadline_ms` is the server's.
+    MlRequested {
+        cid: String,
+        model: String,
+        deadline_ms: u64,
+    },
+    MlAnswered {
         cid: String,
         ok: bool,
         model_version: String,
         code: Option<String>,
+        waited_ms: u64,
+    },
+    /// An answer for no pending request (given up already, or from before a reboot).
+    MlAnswerIgnored {
+        cid: String,
+    },
+    MlAnswerMalformed {
+        cid: Option<String>,
+        error: String,
+    },
+    MlGaveUp {
+        cid: String,
+        model: String,
+        reason: String,
     },
     UnexpectedTopic {
         topic: String,
@@ -401,11 +444,29 @@ impl Event {
                 ],
             ),
             E::SysMalformed { error } => (Warn, "sys-malformed", vec![("error", s(error))]),
-            E::MlResult { cid, ok, model_version, code } => (
+            E::MlRequested { cid, model, deadline_ms } => {
+                (Info, "ml-request", vec![("cid", s(cid)), ("model", s(model)), ("deadline_ms", s(deadline_ms))])
+            }
+            E::MlAnswered { cid, ok, model_version, code, waited_ms } => (
                 Info,
                 "ml-result",
-                vec![("cid", s(cid)), ("ok", s(ok)), ("model_version", s(model_version)), ("code", opt(code))],
+                vec![
+                    ("cid", s(cid)),
+                    ("ok", s(ok)),
+                    ("model_version", s(model_version)),
+                    ("code", opt(code)),
+                    ("waited_ms", s(waited_ms)),
+                ],
             ),
+            E::MlAnswerIgnored { cid } => {
+                (Info, "ml-result-ignored", vec![("cid", s(cid)), ("reason", s(&"no such request pending"))])
+            }
+            E::MlAnswerMalformed { cid, error } => {
+                (Warn, "ml-result-malformed", vec![("cid", opt(cid)), ("error", s(error))])
+            }
+            E::MlGaveUp { cid, model, reason } => {
+                (Warn, "ml-gave-up", vec![("cid", s(cid)), ("model", s(model)), ("reason", s(reason))])
+            }
             E::UnexpectedTopic { topic } => (Warn, "unexpected-topic", vec![("topic", s(topic))]),
             E::Stopped { reason } => (Error, "stopped", vec![("reason", s(reason))]),
             E::OtaOffer { rollout, version, size, chip, running } => (

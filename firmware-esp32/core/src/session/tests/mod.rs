@@ -5,6 +5,7 @@
 
 mod commands;
 mod connection;
+mod ml;
 mod ota;
 mod telemetry;
 mod tokens;
@@ -85,6 +86,8 @@ pub struct Device {
     pub work: Vec<OtaWork>,
     pub reboots: Vec<RebootKind>,
     pub stopped: Option<String>,
+    /// How inference requests ended, in order.
+    pub ml: Vec<MlOutcome>,
 }
 
 impl Device {
@@ -114,6 +117,7 @@ impl Device {
             work: Vec::new(),
             reboots: Vec::new(),
             stopped: None,
+            ml: Vec::new(),
         };
         let hw = Hardware { board: Box::new(board), rng: Box::new(MaxRng) };
         d.start(hw, None);
@@ -158,6 +162,7 @@ impl Device {
                     self.start(hw, Some(kind));
                 }
                 Output::Stop(why) => self.stopped = Some(why),
+                Output::Ml(outcome) => self.ml.push(outcome),
                 Output::Event(e) => self.events.push(e),
             }
         }
