@@ -15,16 +15,22 @@
 //   p50/p90/p99  device-side round trip in ms
 //   CPU          seconds of CPU per wall second of the broker, the bridge, each worker, redis-server and
 //                this generator (1.0 = one core)
+//   --stages     also where the time goes, medians over the last 1,000 completed jobs (Unix ms, so
+//                1 ms resolution): device publish -> broker received_at -> job added -> taken by a
+//                worker (processedOn) -> finished (finishedOn) -> answer at the device
+//   --profile    also CPU profiles of the broker and the bridge over the window (top functions and
+//                packages by self time; the figures of such a run are not the ones to quote)
 import { readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
-import { parseArgs, usage, log, sleep, procCpuSeconds, selfCpuSeconds, summarize, fmt, raiseFileLimit } from './lib/util.mjs';
+import { parseArgs, usage, log, sleep, freePort, procCpuSeconds, selfCpuSeconds, summarize, fmt, raiseFileLimit } from './lib/util.mjs';
+import { openInspector, topSelf, selfByArea } from './lib/inspector.mjs';
 import { startTarget, startService, REPO } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 
-const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false };
+const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false, stages: false, profile: false };
 const a = parseArgs(D);
 if (a.help) {
   console.log(usage('ml', 'ML round trip device -> broker -> queue -> Python -> bridge -> device (or --mode bare: BullMQ Node to Node)', D));
@@ -49,11 +55,12 @@ class Load {
     this.outcomes = new Map();
     this.answered = 0;
     this.sent = 0;
+    this.wall = new Map(); // cid -> device-side Unix ms of send and answer (--stages)
   }
 
   fire() {
     const cid = `b${this.seq++}`;
-    this.sentAt.set(cid, { t: performance.now(), measured: this.measuring });
+    this.sentAt.set(cid, { t: performance.now(), wall: Date.now(), measured: this.measuring });
     this.sent++;
     this.send(cid);
   }
@@ -62,6 +69,7 @@ class Load {
     const s = this.sentAt.get(cid);
     if (!s) return;
     this.sentAt.delete(cid);
+    if (a.stages) this.wall.set(cid, { sent: s.wall, answered: Date.now() });
     if (s.measured) {
       this.samples.push(performance.now() - s.t);
       this.outcomes.set(outcome, (this.outcomes.get(outcome) ?? 0) + 1);
@@ -106,9 +114,10 @@ async function waitReady(url, timeoutMs = 30000) {
   }
 }
 
-async function measure(load, pids) {
+async function measure(load, pids, profilers = {}) {
   load.start();
   await sleep(a.warmup * 1000);
+  for (const p of Object.values(profilers)) await p.profileStart(500);
   load.measuring = true;
   const c0 = cpuOf(pids);
   const w0 = performance.now();
@@ -116,6 +125,14 @@ async function measure(load, pids) {
   load.measuring = false;
   const wall = (performance.now() - w0) / 1000;
   const c1 = cpuOf(pids);
+  for (const [name, p] of Object.entries(profilers)) {
+    const prof = await p.profileStop();
+    p.close();
+    console.log(`\n${name}: top functions by self time`);
+    for (const f of topSelf(prof, 15)) console.log(`  ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}`);
+    console.log(`${name}: self time by package`);
+    for (const x of selfByArea(prof).slice(0, 12)) console.log(`  ${x.pct.toFixed(1).padStart(5)}%  ${x.area}`);
+  }
   load.stop();
   const drainUntil = Date.now() + 10_000;
   while (load.measuredMissing() > 0 && Date.now() < drainUntil) await sleep(100);
@@ -137,11 +154,13 @@ function report(r) {
 }
 
 async function runFleetwire() {
-  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn', ML_QUOTA_PER_MIN: '1000000000' } });
+  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn', ML_QUOTA_PER_MIN: '1000000000' }, inspect: a.profile });
+  const bridgeInspect = a.profile ? await freePort() : null;
   let bridge = null;
   const conns = [];
   try {
     bridge = await startService(t, 'ml-bridge', {
+      inspect: bridgeInspect,
       env: { ML_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, ML_WORKERS: String(a.workers), ML_WORKER_CONCURRENCY: String(a.concurrency), ML_QUOTA_PER_MIN: '1000000000' },
     });
     await waitReady(bridge.url);
@@ -171,12 +190,38 @@ async function runFleetwire() {
     const workers = childPids(bridge.pid);
     if (workers.length !== a.workers) log(`warning: the bridge has ${workers.length} child processes, expected ${a.workers}`);
     const pids = { broker: t.pid, bridge: bridge.pid, ...Object.fromEntries(workers.map((p, i) => [`worker${i + 1}`, p])), redis: t.redisPid, generator: 'self' };
-    report(await measure(load, pids));
+    const profilers = a.profile ? { broker: await openInspector(t.inspectPort), bridge: await openInspector(bridgeInspect) } : {};
+    report(await measure(load, pids, profilers));
+    if (a.stages) await reportStages(t.redisUrl, load.wall);
   } finally {
     for (const { c } of conns) c.destroy();
     await bridge?.stop();
     await t.stop();
   }
+}
+
+/** Medians of each leg, from the completed jobs BullMQ keeps (remove_on_complete) and the device's clock. */
+async function reportStages(redisUrl, wall) {
+  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue('ml-infer', { connection, prefix: 'fleetwire' });
+  const jobs = await queue.getJobs(['completed'], 0, 999);
+  const legs = { 'device -> broker': [], 'broker -> queued': [], 'queued -> worker': [], 'worker compute+complete': [], 'completed -> device': [] };
+  for (const job of jobs) {
+    const w = wall.get(job.data.cid);
+    if (!w || !job.processedOn || !job.finishedOn) continue;
+    legs['device -> broker'].push(job.data.received_at - w.sent);
+    legs['broker -> queued'].push(job.timestamp - job.data.received_at);
+    legs['queued -> worker'].push(job.processedOn - job.timestamp);
+    legs['worker compute+complete'].push(job.finishedOn - job.processedOn);
+    legs['completed -> device'].push(w.answered - job.finishedOn);
+  }
+  console.log(`  stages, median (p99) ms over ${legs['device -> broker'].length} jobs:`);
+  for (const [leg, v] of Object.entries(legs)) {
+    const st = summarize(v);
+    console.log(`    ${leg.padEnd(26)} ${fmt(st.p50, 0)} (${fmt(st.p99, 0)})`);
+  }
+  await queue.close();
+  connection.disconnect();
 }
 
 /** The same harness with nothing but BullMQ: a Node worker process that answers at once. */
