@@ -5,9 +5,11 @@
 //   node bench/ml.mjs --mode bare [--rate 500 | --max]           the same harness on a bare BullMQ Node-to-Node
 //                                                                 round trip (Queue.add -> Worker in another process
 //                                                                 -> QueueEvents 'completed'), for comparison
-// The broker (`fleetwire broker`, core 0) and the bridge (`fleetwire ml-bridge`, unpinned) are separate
-// processes on one Redis (core 1, with this generator); the bridge starts --workers Python workers
-// (unpinned). Devices are real WebSocket connections with their own tokens, each subscribed to its
+// The broker (`fleetwire broker`) and the bridge (`fleetwire ml-bridge`) are separate processes on one
+// Redis; the bridge starts --workers Python workers. Nothing is pinned to a core (--pin to pin the broker
+// to core 0 and Redis and this generator to core 1, as the broker benchmarks do): the round trip crosses
+// five processes, and with the broker's pinning it measured about a third fewer answers/s at most
+// (1,950-2,060 against 2,945 with one worker), as Redis and the worker queued behind each other. Devices are real WebSocket connections with their own tokens, each subscribed to its
 // ml/result (QoS 1) and sending QoS 1 requests round-robin, one 4-reading row each (`anomaly` model).
 //
 // Reported over the measured window (after warm-up):
@@ -26,18 +28,19 @@ import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { parseArgs, usage, log, sleep, freePort, procCpuSeconds, selfCpuSeconds, summarize, fmt, raiseFileLimit } from './lib/util.mjs';
 import { openInspector, topSelf, selfByArea } from './lib/inspector.mjs';
-import { startTarget, startService, REPO } from './lib/targets.mjs';
+import { startTarget, startService, REPO, BROKER_CPU, LOAD_CPU } from './lib/targets.mjs';
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 
-const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false, stages: false, profile: false };
+const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false, stages: false, profile: false, pin: false };
 const a = parseArgs(D);
 if (a.help) {
   console.log(usage('ml', 'ML round trip device -> broker -> queue -> Python -> bridge -> device (or --mode bare: BullMQ Node to Node)', D));
   process.exit(0);
 }
 if (!['steady', 'max', 'bare'].includes(a.mode)) throw new Error('--mode is steady, max or bare');
-setupProcess();
+const cpus = a.pin ? { brokerCpu: BROKER_CPU, redisCpu: LOAD_CPU } : { brokerCpu: '0-1', redisCpu: '0-1' };
+setupProcess({ pinTo: a.pin ? LOAD_CPU : '0-1' });
 hardDeadline(300 + a.duration * 2);
 raiseFileLimit(a.devices + 1000);
 
@@ -154,7 +157,7 @@ function report(r) {
 }
 
 async function runFleetwire() {
-  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn', ML_QUOTA_PER_MIN: '1000000000' }, inspect: a.profile });
+  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn', ML_QUOTA_PER_MIN: '1000000000' }, inspect: a.profile, ...cpus });
   const bridgeInspect = a.profile ? await freePort() : null;
   let bridge = null;
   const conns = [];
@@ -226,7 +229,7 @@ async function reportStages(redisUrl, wall) {
 
 /** The same harness with nothing but BullMQ: a Node worker process that answers at once. */
 async function runBare() {
-  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' } });
+  const t = await startTarget('fleetwire', { env: { LOG_LEVEL: 'warn' }, ...cpus });
   const connection = new Redis(t.redisUrl, { maxRetriesPerRequest: null });
   const queue = new Queue('bare-rt', { connection, prefix: 'bench' });
   const events = new QueueEvents('bare-rt', { connection: { url: t.redisUrl }, prefix: 'bench' });

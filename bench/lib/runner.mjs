@@ -14,10 +14,11 @@ async function stopActiveAndExit(code) {
   process.exit(code);
 }
 
-export function setupProcess() {
+/** `pinTo`: the generator's CPU list (taskset), LOAD_CPU unless given. */
+export function setupProcess({ pinTo = LOAD_CPU } = {}) {
   process.on('SIGINT', () => { log('SIGINT: stopping brokers'); stopActiveAndExit(130); });
   process.on('SIGTERM', () => { log('SIGTERM: stopping brokers'); stopActiveAndExit(143); });
-  if (!pinSelf(LOAD_CPU)) log('warning: could not pin the load generator with taskset');
+  if (!pinSelf(pinTo)) log('warning: could not pin the load generator with taskset');
   // Never let a bench hang forever: every script has a hard wall-clock cap.
   process.on('unhandledRejection', (e) => { log('unhandled rejection', e); });
 }

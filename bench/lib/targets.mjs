@@ -72,10 +72,13 @@ async function stopProc(p, timeoutMs = 8000) {
 
 /**
  * opts: { env (extra env for fleetwire), limits: 'bench' | 'default',
+ *         brokerCpu, redisCpu (taskset CPU lists; default BROKER_CPU and LOAD_CPU, '0-1' = any core),
  *         inspect (start node brokers with --inspect on a free port),
  *         nodeArgs: string[], logDir, readyTimeoutMs }
  */
 export async function startTarget(name, opts = {}) {
+  const brokerCpu = opts.brokerCpu ?? BROKER_CPU;
+  const redisCpu = opts.redisCpu ?? LOAD_CPU;
   const logDir = opts.logDir ?? mkdtempSync(join(tmpdir(), 'fwbench-logs-'));
   const wsPort = await freePort();
   const tcpPort = await freePort();
@@ -100,7 +103,7 @@ export async function startTarget(name, opts = {}) {
   };
 
   if (name === 'bare-aedes') {
-    t.procs.broker = spawnPinned(BROKER_CPU, process.execPath, [...nodeArgs, join(BENCH_DIR, 'targets', 'bare-aedes.mjs'), '--port', String(wsPort), '--tcp-port', String(tcpPort)], {}, join(logDir, 'bare-aedes.log'));
+    t.procs.broker = spawnPinned(brokerCpu, process.execPath, [...nodeArgs, join(BENCH_DIR, 'targets', 'bare-aedes.mjs'), '--port', String(wsPort), '--tcp-port', String(tcpPort)], {}, join(logDir, 'bare-aedes.log'));
   } else if (name === 'mosquitto') {
     const dir = mkdtempSync(join(tmpdir(), 'fwbench-mosq-'));
     const conf = join(dir, 'mosquitto.conf');
@@ -119,7 +122,7 @@ export async function startTarget(name, opts = {}) {
       'protocol mqtt',
       '',
     ].join('\n'));
-    t.procs.broker = spawnPinned(BROKER_CPU, '/usr/sbin/mosquitto', ['-c', conf], {}, join(logDir, 'mosquitto.log'));
+    t.procs.broker = spawnPinned(brokerCpu, '/usr/sbin/mosquitto', ['-c', conf], {}, join(logDir, 'mosquitto.log'));
     const stop0 = t.stop.bind(t);
     t.stop = async () => { await stop0(); rmSync(dir, { recursive: true, force: true }); };
   } else if (name === 'fleetwire') {
@@ -127,7 +130,7 @@ export async function startTarget(name, opts = {}) {
     const fw = await fleetwireCommon();
     const dataDir = mkdtempSync(join(tmpdir(), 'fwbench-data-'));
     const redisPort = await freePort();
-    t.procs.redis = spawnPinned(LOAD_CPU, 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dataDir], {}, join(logDir, 'redis.log'));
+    t.procs.redis = spawnPinned(redisCpu, 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dataDir], {}, join(logDir, 'redis.log'));
     await waitForPort(redisPort, 10000, () => t.procs.redis.state.exited);
     const redisUrl = `redis://127.0.0.1:${redisPort}`;
     const redis = fw.createRedis(redisUrl, { name: 'bench' });
@@ -143,7 +146,7 @@ export async function startTarget(name, opts = {}) {
     t.env = env;
     t.redisUrl = redisUrl;
     t.redisPid = t.procs.redis.child.pid;
-    t.procs.broker = spawnPinned(BROKER_CPU, process.execPath, [...nodeArgs, FLEETWIRE_MAIN, 'broker'], { env, cwd: dataDir }, join(logDir, 'fleetwire.log'));
+    t.procs.broker = spawnPinned(brokerCpu, process.execPath, [...nodeArgs, FLEETWIRE_MAIN, 'broker'], { env, cwd: dataDir }, join(logDir, 'fleetwire.log'));
     const tokens = new Map();
     let serviceToken = null;
     const registered = new Set();

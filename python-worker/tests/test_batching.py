@@ -4,6 +4,7 @@ its own rows' answer, a lone request is not held back, and a long call leaves th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.util
 import logging
 import shutil
@@ -160,3 +161,33 @@ async def test_close_lets_queued_and_running_calls_finish(registry: ModelRegistr
     assert all(task.done() and task.result().output == {"requested_ms": [50.0]} for task in pending)
     with pytest.raises(RuntimeError):
         await batcher.infer(slow, slow.prepare([[1]], 10))
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A real single-thread executor that counts the calls handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):  # type: ignore[override]
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+async def test_a_call_known_to_be_short_runs_on_the_event_loop_and_a_long_one_in_the_thread(registry: ModelRegistry) -> None:
+    executor = CountingExecutor()
+    batcher = MicroBatcher(executor)
+    anomaly = registry.resolve("anomaly", None)
+    rows = anomaly.prepare([[21.5, 40.0, 0.02, 1.3]], 10)
+    first = await batcher.infer(anomaly, rows)  # its cost is not known yet: the thread
+    assert executor.submitted == 1
+    for _ in range(20):
+        assert (await batcher.infer(anomaly, rows)).output == first.output
+    assert executor.submitted == 1  # a one-row call of this model takes far under INLINE_BELOW_MS
+    slow = registry.resolve("slow", None)
+    await batcher.infer(slow, slow.prepare([[50]], 10))
+    await batcher.infer(slow, slow.prepare([[50]], 10))
+    assert executor.submitted == 3  # 50 ms calls always go to the thread
+    await batcher.close()
+    executor.shutdown()

@@ -265,3 +265,26 @@ async def test_a_job_of_a_killed_worker_is_retried_by_another_once_its_lock_laps
     assert done.state == "completed"
     assert done.returnvalue["worker"] == survivor.id
     assert done.attempts_started == 2
+
+
+async def test_an_idle_worker_stops_at_once_on_sigterm(start_worker):
+    # Every free slot is waiting to fetch (concurrency 32): none of them may start a new blocking wait.
+    worker = start_worker(ML_WORKER_CONCURRENCY="32")
+    started = time.monotonic()
+    worker.proc.terminate()
+    assert await asyncio.to_thread(worker.proc.wait, 15) == 0
+    assert time.monotonic() - started < 3
+
+
+async def test_a_job_at_a_time_costs_a_few_redis_calls_not_one_per_free_slot(start_worker, ml_queue, rdb):
+    start_worker(ML_WORKER_CONCURRENCY="32")
+    await rdb.config_resetstat()
+    jobs = 40
+    for i in range(jobs):
+        job_id = await ml_queue.add_request("dev-trickle", anomaly(f"tr-{i}"))
+        assert (await ml_queue.finished(job_id)).returnvalue["ok"] is True
+    stats = await rdb.info("commandstats")
+    scripts = stats.get("cmdstat_evalsha", {}).get("calls", 0) + stats.get("cmdstat_eval", {}).get("calls", 0)
+    # Per job: the producer's add, the worker's moveToActive and its completion, one moveToActive that finds the
+    # queue empty, and the test's own reads; 32 free slots each fetching would be over 30.
+    assert scripts / jobs < 8, f"{scripts} script calls for {jobs} jobs"
