@@ -19,7 +19,7 @@ RUFF_CONFIG := e2e/python/pyproject.toml
 .PHONY: help install build venv run test lint bench clean
 
 help:
-	@echo "make run    install what is missing, start Redis and Fleetwire on port $(PORT)"
+	@echo "make run    install what is missing (npm deps, the Python venv), start Redis and Fleetwire on port $(PORT)"
 	@echo "make test   install, start a private Redis, run every suite"
 	@echo "make bench  run the broker benchmarks (see bench/README.md)"
 	@echo "make lint   eslint + type check (sources and tests) + import cycles + ruff"
@@ -43,7 +43,7 @@ build: node_modules/.package-lock.json
 	@chmod +x cli/dist/main.js
 	@ln -sf ../@fleetwire/cli/dist/main.js node_modules/.bin/fleetwire
 
-run: install
+run: install venv
 	@mkdir -p $(DATA_DIR)
 	@REDIS_URL=$$(scripts/ensure-redis.sh $(DATA_DIR)/redis 6379) && \
 	  echo "Redis: $$REDIS_URL" && \

@@ -218,10 +218,13 @@ async function reportStages(redisUrl, wall) {
     legs['worker compute+complete'].push(job.finishedOn - job.processedOn);
     legs['completed -> device'].push(w.answered - job.finishedOn);
   }
-  console.log(`  stages, median (p99) ms over ${legs['device -> broker'].length} jobs:`);
+  // The slowest 1% of round trips, leg by leg: which leg makes the tail.
+  const totals = legs['device -> broker'].map((_, i) => Object.values(legs).reduce((sum, v) => sum + v[i], 0));
+  const slowest = totals.map((total, i) => [total, i]).sort((x, y) => y[0] - x[0]).slice(0, Math.max(1, Math.ceil(totals.length / 100))).map(([, i]) => i);
+  console.log(`  stages, median (p99) ms over ${totals.length} jobs, and the median of each over the slowest 1%:`);
   for (const [leg, v] of Object.entries(legs)) {
     const st = summarize(v);
-    console.log(`    ${leg.padEnd(26)} ${fmt(st.p50, 0)} (${fmt(st.p99, 0)})`);
+    console.log(`    ${leg.padEnd(26)} ${fmt(st.p50, 0)} (${fmt(st.p99, 0)})   slowest 1%: ${fmt(summarize(slowest.map((i) => v[i])).p50, 0)}`);
   }
   await queue.close();
   connection.disconnect();

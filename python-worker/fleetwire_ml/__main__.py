@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -42,6 +43,12 @@ async def serve(contracts: Contracts, settings: Settings) -> None:
     if not registry.describe():
         raise CannotStart(f"no model loaded from ML_MODELS_DIR={settings.models_dir}: it needs <name>/<version>/model.onnx + manifest.json")
 
+    # The models and libraries loaded so far stay for the process's life: out of the cyclic GC's way
+    # (gc.freeze), and a young generation big enough that a collection is rare rather than every
+    # few jobs. In bench/ml.mjs --stages the slowest 1% of jobs spent a median 5 ms in the worker
+    # before, 1-2 ms after.
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
     counters = JobCounters()
     batcher = MicroBatcher()
     client = redis.from_url(settings.redis_url, decode_responses=True)
