@@ -3,7 +3,6 @@
  * service on one port, through the real service host), on this test file's own Redis.
  * Devices are real MQTT-over-WebSocket clients (mqtt.js); e2e/ runs the firmware simulator.
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,14 +12,13 @@ import { createLogger, createMetricsRegistry, createRedis, startServices, type R
 import { brokerService as broker } from '@fleetwire/broker';
 import { authService as auth } from '@fleetwire/auth-service';
 import { connect } from '../../broker/test/helpers.js';
+import { ADMIN, fleetClient, metricValue, type Answer } from '../../scripts/vitest/fleet-client.js';
 import { service as devices } from '../src/service.js';
 
 export { closeOf, connect, nextMessage, sleep, telemetry, waitFor } from '../../broker/test/helpers.js';
 
 export const REDIS_URL = process.env.REDIS_URL!;
-export const ADMIN = { email: 'admin@example.com', password: 'admin-passphrase-for-tests' };
-
-export interface Answer { status: number; headers: Headers; body: Record<string, unknown> & { error?: { code: string; message: string } } }
+export { ADMIN, type Answer } from '../../scripts/vitest/fleet-client.js';
 
 export interface Fleet {
   running: RunningServices;
@@ -62,35 +60,7 @@ export async function startFleet(env: Record<string, string> = {}): Promise<Flee
   const url = `http://127.0.0.1:${running.port}`;
   const redis = createRedis(REDIS_URL, { name: 'device-service-test' });
 
-  async function api(method: string, path: string, o: { token?: string; body?: unknown } = {}): Promise<Answer> {
-    const headers: Record<string, string> = {};
-    if (o.token) headers.authorization = `Bearer ${o.token}`;
-    if (o.body !== undefined) headers['content-type'] = 'application/json';
-    const res = await fetch(url + path, { method, headers, body: o.body === undefined ? undefined : typeof o.body === 'string' ? o.body : JSON.stringify(o.body) });
-    const text = await res.text();
-    return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) as Answer['body'] : {} };
-  }
-
-  let adminToken: string | undefined;
-  let users = 0;
-  async function tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string> {
-    const login = async (email: string, password: string) => (await api('POST', '/v1/auth/login', { body: { email, password } })).body.access_token as string;
-    adminToken ??= await login(ADMIN.email, ADMIN.password);
-    if (role === 'admin') return adminToken;
-    // Unique per fleet too: two fleets may share one Redis (a restart).
-    const email = `${role}-${users++}-${randomBytes(3).toString('hex')}@example.com`;
-    const created = await api('POST', '/v1/users', { token: adminToken, body: { email, password: 'a-long-enough-passphrase', role } });
-    if (created.status !== 201) throw new Error(`creating a ${role}: ${JSON.stringify(created.body)}`);
-    return login(email, 'a-long-enough-passphrase');
-  }
-
-  async function registerDevice(id: string, meta: { type?: string; location?: string; tags?: string[] } = {}) {
-    const reg = await api('POST', '/v1/devices', { token: await tokenFor('admin'), body: { id, type: 'sensor', ...meta } });
-    if (reg.status !== 201) throw new Error(`registering ${id}: ${JSON.stringify(reg.body)}`);
-    const apiKey = reg.body.api_key as string;
-    const tok = await api('POST', '/v1/devices/token', { body: { api_key: apiKey } });
-    return { apiKey, token: tok.body.token as string };
-  }
+  const { api, tokenFor, registerDevice } = fleetClient(url);
 
   return {
     running, url, mqttUrl: `ws://127.0.0.1:${running.port}/mqtt`, dataDir, redis, metrics, logs, api, tokenFor, registerDevice,
@@ -98,11 +68,7 @@ export async function startFleet(env: Record<string, string> = {}): Promise<Flee
       const token = opts.token ?? (await registerDevice(id, opts.meta)).token;
       return connect(`ws://127.0.0.1:${running.port}/mqtt`, token, id, { clean: false });
     },
-    async metric(name, labels = '') {
-      const text = await metrics.metrics();
-      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
-      return line ? Number(line.split(' ').pop()) : 0;
-    },
+    metric: (name, labels) => metricValue(metrics, name, labels),
     async close() {
       await running.stop();
       redis.disconnect();

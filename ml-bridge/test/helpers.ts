@@ -8,7 +8,6 @@
  * (`make venv`), unless ML_WORKER_COMMAND / ML_MODELS_DIR say otherwise.
  */
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { cp, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -23,13 +22,14 @@ import {
 import { brokerService as broker } from '@fleetwire/broker';
 import { authService as auth } from '@fleetwire/auth-service';
 import { connect, waitFor } from '../../broker/test/helpers.js';
+import { ADMIN, fleetClient, metricValue, type Answer } from '../../scripts/vitest/fleet-client.js';
 import { service as mlBridge } from '../src/service.js';
 
 export { connect, nextMessage, sleep, waitFor } from '../../broker/test/helpers.js';
 export { broker, auth, mlBridge };
 
 export const REDIS_URL = process.env.REDIS_URL!;
-export const ADMIN = { email: 'admin@example.com', password: 'admin-passphrase-for-tests' };
+export { ADMIN } from '../../scripts/vitest/fleet-client.js';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 /** The worker the bridge starts: the checkout's venv unless ML_WORKER_COMMAND names another. */
@@ -38,7 +38,7 @@ export const MODELS_DIR = process.env.ML_MODELS_DIR || join(repo, 'python-worker
 const VENV_PYTHON = join(dirname(WORKER_COMMAND), 'python');
 const PYTHON_WORKER = dirname(MODELS_DIR);
 
-export interface Answer { status: number; headers: Headers; body: Record<string, unknown> & { error?: { code: string; message: string } } }
+export type { Answer } from '../../scripts/vitest/fleet-client.js';
 
 /** An ml/result payload (ml-result.schema.json). */
 export interface MlResult { cid: string; ok: boolean; output?: unknown; error?: { code: string; message: string }; model_version: string }
@@ -118,34 +118,7 @@ export async function startMlFleet(env: Record<string, string> = {}, o: FleetOpt
   const redis = createRedis(REDIS_URL, { name: 'ml-bridge-test' });
   const devices: MlDevice[] = [];
 
-  async function api(method: string, path: string, a: { token?: string; body?: unknown } = {}): Promise<Answer> {
-    const headers: Record<string, string> = {};
-    if (a.token) headers.authorization = `Bearer ${a.token}`;
-    if (a.body !== undefined) headers['content-type'] = 'application/json';
-    const res = await fetch(url + path, { method, headers, body: a.body === undefined ? undefined : JSON.stringify(a.body) });
-    const text = await res.text();
-    return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) as Answer['body'] : {} };
-  }
-
-  let adminToken: string | undefined;
-  async function tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string> {
-    if (o.users) return o.users.tokenFor(role);
-    const login = async (email: string, password: string) => (await api('POST', '/v1/auth/login', { body: { email, password } })).body.access_token as string;
-    adminToken ??= await login(ADMIN.email, ADMIN.password);
-    if (role === 'admin') return adminToken;
-    const email = `${role}-${randomBytes(4).toString('hex')}@example.com`;
-    const created = await api('POST', '/v1/users', { token: adminToken, body: { email, password: 'a-long-enough-passphrase', role } });
-    if (created.status !== 201) throw new Error(`creating a ${role}: ${JSON.stringify(created.body)}`);
-    return login(email, 'a-long-enough-passphrase');
-  }
-
-  async function registerDevice(id: string) {
-    const reg = await api('POST', '/v1/devices', { token: await tokenFor('admin'), body: { id, type: 'sensor' } });
-    if (reg.status !== 201) throw new Error(`registering ${id}: ${JSON.stringify(reg.body)}`);
-    const apiKey = reg.body.api_key as string;
-    const tok = await api('POST', '/v1/devices/token', { body: { api_key: apiKey } });
-    return { apiKey, token: tok.body.token as string };
-  }
+  const { api, tokenFor, registerDevice } = fleetClient(url, o.users);
 
   async function health(): Promise<HealthBody> {
     const res = await api('GET', '/internal/ml/health', { token: await tokenFor('admin') });
@@ -162,11 +135,7 @@ export async function startMlFleet(env: Record<string, string> = {}, o: FleetOpt
       return dev;
     },
     workersAlive: (n = 1, timeoutMs = 15_000) => waitFor(health, (h) => h.alive >= n, timeoutMs),
-    async metric(name, labels = '') {
-      const text = await metrics.metrics();
-      const line = text.split('\n').find((l) => l.startsWith(`${name}${labels ? `{${labels}}` : ''} `));
-      return line ? Number(line.split(' ').pop()) : 0;
-    },
+    metric: (name, labels) => metricValue(metrics, name, labels),
     async close() {
       await Promise.all(devices.map((d) => d.end()));
       await running.stop();
