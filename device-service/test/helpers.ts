@@ -8,11 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { MqttClient } from 'mqtt';
-import { createLogger, createMetricsRegistry, createRedis, startServices, type Redis, type Registry, type RunningServices } from '@fleetwire/common';
+import { createLogger, createMetricsRegistry, createRedis, startServices } from '@fleetwire/common';
 import { brokerService as broker } from '@fleetwire/broker';
 import { authService as auth } from '@fleetwire/auth-service';
 import { connect } from '../../broker/test/helpers.js';
-import { ADMIN, fleetClient, metricValue, type Answer } from '../../scripts/vitest/fleet-client.js';
+import { ADMIN, fleetClient, metricValue, type TestFleet } from '../../scripts/vitest/fleet-client.js';
 import { service as devices } from '../src/service.js';
 
 export { closeOf, connect, nextMessage, sleep, telemetry, waitFor } from '../../broker/test/helpers.js';
@@ -20,28 +20,9 @@ export { closeOf, connect, nextMessage, sleep, telemetry, waitFor } from '../../
 export const REDIS_URL = process.env.REDIS_URL!;
 export { ADMIN, type Answer } from '../../scripts/vitest/fleet-client.js';
 
-export interface Fleet {
-  running: RunningServices;
-  /** http://127.0.0.1:<port> */
-  url: string;
-  /** ws://127.0.0.1:<port>/mqtt */
-  mqttUrl: string;
-  /** FLEETWIRE_DATA_DIR: the key ring a second process must share to sign and verify the same tokens. */
-  dataDir: string;
-  /** A connection of the test's own. */
-  redis: Redis;
-  metrics: Registry;
-  logs: string[];
-  api(method: string, path: string, opts?: { token?: string; body?: unknown }): Promise<Answer>;
-  /** An access token for a user of `role` (admin: the bootstrap admin). */
-  tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string>;
-  /** Registers a device (POST /v1/devices) and exchanges its key for a device token. */
-  registerDevice(id: string, meta?: { type?: string; location?: string; tags?: string[] }): Promise<{ apiKey: string; token: string }>;
+export interface Fleet extends TestFleet {
   /** Registers (unless `token` is given) and connects a device as mqtt.js (clean session false, like the firmware). */
   connectDevice(id: string, opts?: { token?: string; meta?: { type?: string; location?: string; tags?: string[] } }): Promise<MqttClient>;
-  /** The metric's value in /metrics, 0 when absent. */
-  metric(name: string, labels?: string): Promise<number>;
-  close(): Promise<void>;
 }
 
 /** `env` overrides any setting of the three services (names as in their specs, e.g. SILENCE_FLOOR_S). */

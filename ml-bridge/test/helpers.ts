@@ -17,12 +17,12 @@ import { promisify } from 'node:util';
 import type { MqttClient } from 'mqtt';
 import { pack } from 'msgpackr';
 import {
-  createLogger, createMetricsRegistry, createRedis, startServices, type AnyService, type Redis, type Registry, type RunningServices,
+  createLogger, createMetricsRegistry, createRedis, startServices, type AnyService,
 } from '@fleetwire/common';
 import { brokerService as broker } from '@fleetwire/broker';
 import { authService as auth } from '@fleetwire/auth-service';
 import { connect, waitFor } from '../../broker/test/helpers.js';
-import { ADMIN, fleetClient, metricValue, type Answer } from '../../scripts/vitest/fleet-client.js';
+import { ADMIN, fleetClient, metricValue, type TestFleet } from '../../scripts/vitest/fleet-client.js';
 import { service as mlBridge } from '../src/service.js';
 
 export { connect, nextMessage, sleep, waitFor } from '../../broker/test/helpers.js';
@@ -43,25 +43,13 @@ export type { Answer } from '../../scripts/vitest/fleet-client.js';
 /** An ml/result payload (ml-result.schema.json). */
 export interface MlResult { cid: string; ok: boolean; output?: unknown; error?: { code: string; message: string }; model_version: string }
 
-export interface MlFleet {
-  running: RunningServices;
-  url: string;
-  mqttUrl: string;
-  dataDir: string;
-  redis: Redis;
-  metrics: Registry;
-  logs: string[];
-  api(method: string, path: string, opts?: { token?: string; body?: unknown }): Promise<Answer>;
-  tokenFor(role: 'admin' | 'operator' | 'viewer'): Promise<string>;
-  registerDevice(id: string): Promise<{ apiKey: string; token: string }>;
+export interface MlFleet extends TestFleet {
   /** Registers a device, connects it (clean session false, like the firmware) and subscribes to its ml/result. */
   connectDevice(id: string): Promise<MlDevice>;
   /** GET /internal/ml/health as the admin. */
   health(): Promise<HealthBody>;
   /** Waits until `n` workers report alive (default 1). */
   workersAlive(n?: number, timeoutMs?: number): Promise<HealthBody>;
-  metric(name: string, labels?: string): Promise<number>;
-  close(): Promise<void>;
 }
 
 export interface HealthWorker {

@@ -4,7 +4,7 @@
  * registration with its token, and reading one metric from a registry.
  */
 import { randomBytes } from 'node:crypto';
-import type { Registry } from '@fleetwire/common';
+import type { Redis, Registry, RunningServices } from '@fleetwire/common';
 
 export const ADMIN = { email: 'admin@example.com', password: 'admin-passphrase-for-tests' };
 
@@ -19,6 +19,24 @@ export interface FleetClient {
   tokenFor(role: Role): Promise<string>;
   /** Registers a device (POST /v1/devices) and exchanges its key for a device token. */
   registerDevice(id: string, meta?: { type?: string; location?: string; tags?: string[] }): Promise<{ apiKey: string; token: string }>;
+}
+
+/** What every in-process test fleet offers (the services running, their URLs, the client above). */
+export interface TestFleet extends FleetClient {
+  running: RunningServices;
+  /** http://127.0.0.1:<port> */
+  url: string;
+  /** ws://127.0.0.1:<port>/mqtt */
+  mqttUrl: string;
+  /** FLEETWIRE_DATA_DIR: the key ring a second process must share to sign and verify the same tokens. */
+  dataDir: string;
+  /** A connection of the test's own. */
+  redis: Redis;
+  metrics: Registry;
+  logs: string[];
+  /** The metric's value in /metrics, 0 when absent. */
+  metric(name: string, labels?: string): Promise<number>;
+  close(): Promise<void>;
 }
 
 /** A client of the fleet at `url` (http://127.0.0.1:<port>); `users` supplies tokens when that process runs no auth service. */
