@@ -78,7 +78,7 @@ export class WorkerPool {
       const supervisor: Supervisor = new Supervisor({
         name, command, log: d.log, metricsRegistry: d.metricsRegistry, cwd: repoRoot,
         env: {
-          ...process.env,
+          ...workerEnvironment(process.env),
           REDIS_URL: config.redisUrl,
           ML_WORKER_ID: id,
           ML_MODELS_DIR: modelsDir(config),
@@ -129,6 +129,17 @@ export class WorkerPool {
   async stop(): Promise<void> {
     await Promise.all(this.slots.map((s) => s.supervisor.stop()));
   }
+}
+
+/**
+ * What a worker inherits of this process's environment: the system's basics (PATH, locale,
+ * temp dir), Python's and the thread libraries' own settings, and the ML_* settings; not the
+ * rest (the admin password, webhook secrets, ...): a worker runs models and parses inputs
+ * from devices, and needs none of it.
+ */
+export function workerEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const inherited = /^(PATH|HOME|USER|LANG|LANGUAGE|LC_[A-Z]+|TZ|TMPDIR|PYTHON[A-Z_]*|OMP_[A-Z_]+|ORT_[A-Z_]+|ML_[A-Z_]+|FLEETWIRE_CONTRACTS_DIR)$/;
+  return Object.fromEntries(Object.entries(env).filter(([name]) => inherited.test(name)));
 }
 
 /** Why `command` cannot be started, or null. A bare name is looked up on PATH as spawn would. */

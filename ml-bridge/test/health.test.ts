@@ -2,18 +2,24 @@
  * GET /internal/ml/health, readiness and the reload route, with a real supervised worker:
  * what an operator sees before and after the worker is killed, and who may look.
  */
+import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { signToken } from '@fleetwire/common';
 import { anomalyRequest, startMlFleet, waitFor, type HealthWorker, type MlFleet } from './helpers.js';
 
 let f: MlFleet;
 
+// A secret of the bridge's process that its workers must not inherit.
+const SECRET_NAME = 'FLEETWIRE_TEST_WEBHOOK_SECRET';
+
 beforeAll(async () => {
+  process.env[SECRET_NAME] = 'not-for-workers';
   f = await startMlFleet();
   await f.workersAlive(1);
 }, 30_000);
 afterAll(async () => {
   await f?.close();
+  delete process.env[SECRET_NAME];
 });
 
 const serviceToken = async (): Promise<string> => signToken((await f.running.deps.keyRing()).signer, { sub: 'ops-bot', typ: 'service', ttlSeconds: 300 });
@@ -35,6 +41,15 @@ describe('GET /internal/ml/health', () => {
     expect(Date.now() - w.last_heartbeat_at!).toBeLessThan(3000);
     expect(Date.now() - w.last_job_at!).toBeLessThan(10_000);
     expect(h.queue).toEqual({ waiting: 0, active: 0, delayed: 0, failed: 0 });
+  });
+
+  it('starts the worker with its settings and the system basics only, not the bridge\'s other environment', async () => {
+    const { pid } = (await f.health()).workers[0]!;
+    const env = new Map(readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    expect(env.has(SECRET_NAME)).toBe(false);
+    expect(env.get('PATH')).toBe(process.env.PATH);
+    expect(env.get('REDIS_URL')).toBe(process.env.REDIS_URL);
+    expect(env.get('ML_WORKER_ID')).toMatch(/-w0$/);
   });
 
   it('answers 401 without a token, 403 to a viewer, 200 to an operator and to a service token', async () => {
