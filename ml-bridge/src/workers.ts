@@ -81,6 +81,8 @@ export class WorkerPool {
           ...workerEnvironment(process.env),
           REDIS_URL: config.redisUrl,
           ML_WORKER_ID: id,
+          // The worker stops by itself when this process is gone (killed outright, it could not stop it).
+          ML_WORKER_PARENT_PID: String(process.pid),
           ML_MODELS_DIR: modelsDir(config),
           ML_WORKER_CONCURRENCY: String(config.workerConcurrency),
           ML_WORKER_HEARTBEAT_MS: String(config.heartbeatMs),

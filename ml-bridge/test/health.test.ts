@@ -50,6 +50,7 @@ describe('GET /internal/ml/health', () => {
     expect(env.get('PATH')).toBe(process.env.PATH);
     expect(env.get('REDIS_URL')).toBe(process.env.REDIS_URL);
     expect(env.get('ML_WORKER_ID')).toMatch(/-w0$/);
+    expect(env.get('ML_WORKER_PARENT_PID')).toBe(String(process.pid)); // it stops by itself when this process is gone
   });
 
   it('answers 401 without a token, 403 to a viewer, 200 to an operator and to a service token', async () => {

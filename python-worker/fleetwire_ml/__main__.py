@@ -70,6 +70,8 @@ async def serve(contracts: Contracts, settings: Settings) -> None:
     run = asyncio.create_task(worker.run(), name="bullmq-worker")
 
     stop = asyncio.Event()
+    if settings.parent_pid is not None:
+        background.append(asyncio.create_task(watch_parent(settings.parent_pid, settings.heartbeat_ms, stop, log), name="parent"))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -108,6 +110,20 @@ async def serve(contracts: Contracts, settings: Settings) -> None:
         os._exit(EXIT_CRASHED)
     stopping.result()
     log.info("worker stopped", extra={"jobs_done": counters.jobs_done, "jobs_failed": counters.jobs_failed})
+
+
+async def watch_parent(parent_pid: int, interval_ms: int, stop: asyncio.Event, log: logging.Logger) -> None:
+    """Stops the worker (as SIGTERM does) once the process that started it is gone.
+
+    A bridge killed outright (SIGKILL, a crash) cannot stop its workers; without this they would
+    live on, re-parented, taking jobs no one supervises, and retrying forever once their Redis is
+    gone too. The parent is gone when this process's parent is no longer that pid.
+    """
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(interval_ms / 1000)
+    log.warning("the process that started this worker is gone: stopping", extra={"parent_pid": parent_pid})
+    stop.set()
+    await asyncio.Event().wait()  # stays pending: ending would look like a crash of a background task
 
 
 async def stop_gracefully(

@@ -35,6 +35,8 @@ class Settings:
     model_scan_ms: int
     stop_grace_ms: int
     log_level: str
+    # The process that started this worker (the ml-bridge sets it): when it is gone, the worker stops.
+    parent_pid: int | None = None
 
 
 def _int(env: dict[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -85,4 +87,5 @@ def load_settings(contracts: Contracts, env: dict[str, str] | None = None) -> Se
         # so a job still running after it has no one waiting for its answer.
         stop_grace_ms=_int(env, "ML_MAX_TIMEOUT_MS", defaults["ML_MAX_TIMEOUT_MS"]),
         log_level=log_level,
+        parent_pid=_int(env, "ML_WORKER_PARENT_PID", 0) if env.get("ML_WORKER_PARENT_PID") else None,
     )

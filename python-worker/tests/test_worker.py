@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import time
@@ -288,3 +289,16 @@ async def test_a_job_at_a_time_costs_a_few_redis_calls_not_one_per_free_slot(sta
     # Per job: the producer's add, the worker's moveToActive and its completion, one moveToActive that finds the
     # queue empty, and the test's own reads; 32 free slots each fetching would be over 30.
     assert scripts / jobs < 8, f"{scripts} script calls for {jobs} jobs"
+
+
+async def test_a_worker_whose_starter_is_gone_stops_by_itself(start_worker, rdb, contracts):
+    # ML_WORKER_PARENT_PID names the process that started it (the ml-bridge): this test process is
+    # its parent, so naming another pid is what the worker sees once its bridge died and it was
+    # re-parented. It must stop as on SIGTERM, not live on unsupervised.
+    worker = start_worker(ML_WORKER_PARENT_PID=str(os.getpid()))
+    assert worker.proc.poll() is None
+    orphan = start_worker("w-orphan", ML_WORKER_PARENT_PID="1", ML_WORKER_HEARTBEAT_MS="100")
+    assert await asyncio.to_thread(orphan.proc.wait, 10) == 0
+    assert "the process that started this worker is gone: stopping" in [line["msg"] for line in orphan.logs()]
+    assert await rdb.get(contracts.key("worker", worker_id=orphan.id)) is None
+    assert worker.proc.poll() is None  # its own parent is alive
