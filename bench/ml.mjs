@@ -22,6 +22,8 @@
 //                worker (processedOn) -> finished (finishedOn) -> answer at the device
 //   --profile    also CPU profiles of the broker and the bridge over the window (top functions and
 //                packages by self time; the figures of such a run are not the ones to quote)
+//   --layout up  run `fleetwire up` (broker, bridge and the other services in one process, as
+//                `make run` does) instead of the broker and the bridge apart; the devices connect to it
 import { readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { Queue, QueueEvents } from 'bullmq';
@@ -32,7 +34,7 @@ import { startTarget, startService, REPO, BROKER_CPU, LOAD_CPU } from './lib/tar
 import { setupProcess, hardDeadline } from './lib/runner.mjs';
 import { MqttConn, loopbackAddress, publishPacket } from './lib/conn.mjs';
 
-const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false, stages: false, profile: false, pin: false };
+const D = { mode: 'steady', rate: 500, window: 256, workers: 1, devices: 50, duration: 20, warmup: 5, concurrency: 32, max: false, stages: false, profile: false, pin: false, layout: 'split' };
 const a = parseArgs(D);
 if (a.help) {
   console.log(usage('ml', 'ML round trip device -> broker -> queue -> Python -> bridge -> device (or --mode bare: BullMQ Node to Node)', D));
@@ -162,17 +164,22 @@ async function runFleetwire() {
   let bridge = null;
   const conns = [];
   try {
-    bridge = await startService(t, 'ml-bridge', {
-      inspect: bridgeInspect,
-      env: { ML_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, ML_WORKERS: String(a.workers), ML_WORKER_CONCURRENCY: String(a.concurrency), ML_QUOTA_PER_MIN: '1000000000' },
-    });
+    // --layout up: `fleetwire up` (broker, bridge and the other services in one process, as `make run`);
+    // the devices connect to it, and the target's own broker stands idle.
+    bridge = a.layout === 'up'
+      ? await startService(t, 'up', { inspect: bridgeInspect, env: { ML_WORKERS: String(a.workers), ML_WORKER_CONCURRENCY: String(a.concurrency), ML_QUOTA_PER_MIN: '1000000000', BROKER_TCP_PORT: '0' } })
+      : await startService(t, 'ml-bridge', {
+        inspect: bridgeInspect,
+        env: { ML_BROKER_URL: `ws://127.0.0.1:${t.wsPort}/mqtt`, ML_WORKERS: String(a.workers), ML_WORKER_CONCURRENCY: String(a.concurrency), ML_QUOTA_PER_MIN: '1000000000' },
+      });
     await waitReady(bridge.url);
     const ids = Array.from({ length: a.devices }, (_, i) => `ml-${String(i).padStart(4, '0')}`);
     await t.registerDevices(ids);
     let load = null;
     for (const [i, id] of ids.entries()) {
       const c = new MqttConn({
-        ...(await t.clientOpts({ kind: 'device', id }, 'ws')), localAddress: loopbackAddress(i), keepalive: 60,
+        ...(await t.clientOpts({ kind: 'device', id }, 'ws')), ...(a.layout === 'up' ? { port: Number(new URL(bridge.url).port) } : {}),
+        localAddress: loopbackAddress(i), keepalive: 60,
         onPublish(buf, s, e, b0) {
           const tl = buf.readUInt16BE(s);
           const off = s + 2 + tl + ((b0 & 6) !== 0 ? 2 : 0);
