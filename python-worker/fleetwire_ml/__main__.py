@@ -38,6 +38,11 @@ class CannotStart(Exception):
 
 async def serve(contracts: Contracts, settings: Settings) -> None:
     log = make_logger(settings.worker_id, settings.log_level)
+    # First of all, so that a SIGTERM while the models load is a clean stop, not a kill.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     registry = ModelRegistry(settings.models_dir, log)
     loaded = registry.scan()
     if not registry.describe():
@@ -69,12 +74,8 @@ async def serve(contracts: Contracts, settings: Settings) -> None:
     ]
     run = asyncio.create_task(worker.run(), name="bullmq-worker")
 
-    stop = asyncio.Event()
     if settings.parent_pid is not None:
         background.append(asyncio.create_task(watch_parent(settings.parent_pid, settings.heartbeat_ms, stop, log), name="parent"))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     log.info(
         "worker started",
         extra={
