@@ -24,7 +24,7 @@ import { Queue, type JobsOptions } from 'bullmq';
 import type { Client, PublishPacket } from 'aedes';
 import { randomUUID } from 'node:crypto';
 import {
-  admitMlRequest, deviceJobId, mlDeadline, mlErrorResult, mlJobId, queues as queueContract, topicFor,
+  admitMlRequest, deviceJobId, mlDeadline, mlErrorResult, queues as queueContract, topicFor,
   type IngressEnvelope, type Logger, type MlAdmission, type MlAdmissionSettings, type MlErrorCode, type QueueSpec, type Redis, type TopicEntry,
 } from '@fleetwire/common';
 import { IngressBatcher } from './ingress-batcher.js';
@@ -142,7 +142,7 @@ export class IngressRouter {
     const deadlineAt = mlDeadline(this.ml, receivedAt, payload.deadline_ms);
     const cid = String(payload.cid);
     const verdict = await admitMlRequest(this.connection, this.ml, {
-      deviceId, cid, model: String(payload.model), receivedAt, deadlineAt, jobId: mlJobId(deviceId, cid),
+      deviceId, cid, model: String(payload.model), receivedAt, deadlineAt, jobId: deviceJobId(deviceId, cid),
     });
     return { verdict, receivedAt, deadlineAt };
   }

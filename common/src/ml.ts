@@ -7,14 +7,16 @@
  * round trip; the record it writes is what the bridge claims from.
  */
 import { int } from './config.js';
-import { deviceJobId } from './ingress-envelope.js';
 import { queues, readContract } from './contracts.js';
 import type { Redis } from './redis.js';
 import { defineScripts } from './redis-scripts.js';
 
+type MlKeyName = 'request' | 'deadlines' | 'quota' | 'workers' | 'worker' | 'control';
+
 interface MlFile {
   settings: Record<MlSettingName, { default: number; help: string }>;
   result_errors: Record<string, string>;
+  keys: Record<MlKeyName, { pattern: string }>;
 }
 type MlSettingName = 'ML_TIMEOUT_MS' | 'ML_MAX_TIMEOUT_MS' | 'ML_QUOTA_PER_MIN' | 'ML_MAX_INPUT_ROWS' | 'ML_WORKER_HEARTBEAT_MS' | 'ML_WORKER_LOCK_MS';
 
@@ -40,18 +42,23 @@ export interface MlAdmissionSettings {
   readonly quotaPerMin: number;
 }
 
-const prefix = queues.prefix;
-export const mlKeys = {
-  request: (jobId: string) => `${prefix}:ml:req:${jobId}`,
-  deadlines: `${prefix}:ml:deadlines`,
-  quota: (deviceId: string, minute: number) => `${prefix}:ml:quota:${deviceId}:${minute}`,
-  workers: `${prefix}:ml:workers`,
-  worker: (workerId: string) => `${prefix}:ml:worker:${workerId}`,
-  control: `${prefix}:ml:control`,
-};
+/** A key (or channel) of contracts/ml.json `keys`, its `{…}` filled in; the Python worker reads the same patterns. */
+function mlKey(name: MlKeyName, params: Record<string, string | number> = {}): string {
+  return mlContract.keys[name].pattern.replace(/\{(\w+)\}/g, (_, param: string) => {
+    const value = param === 'prefix' ? queues.prefix : params[param];
+    if (value === undefined) throw new Error(`ml.json key ${name} needs ${param}`);
+    return String(value);
+  });
+}
 
-/** The ml-infer job id of a device's request (ingress-envelope.ts deviceJobId). */
-export const mlJobId = deviceJobId;
+export const mlKeys = {
+  request: (jobId: string) => mlKey('request', { job_id: jobId }),
+  deadlines: mlKey('deadlines'),
+  quota: (deviceId: string, minute: number) => mlKey('quota', { device_id: deviceId, minute }),
+  workers: mlKey('workers'),
+  worker: (workerId: string) => mlKey('worker', { worker_id: workerId }),
+  control: mlKey('control'),
+};
 
 /** How long a request's record outlives its deadline: retransmissions within it are recognised. */
 const RECORD_AFTER_DEADLINE_MS = 10 * 60_000;
